@@ -9,18 +9,37 @@ Example:
     >>> model.compile("adam", "sparse_categorical_crossentropy", method="dfa")
 """
 
+import json as _json
 import os as _os
 
-if "KERAS_BACKEND" not in _os.environ:
-    _os.environ["KERAS_BACKEND"] = "tensorflow"
 
-import keras as _keras
+def _configured_backend():
+    """The Keras backend that `import keras` will pick, read without importing it."""
+    if "KERAS_BACKEND" in _os.environ:
+        return _os.environ["KERAS_BACKEND"]
+    home = _os.environ.get("KERAS_HOME", _os.path.join(_os.path.expanduser("~"), ".keras"))
+    try:
+        with open(_os.path.join(home, "keras.json")) as f:
+            return _json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
 
-if _keras.config.backend() != "tensorflow":
+
+def _refuse(backend):
     raise ImportError(
-        f"credit runs on Keras's TensorFlow backend, but the backend is "
-        f"{_keras.config.backend()!r}. Set KERAS_BACKEND=tensorflow in the environment "
-        "before importing keras (or \"backend\": \"tensorflow\" in ~/.keras/keras.json).")
+        f"credit runs on Keras's TensorFlow backend, but the Keras backend is "
+        f"{backend!r}. Set the environment variable KERAS_BACKEND=tensorflow before "
+        "importing keras or credit (or \"backend\": \"tensorflow\" in "
+        "~/.keras/keras.json).")
+
+
+if _configured_backend() != "tensorflow":
+    _refuse(_configured_backend())
+
+import keras as _keras  # noqa: E402
+
+if _keras.config.backend() != "tensorflow":  # keras was imported earlier with another one
+    _refuse(_keras.config.backend())
 
 from credit import methods  # noqa: E402  (registers the methods)
 from credit.diagnostics import AlignmentCallback, alignment  # noqa: E402

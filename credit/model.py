@@ -48,7 +48,10 @@ def bind(method, model, input_shape=None):
         if input_shape is None:
             input_shape = _model_input_shape(model)
         if not model.built:
-            model.build((None,) + tuple(input_shape))
+            if isinstance(model, (keras.Sequential, Functional)):
+                model.build((None,) + tuple(input_shape))
+            else:  # a subclassed model builds its layers by being called
+                model(np.zeros((1,) + tuple(input_shape), "float32"), training=False)
         blocks = blocks_lib.cut(model)
         blocks_lib.infer_shapes(blocks, input_shape)
         if not isinstance(model, (keras.Sequential, Functional)):
