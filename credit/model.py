@@ -212,10 +212,12 @@ class Model(keras.Model):
         return method
 
     def _set_method(self, method):
-        method = registry.get(method)
         current = self.__dict__.get("_credit_method")
-        if method is current:
-            return
+        resolved = registry.get(method)
+        if current is not None and (resolved is current or (
+                resolved.model is None and resolved.get_config() == current.get_config())):
+            return  # the same method again: keep its state (feedback matrices, ...)
+        method = resolved
         if method.model is not None and method.model is not self:
             raise ValueError(
                 f"this {type(method).__name__} instance already trains model "
