@@ -79,9 +79,15 @@ class Trace:
 
         For a hidden block this is one backward pass through the blocks above k.
         """
-        k = len(self.blocks) - 1 if k is None else k
-        if k < len(self.blocks) - 1:
-            return self.tape.gradient(self.loss, self.inputs[k + 1])
+        n = len(self.blocks)
+        k = n - 1 if k is None else k
+        if k < n - 1:
+            # The blocks are separated by stop-gradients: carry the signal down one
+            # block at a time.
+            delta = self.tape.gradient(self.loss, self.inputs[n - 1])
+            for j in range(n - 2, k, -1):
+                delta = self.input_gradient(j, delta)
+            return delta
         grad = self.tape.gradient(self.loss, self.outputs[-1])
         if grad is None:
             raise ValueError(

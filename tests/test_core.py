@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import credit
+import credit.blocks
 from credit.blocks import CutError
 
 SCALAR_ONLY = {"kickback"}
@@ -135,6 +136,23 @@ def test_blockwise_backprop_equals_fast_path(classification_data):
     blockwise = grads_of(model, x, y, credit.get({"name": "bp", "blockwise": True}))
     for a, b in zip(fast, blockwise):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_trace_loss_gradient_is_the_true_gradient_at_every_block(classification_data):
+    x, y = classification_data
+    model = mlp(hidden=(16, 8, 8))
+    model.compile(loss="sparse_categorical_crossentropy", method="dfa")
+    xt, yt = tf.constant(x), tf.constant(y)
+    trace = credit.blocks.record(model, model.method.blocks, xt, yt)
+    with tf.GradientTape(persistent=True) as tape:
+        hs, h = [], xt
+        for layer in model.layers:
+            h = layer(h)
+            hs.append(h)
+        loss = keras.losses.SparseCategoricalCrossentropy()(yt, h)
+    for k in range(3):
+        np.testing.assert_allclose(trace.loss_gradient(k), tape.gradient(loss, hs[k]),
+                                   rtol=1e-5, atol=1e-8)
 
 
 def test_feedback_alignment_with_transported_weights_is_backprop(classification_data):
