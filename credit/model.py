@@ -146,16 +146,20 @@ def compute_gradients(model, x, y, sample_weight=None, *, method=None, loss_fn=N
     if len(signals) != len(trace.blocks):
         raise ValueError(f"{type(method).__name__}.signals returned {len(signals)} "
                          f"signals for {len(trace.blocks)} blocks; return one per block.")
+    # One backward pass: the loss (or, if the output block has a signal, the
+    # regularisation) as a target, plus each block output h_k with its signal delta_k
+    # as output gradient -- the VJP of sum_k <h_k, delta_k>, without building that sum.
+    # Passing delta_k itself (not the gradient of a product with it) lets grappler
+    # share the VJP of block k's nonlinearity with the one the method already took.
     with trace.tape:
-        if signals[-1] is None:
-            surrogate = trace.loss
-        else:
-            surrogate = _regularization(model)
-        for h, delta in zip(trace.outputs, signals):
-            if delta is not None:
-                surrogate = surrogate + tf.reduce_sum(h * tf.stop_gradient(delta))
-        surrogate = _scale(model, surrogate)
-    gradients = trace.tape.gradient(surrogate, variables)
+        base = trace.loss if signals[-1] is None else _regularization(model)
+        base = _scale(model, base)
+    targets, output_gradients = [base], [tf.ones_like(base)]
+    for h, delta in zip(trace.outputs, signals):
+        if delta is not None:
+            targets.append(h)
+            output_gradients.append(_scale(model, tf.stop_gradient(delta)))
+    gradients = trace.tape.gradient(targets, variables, output_gradients=output_gradients)
     logs = method.update(trace, signals) or {}
     del trace.tape
     return Gradients(gradients, trace.loss, trace.y_pred, logs)
