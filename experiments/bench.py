@@ -1,0 +1,449 @@
+"""Speed benchmark: training-step throughput of every credit method against plain Keras.
+
+Times the training steps of plain ``keras.Model.fit`` and of a ``credit.Sequential``
+trained with every method in ``credit.available()`` (plus backprop forced through the
+blockwise engine), all in one process, on three models:
+
+    a  MLP 784-256-256-10, batch 128
+    b  MLP 784-2048-2048-2048-10, batch 512
+    c  CNN on 28x28x1: Conv2D 16 3x3 relu, MaxPool, Conv2D 32 3x3 relu, MaxPool,
+       Flatten, Dense 10 softmax, batch 128
+
+How it measures. Data are random (seeded) and of the right shape; every model of a table
+starts from the same weights and trains with the same optimizer (SGD by default, the
+cheapest, so that the table shows the cost of credit assignment). A warm-up ``fit``
+traces each model's train function (tracing is excluded from the timings). Then the
+methods take turns, one training step each, in a fresh random order every round: each
+step is one call of ``model.train_function`` -- the function ``fit`` calls once per step
+-- on a batch iterator of the same element type as ``fit``'s, so no retracing, timed
+from the call to its logs being read (what ``fit`` does between its
+``on_train_batch_begin`` and ``on_train_batch_end`` callbacks). Taking turns step by step
+makes load drift on the machine (other processes) hit every method alike: on a loaded
+2-core machine, two models with the same graph then agree within about 2% on models a
+and c (about 5% on b, whose steps are long), against up to 10% when each method runs a
+block of steps in a short ``fit`` of its own.
+
+A repeat is ``steps`` rounds; its throughput per method is ``batch / median step time``.
+The table shows the median of that over repeats; the ratios to plain Keras and to
+credit's backprop, each the median over repeats of the ratio within a repeat (whose
+methods ran interleaved, under the same load, so the ratio cancels load that changes
+between repeats); and the spread ``(max - min) / median`` of the throughput over
+repeats. ``traces`` counts how often the train step was traced in all (1 = traced once,
+no retracing). A method that does not apply to a model (kickback needs a scalar output)
+is shown as n/a with the reason; one that fails is shown as an error with its message.
+
+Usage:
+    python -m experiments.bench                    # full run, writes results/bench.md
+    python -m experiments.bench --quick --models a # smoke test, results/_scratch/bench.md
+"""
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import credit  # noqa: E402
+
+SEED = 0
+NUM_CLASSES = 10
+KERAS = "keras"
+BACKPROP = "backprop"
+BLOCKWISE = "backprop (blockwise)"
+DEFAULT_REPEATS = 10
+
+# Targets of the benchmark (issue 2, item 8): (text, row, reference row, minimum ratio,
+# models it is checked on).
+TARGETS = [
+    ("backprop through credit >= 0.95x plain Keras", BACKPROP, KERAS, 0.95, "abc"),
+    ("feedback alignment >= 0.9x backprop", "feedback_alignment", BACKPROP, 0.9, "abc"),
+    ("direct feedback alignment >= 1.3x backprop", "direct_feedback_alignment",
+     BACKPROP, 1.3, "b"),
+]
+
+
+def _mlp(hidden):
+    def layers():
+        return ([keras.Input((784,))]
+                + [keras.layers.Dense(n, activation="relu") for n in hidden]
+                + [keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    return layers
+
+
+def _cnn():
+    return [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+    ]
+
+
+class Spec:
+    """One benchmark model: its layers, input shape, batch size and rounds per repeat."""
+
+    def __init__(self, key, title, layers, input_shape, batch, steps):
+        self.key = key
+        self.title = title
+        self.layers = layers
+        self.input_shape = tuple(input_shape)
+        self.batch = batch
+        self.steps = steps
+
+
+# Rounds per repeat, sized so that the full run (3 models x 7 timed methods x 10
+# repeats) takes about four minutes on a 2-core CPU (mostly model b).
+MODELS = {
+    "a": Spec("a", "MLP 784-256-256-10, batch 128", _mlp([256, 256]), (784,), 128, 30),
+    "b": Spec("b", "MLP 784-2048-2048-2048-10, batch 512", _mlp([2048] * 3), (784,),
+              512, 6),
+    "c": Spec("c", "CNN 28x28x1 (Conv16-Pool-Conv32-Pool-Dense10), batch 128", _cnn,
+              (28, 28, 1), 128, 20),
+}
+
+
+def method_rows():
+    """``(label, identifier)`` per row: plain Keras, backprop (Keras's fast path and the
+    blockwise engine), then every other registered method."""
+    rows = [(KERAS, None), (BACKPROP, BACKPROP),
+            (BLOCKWISE, {"name": BACKPROP, "blockwise": True})]
+    rows += [(name, name) for name in credit.available() if name != BACKPROP]
+    return rows
+
+
+class Runner:
+    """One model trained with one method (or plain Keras), and its step times."""
+
+    def __init__(self, label, identifier, spec, weights, optimizer):
+        self.label = label
+        self.spec = spec
+        self.status = "ok"
+        self.note = ""
+        self.traces = 0
+        self.times = []  # one list of step times per repeat
+        self._iterator = None
+        keras.utils.set_random_seed(SEED)
+        cls = keras.Sequential if identifier is None else credit.Sequential
+        self.model = cls(spec.layers(), name=f"bench_{spec.key}")
+        self.model.set_weights(weights)
+        self._count_traces()
+        kwargs = {} if identifier is None else {"method": identifier}
+        try:
+            self.model.compile(optimizer=_optimizer(optimizer),
+                               loss="sparse_categorical_crossentropy", **kwargs)
+        except ValueError as err:  # the method does not apply to this model
+            self.status = "n/a"
+            self.note = " ".join(str(err).split())
+
+    def _count_traces(self):
+        # Each Python call of train_step is one trace of the train function.
+        step = self.model.train_step
+
+        def train_step(data):
+            self.traces += 1
+            return step(data)
+
+        object.__setattr__(self.model, "train_step", train_step)
+
+    def _fail(self, err):
+        self.status = "error"
+        self.note = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+    def warm_up(self, x, y, steps):
+        """``fit`` a few steps (traces the train function), then open the timed iterator."""
+        if self.status != "ok":
+            return
+        try:
+            n = steps * self.spec.batch
+            self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
+                           shuffle=False, verbose=0)
+            # Same element type as fit's batches (static batch size), so no retrace.
+            dataset = tf.data.Dataset.from_tensor_slices((x, y))
+            self._iterator = iter(dataset.batch(self.spec.batch, drop_remainder=True)
+                                  .repeat())
+            self._step()  # the first step on a new iterator starts its pipeline
+        except Exception as err:  # noqa: BLE001 - report it in the table, go on
+            self._fail(err)
+
+    def _step(self):
+        start = time.perf_counter()
+        logs = self.model.train_function(self._iterator)
+        for value in logs.values():  # fit reads the logs after every step, too
+            np.asarray(value)
+        return time.perf_counter() - start
+
+    def step(self, repeat):
+        """Time one training step, recorded under ``repeat``."""
+        if self.status != "ok":
+            return
+        try:
+            elapsed = self._step()
+        except Exception as err:  # noqa: BLE001
+            self._fail(err)
+            return
+        while len(self.times) <= repeat:
+            self.times.append([])
+        self.times[repeat].append(elapsed)
+
+    def release(self):
+        """Drop the model and its iterator (keep the timings)."""
+        self.model = None
+        self._iterator = None
+
+    @property
+    def throughputs(self):
+        """Samples per second of each repeat: batch / median step time."""
+        if self.status != "ok":
+            return []
+        return [self.spec.batch / statistics.median(t) for t in self.times if t]
+
+    @property
+    def samples_per_second(self):
+        values = self.throughputs
+        return statistics.median(values) if values else None
+
+    @property
+    def spread(self):
+        values = self.throughputs
+        if len(values) < 2 or not self.samples_per_second:
+            return None
+        return (max(values) - min(values)) / self.samples_per_second
+
+
+def _optimizer(name):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=0.01)
+    return keras.optimizers.get(name)
+
+
+def data_for(spec, steps, seed=SEED):
+    """Random inputs of the model's shape and integer labels, ``steps`` batches."""
+    rng = np.random.default_rng(seed)
+    n = spec.batch * steps
+    x = rng.normal(size=(n,) + spec.input_shape).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, size=(n,)).astype("int64")
+    return tf.constant(x), tf.constant(y)
+
+
+def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print):
+    """Time every method on ``spec``; return the list of :class:`Runner`."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(SEED)
+    weights = keras.Sequential(spec.layers()).get_weights()
+    x, y = data_for(spec, max(warmup, 4))
+    runners = [Runner(label, identifier, spec, weights, optimizer)
+               for label, identifier in method_rows()]
+    for runner in runners:
+        start = time.perf_counter()
+        runner.warm_up(x, y, warmup)
+        log(f"  [{spec.key}] warm-up {runner.label}: {time.perf_counter() - start:.1f}s"
+            + (f" ({runner.status}: {runner.note})" if runner.status != "ok" else ""))
+    rng = random.Random(SEED)
+    for r in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            order = list(runners)
+            rng.shuffle(order)
+            for runner in order:
+                runner.step(r)
+        log(f"  [{spec.key}] repeat {r + 1}/{repeats}: {time.perf_counter() - start:.1f}s")
+    # Free the models now: freeing many traced models at once (at exit) is slow.
+    for runner in runners:
+        runner.release()
+    keras.backend.clear_session()
+    gc.collect()
+    return runners
+
+
+def _ratio(runners, label, reference):
+    """Median over repeats of ``label``'s throughput over ``reference``'s in that repeat."""
+    by = {r.label: r for r in runners}
+    if label not in by or reference not in by:
+        return None
+    pairs = list(zip(by[label].throughputs, by[reference].throughputs))
+    return statistics.median(a / b for a, b in pairs) if pairs else None
+
+
+def _fmt(value, pattern):
+    return "" if value is None else format(value, pattern)
+
+
+def table(spec, runners):
+    lines = [f"## ({spec.key}) {spec.title}", "",
+             "| method | samples/s | x plain Keras | x backprop | spread | traces | note |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for runner in runners:
+        sps = runner.samples_per_second
+        if sps is None:
+            cells = [runner.status, "", "", "", ""]
+        else:
+            spread = runner.spread
+            cells = [f"{sps:,.0f}",
+                     _fmt(_ratio(runners, runner.label, KERAS), ".2f"),
+                     _fmt(_ratio(runners, runner.label, BACKPROP), ".2f"),
+                     "" if spread is None else f"{100 * spread:.0f}%",
+                     str(runner.traces)]
+        label = "plain keras.Model.fit" if runner.label == KERAS else runner.label
+        note = runner.note.replace("|", "/")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {note} |")
+    return lines
+
+
+def targets(results):
+    """Rows ``(text, model key, ratio, minimum, met)`` for the targets measured."""
+    rows = []
+    for text, label, reference, minimum, keys in TARGETS:
+        for key, (spec, runners) in results.items():
+            if key in keys:
+                ratio = _ratio(runners, label, reference)
+                rows.append((text, key, ratio, minimum,
+                             ratio is not None and ratio >= minimum))
+    return rows
+
+
+def report(results, args, elapsed):
+    command = "python -m experiments.bench" + "".join(f" {a}" for a in args.argv)
+    lines = [
+        "# Benchmark: training-step throughput",
+        "",
+        f"`{command}`, {datetime.date.today().isoformat()}; TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU core(s), CPU only; optimizer {args.optimizer}; "
+        f"{elapsed:.0f} s in all; load average {args.load:.1f} before, {_load():.1f} after.",
+        "",
+        "Every model starts from the same weights. After a warm-up `fit` that traces each "
+        "train function, the methods take turns, one training step each (one call of "
+        "the train function `fit` calls per step), in a fresh random order every round. "
+        f"samples/s: batch / median step time of a repeat, median over {args.repeats} "
+        "repeats (rounds per repeat under each table). x plain Keras, x backprop: median "
+        "over the repeats of the throughput ratio within a repeat (backprop = credit's "
+        "backprop, which takes Keras's fast path, one `tape.gradient`; backprop "
+        "(blockwise) = the same numbers through the block engine). spread: (max - min) / "
+        "median of the throughput over the repeats. traces: how often the "
+        "train step was traced in all (1 = no retracing). Other processes on the machine "
+        "slow every method alike; compare the ratios rather than absolute numbers.",
+        "",
+    ]
+    for key, (spec, runners) in results.items():
+        lines += table(spec, runners)
+        lines += ["", f"{args.steps or spec.steps} rounds per repeat, "
+                      f"{args.warmup} warm-up steps.", ""]
+    lines += ["## Targets", "", "| target | model | ratio | met |", "|---|---|---:|---|"]
+    for text, key, ratio, minimum, met in targets(results):
+        lines.append(f"| {text} | ({key}) | {_fmt(ratio, '.3f') or 'n/a'} | "
+                     f"{'yes' if met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the table is for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description="Time training steps of every credit method against plain Keras.")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 repeats of 2 rounds: a smoke test, not a measurement "
+                             "(default output results/_scratch/bench.md)")
+    parser.add_argument("--models", default="a,b,c",
+                        help="comma-separated subset of a (MLP 256), b (MLP 2048), c (CNN)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"repeats (default {DEFAULT_REPEATS}; 2 with --quick)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="rounds per repeat, one step per method each (default: per "
+                             "model, a 30, b 6, c 20; 2 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up fit steps per method (default 3; 1 with --quick)")
+    parser.add_argument("--optimizer", default="sgd",
+                        help="optimizer of every model: sgd (lr 0.01, default) or a Keras "
+                             "optimizer name")
+    parser.add_argument("--out", default=None,
+                        help="markdown output (default results/bench.md; "
+                             "results/_scratch/bench.md with --quick)")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    if not keys or any(k not in MODELS for k in keys):
+        parser.error(f"--models takes a comma-separated subset of "
+                     f"{','.join(sorted(MODELS))}; got {args.models!r}")
+    args.models = keys
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else DEFAULT_REPEATS
+    if args.steps is None and args.quick:
+        args.steps = 2
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 3
+    for name in ("repeats", "steps", "warmup"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1; got {value}")
+    if args.out is None:
+        args.out = os.path.join("results", "_scratch", "bench.md") if args.quick else \
+            os.path.join("results", "bench.md")
+    return args
+
+
+def main(argv=None):
+    """Run the benchmark; print the tables and targets, write ``--out``; return results."""
+    args = parse_args(argv)
+    args.load = _load()
+    # Each model has its own train function; TF's "excessive retracing" heuristic counts
+    # them together and warns wrongly. The traces column checks retracing per model.
+    tf.get_logger().setLevel("ERROR")
+    start = time.perf_counter()
+    results = {}
+    for key in args.models:
+        spec = MODELS[key]
+        steps = args.steps or spec.steps
+        print(f"({key}) {spec.title}: {args.repeats} repeats of {steps} rounds", flush=True)
+        runners = bench_model(spec, args.repeats, steps, args.warmup, args.optimizer,
+                              log=lambda s: print(s, flush=True))
+        results[key] = (spec, runners)
+    text = report(results, args, time.perf_counter() - start)
+    write_atomic(args.out, text)
+    print()
+    print(text)
+    for text_, key, ratio, minimum, met in targets(results):
+        shown = "not measured" if ratio is None else f"{ratio:.3f}"
+        print(f"target {'met' if met else 'MISSED'}: {text_} on ({key}): {shown}")
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
