@@ -185,6 +185,37 @@ def _mean(values):
     return float(np.mean(values)) if len(values) else math.nan
 
 
+def mean_std(table, keys, columns):
+    """Mean and standard deviation of ``columns`` per group of ``keys``.
+
+    NaNs are dropped per column; the std has ``ddof=1`` and is NaN for one value.
+
+    Args:
+        table: a DataFrame with one row per run (or per run x layer, ...).
+        keys: the columns to group by, in the order groups first appear.
+        columns: the numeric columns to summarise.
+
+    Returns:
+        A DataFrame: the keys, ``n`` (rows in the group), and ``<column>_mean``,
+        ``<column>_std`` for each column.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["bp", "bp"], "acc": [0.9, 0.8]})
+        >>> mean_std(t, ["method"], ["acc"]).round(3).to_dict("records")
+        [{'method': 'bp', 'n': 2, 'acc_mean': 0.85, 'acc_std': 0.071}]
+    """
+    out = []
+    for key, group in table.groupby(list(keys), sort=False):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row["n"] = len(group)
+        for column in columns:
+            values = group[column].dropna().to_numpy(dtype=float)
+            row[f"{column}_mean"] = _mean(values)
+            row[f"{column}_std"] = _std(values)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def accuracy_table(df):
     """Final and best test metric per method and data set, over seeds.
 

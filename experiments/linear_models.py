@@ -444,17 +444,10 @@ def summarize(runs):
         ``<column>_mean`` / ``<column>_std`` for the loss and distance columns (over the
         runs that did not diverge; std NaN for a single seed).
     """
-    out = []
-    for (task, model, method), group in runs.groupby(["task", "model", "method"], sort=False):
-        row = {"task": task, "model": model, "method": method, "n": len(group),
-               "diverged": int(group["diverged"].sum())}
-        ok = group[~group["diverged"]]
-        for column in SUMMARY_COLUMNS:
-            values = ok[column].dropna()
-            row[f"{column}_mean"] = float(values.mean()) if len(values) else math.nan
-            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        out.append(row)
-    return pd.DataFrame(out)
+    keys = ["task", "model", "method"]
+    counts = runs.groupby(keys, sort=False)["diverged"].agg(n="size", diverged="sum")
+    stats = results_lib.mean_std(runs[~runs["diverged"]], keys, SUMMARY_COLUMNS)
+    return counts.reset_index().merge(stats.drop(columns="n"), on=keys, how="left")
 
 
 # ---------------------------------------------------------------------------

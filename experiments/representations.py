@@ -388,20 +388,6 @@ def layer_table(results, settings):
     return pd.DataFrame(rows)
 
 
-def _mean_std(table, keys, columns):
-    out = []
-    for key, group in table.groupby(keys, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key))
-        row["n"] = len(group)
-        for column in columns:
-            values = group[column].dropna()
-            row[f"{column}_mean"] = float(values.mean()) if len(values) else math.nan
-            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        out.append(row)
-    return pd.DataFrame(out)
-
-
 LAYER_COLUMNS = ("sim_sg_vs_bp", "sim_sg_vs_bp_other", "sim_bp_vs_bp", "sim_sg_vs_sg",
                  "class_bp", "class_sg", "dead_bp", "dead_sg", "zero_bp", "zero_sg",
                  "alignment_sg")
@@ -409,7 +395,7 @@ LAYER_COLUMNS = ("sim_sg_vs_bp", "sim_sg_vs_bp_other", "sim_bp_vs_bp", "sim_sg_v
 
 def summarize_layers(by_seed):
     """Mean and std over seeds of :func:`layer_table`, one row per layer."""
-    table = _mean_std(by_seed, ["layer", "sg_module"], LAYER_COLUMNS)
+    table = results_lib.mean_std(by_seed, ["layer", "sg_module"], LAYER_COLUMNS)
     return table.drop(columns=["n"])
 
 
@@ -551,7 +537,7 @@ def write_outputs(results, settings, folder):
     runs = pd.DataFrame([{k: r[k] for k in scalar} for r in results])
     runs["depth"], runs["width"] = settings.depth, settings.width
     runs["epochs"] = settings.epochs
-    accuracy = _mean_std(runs, ["method"], ("test_accuracy", "train_accuracy"))
+    accuracy = results_lib.mean_std(runs, ["method"], ("test_accuracy", "train_accuracy"))
     by_seed = layer_table(results, settings)
     layers = summarize_layers(by_seed)
     history = pd.DataFrame([row for r in results for row in r["history"]])
