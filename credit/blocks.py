@@ -46,14 +46,17 @@ class Block:
 
     @property
     def layers(self):
+        """All layers of the block, in order: stem, weighted layer, members."""
         return self.stem + (self.layer,) + self.members
 
     @property
     def kernel(self):
+        """The weighted layer's kernel (the W_k of DESIGN.md)."""
         return self.layer.kernel
 
     @property
     def trainable_variables(self):
+        """Every trainable variable of the block's layers (kernel, bias, BN scale/shift)."""
         return [v for layer in self.layers for v in layer.trainable_variables]
 
     @property

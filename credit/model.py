@@ -263,6 +263,7 @@ class Model(keras.Model):
         return super().fit(*args, **kwargs)
 
     def train_step(self, data):
+        """One step: :func:`compute_gradients` with ``self.method``, then the optimizer."""
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         method = self.method
         out = compute_gradients(self, x, y, sample_weight, method=method)

@@ -62,6 +62,7 @@ class Trace:
 
     @property
     def y_pred(self):
+        """The model output ``h_N``."""
         return self.outputs[-1]
 
     def output_error(self):
