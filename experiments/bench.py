@@ -45,7 +45,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
+from experiments.sweep import write_atomic  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10
@@ -357,22 +357,6 @@ def _load():
         return float("nan")
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the table is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.bench",
@@ -435,6 +419,7 @@ def main(argv=None):
                               log=lambda s: print(s, flush=True))
         results[key] = (spec, runners)
     text = report(results, args, time.perf_counter() - start)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_atomic(args.out, text)
     print()
     print(text)

@@ -239,8 +239,8 @@ def tables(run_results, folder):
                    else results.convergence_table(df, target=0.0))
     convergence = sweep.annotate(convergence, run_results)
 
-    accuracy.to_csv(folder / "accuracy.csv", index=False)
-    convergence.to_csv(folder / "convergence.csv", index=False)
+    sweep.write_atomic(folder / "accuracy.csv", accuracy.to_csv(index=False))
+    sweep.write_atomic(folder / "convergence.csv", convergence.to_csv(index=False))
     accuracy_md = results.to_markdown(sweep.display(accuracy, "final_mean"))
     convergence_md = results.to_markdown(
         sweep.display(convergence.drop(columns=["n_reached", "n"]), "epochs"))

@@ -71,7 +71,7 @@ import pandas as pd  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic  # noqa: E402
+from experiments.sweep import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "TASKS", "MODELS", "METHODS", "TRAINING", "Problem", "make_problem", "build_model",
@@ -454,14 +454,6 @@ def summarize(runs):
 # Files
 
 
-def _write_table(table, folder, name, floatfmt=".3g"):
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    write_atomic(folder / f"{name}.csv", buffer.getvalue())
-    write_atomic(folder / f"{name}.md",
-                 results_lib.to_markdown(table, floatfmt=floatfmt) + "\n")
-
-
 def plot_grid(history, column, path, ylabel, floor=1e-12):
     """Per-epoch curves: rows = models, columns = tasks, one line per method.
 
@@ -519,8 +511,8 @@ def write_outputs(runs, history, folder):
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shown = runs.drop(columns=["optimum_loss"])
-    _write_table(shown, folder, "runs")
-    _write_table(summarize(runs), folder, "summary")
+    write_table(shown, folder, "runs", floatfmt=".3g")
+    write_table(summarize(runs), folder, "summary", floatfmt=".3g")
     buffer = io.StringIO()
     history.to_csv(buffer, index=False)
     write_atomic(folder / "history.csv", buffer.getvalue())

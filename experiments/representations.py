@@ -83,7 +83,7 @@ from scipy import stats  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic  # noqa: E402
+from experiments.sweep import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "Settings", "sg_block", "build_model", "stimuli", "rdm", "rdm_similarity",
@@ -403,14 +403,6 @@ def summarize_layers(by_seed):
 # Files
 
 
-def _write_table(table, folder, name, floatfmt=".3f"):
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    write_atomic(folder / f"{name}.csv", buffer.getvalue())
-    write_atomic(folder / f"{name}.md",
-                 results_lib.to_markdown(table, floatfmt=floatfmt) + "\n")
-
-
 def _figure(width, height):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -541,9 +533,9 @@ def write_outputs(results, settings, folder):
     by_seed = layer_table(results, settings)
     layers = summarize_layers(by_seed)
     history = pd.DataFrame([row for r in results for row in r["history"]])
-    _write_table(runs, folder, "runs", floatfmt=".4f")
-    _write_table(accuracy, folder, "accuracy", floatfmt=".4f")
-    _write_table(layers, folder, "layers")
+    write_table(runs, folder, "runs", floatfmt=".4f")
+    write_table(accuracy, folder, "accuracy", floatfmt=".4f")
+    write_table(layers, folder, "layers")
     for name, table in (("layers_by_seed", by_seed), ("history", history)):
         buffer = io.StringIO()
         table.to_csv(buffer, index=False)

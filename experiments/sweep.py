@@ -91,6 +91,7 @@ import credit  # noqa: E402
 import keras  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import registry  # noqa: E402
+from credit import results as results_lib  # noqa: E402
 
 __all__ = [
     "DEFAULTS",
@@ -197,6 +198,14 @@ def write_atomic(path, content):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_table(table, folder, name, floatfmt=".3f"):
+    """Write ``table`` as ``<name>.csv`` and ``<name>.md`` (markdown) in ``folder``, atomically."""
+    folder = pathlib.Path(folder)
+    write_atomic(folder / f"{name}.csv", table.to_csv(index=False))
+    write_atomic(folder / f"{name}.md",
+                 results_lib.to_markdown(table, floatfmt=floatfmt) + "\n")
 
 
 def _write_json(path, obj):
