@@ -251,8 +251,4 @@ def compute_loss(model, x, y, y_pred, sample_weight=None, training=True, loss_fn
 
 def _cast_input(x, block):
     dtype = block.layers[0].compute_dtype
-    if x.dtype.is_floating and x.dtype != dtype:
-        return tf.cast(x, dtype)
-    if not x.dtype.is_floating:
-        return tf.cast(x, dtype)
-    return x
+    return x if x.dtype == dtype else tf.cast(x, dtype)

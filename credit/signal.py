@@ -156,6 +156,7 @@ class ErrorSignal(abc.ABC):
         self.blocks = None
         self.state = None
         self.model = None
+        self._drawn_seed = None  # the base seed drawn when seed=None (see seed_for)
 
     # -- what subclasses implement ---------------------------------------------------
 
@@ -218,7 +219,6 @@ class ErrorSignal(abc.ABC):
         so ``keras.utils.set_random_seed`` still makes runs reproducible.
         """
         if self.seed is None:
-            self._drawn_seed = getattr(self, "_drawn_seed", None)
             if self._drawn_seed is None:
                 self._drawn_seed = int(np.random.randint(0, 2**31 - 1))
             base = self._drawn_seed
