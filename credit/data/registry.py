@@ -4,7 +4,7 @@ import dataclasses
 import difflib
 import inspect
 
-from credit.data.images import digits, mnist
+from credit.data.images import cifar10, digits, mnist, sequential_mnist
 from credit.data.synthetic import linear_classification, linear_regression, teacher_regression
 from credit.data.tabular import diabetes
 
@@ -12,7 +12,11 @@ from credit.data.tabular import diabetes
 # name -> (loader, keyword arguments fixed by the name)
 _LOADERS = {
     "mnist": (mnist, {}),
+    "mnist_images": (mnist, {"flatten": False}),
+    "sequential_mnist": (sequential_mnist, {}),
     "digits": (digits, {}),
+    "digits_images": (digits, {"flatten": False}),
+    "cifar10": (cifar10, {}),
     "diabetes": (diabetes, {}),
     "linear2d": (linear_regression, {"dim": 2}),
     "linear100d": (linear_regression, {"dim": 100}),
@@ -55,6 +59,8 @@ def load(name, seed=0, **kwargs):
         ValueError: If the name is unknown (the message lists the valid names
             and suggests the closest), an option is not accepted by the
             loader, or an option has a bad value.
+        FileNotFoundError: For ``"cifar10"`` when it is not in the Keras
+            cache (the message says where to put it and what to use instead).
 
     Example:
         >>> ds = load("linear100d", seed=3, n_train=64, n_test=16)
