@@ -383,3 +383,95 @@ def test_cifar10_seeded_subsample_and_refuses_foreign_pickles(keras_home):
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": print}))  # a global that is no array
     with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
         data.cifar10()
+
+
+# --- Copy and Repeat Copy ----------------------------------------------------------
+
+
+def test_copy_task_layout_by_hand():
+    x, y, mask = data.copy_task(length=2, n=1, bits=3, seed=5)
+    v0, v1 = x[0, 0, :3].tolist(), x[0, 1, :3].tolist()
+    assert set(v0 + v1) <= {0.0, 1.0}
+    np.testing.assert_array_equal(x[0], [v0 + [0], v1 + [0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(y[0], [[0, 0, 0], [0, 0, 0], [0, 0, 0], v0, v1])
+    np.testing.assert_array_equal(mask[0], [0, 0, 0, 1, 1])
+    for array in (x, y, mask):
+        assert array.dtype == np.float32
+
+
+def test_repeat_copy_task_layout_by_hand():
+    b = data.repeat_copy_task(length=2, repeats=2, n=1, bits=2, max_repeats=4, seed=5)
+    assert (b.task, b.length, b.repeats) == ("repeat_copy", 2, 2)
+    v0, v1 = b.inputs[0, 0, :2].tolist(), b.inputs[0, 1, :2].tolist()
+    z = [0, 0]
+    np.testing.assert_array_equal(b.inputs[0], [v0 + [0, 0], v1 + [0, 0], [0, 0, 1, 0.5]] + [[0, 0, 0, 0]] * 5)
+    np.testing.assert_array_equal(b.targets[0], [z + [0]] * 3 + [v0 + [0], v1 + [0], v0 + [0], v1 + [0], z + [1]])
+    np.testing.assert_array_equal(b.mask[0], [0, 0, 0, 1, 1, 1, 1, 1])
+
+
+def test_copy_tasks_seeding_and_shapes():
+    a, b, c = (data.copy_task(length=6, n=50, seed=s) for s in (3, 3, 4))
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    assert not np.array_equal(a.inputs, c.inputs)
+    assert a.inputs.shape == (50, 13, 9) and a.targets.shape == (50, 13, 8)
+    assert 0.4 < a.inputs[:, :6, :8].mean() < 0.6  # fair coin bits
+    # every sequence is its own: 8 x 6 random bits
+    assert len({row.tobytes() for row in a.inputs}) == 50
+    r = data.repeat_copy_task(length=3, repeats=4, n=5, seed=3)
+    assert r.inputs.shape == (5, 3 + 1 + 12 + 1, 10) and r.targets.shape == (5, 17, 9)
+    np.testing.assert_array_equal(r.targets[:, 4:16, :8], np.tile(r.inputs[:, :3, :8], (1, 4, 1)))
+
+
+def test_bits_error_by_hand():
+    targets = np.array([[[1, 0], [0, 1], [1, 1]],
+                        [[0, 0], [1, 1], [0, 0]]], dtype=np.float32)
+    probs = np.array([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.2]],
+                      [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]])
+    mask = np.array([[0, 1, 1], [0, 1, 1]], dtype=np.float32)
+    first = -2 * np.log2(0.75) - np.log2(0.9) - np.log2(0.2)    # 3.304006 bits
+    second = 4.0                                                 # four coin flips
+    assert data.bits_error(targets, probs, mask) == pytest.approx((first + second) / 2)
+    assert data.bits_error(targets, probs, mask, per="step") == pytest.approx((first + second) / 4)
+    logits = np.log(probs) - np.log1p(-probs)
+    assert data.bits_error(targets, logits, mask, from_logits=True) == pytest.approx((first + second) / 2)
+    # no mask: every step counts; a perfect (clipped) prediction costs ~0
+    assert data.bits_error(targets, targets) < 1e-5
+    assert data.SOLVED_BITS == 0.15
+
+
+def test_copy_curriculum_raises_length_when_solved():
+    cur = data.CopyCurriculum("copy", length=1, max_length=3, seed=0)
+    first = cur.batch(4)
+    assert first.length == 1 and first.inputs.shape == (4, 3, 9)
+    assert not np.array_equal(first.inputs, cur.batch(4).inputs)   # fresh data every batch
+    assert cur.update(0.2) is False and cur.length == 1
+    assert cur.update(0.1) is True and (cur.length, cur.longest_solved) == (2, 1)
+    assert cur.batch(4).inputs.shape == (4, 5, 9)
+    cur.update(0.0), cur.update(0.0)
+    assert (cur.length, cur.longest_solved, cur.done) == (3, 3, True)
+    # reproducible: the same seed draws the same batches
+    a, b = data.CopyCurriculum("repeat_copy", seed=7), data.CopyCurriculum("repeat_copy", seed=7)
+    np.testing.assert_array_equal(a.batch(3).inputs, b.batch(3).inputs)
+    assert a.batch(3).task == "repeat_copy"
+    assert not np.array_equal(data.CopyCurriculum(seed=7).batch(3).inputs,
+                              data.CopyCurriculum(seed=8).batch(3).inputs)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: data.copy_task(length=0), ["length", "0"]),
+        (lambda: data.copy_task(length=3, bits=2.5), ["bits", "2.5"]),
+        (lambda: data.repeat_copy_task(length=2, repeats=11), ["repeats", "max_repeats=10", "11"]),
+        (lambda: data.bits_error(np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), per="bit"), ["per", "'bit'"]),
+        (lambda: data.bits_error(np.zeros((1, 2, 3)), np.zeros((1, 2, 4))), ["outputs", "(1, 2, 4)"]),
+        (lambda: data.bits_error(np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), mask=np.ones(2)), ["mask", "(2,)"]),
+        (lambda: data.CopyCurriculum("add"), ["task", "'add'"]),
+        (lambda: data.CopyCurriculum(threshold=-1), ["threshold", "-1"]),
+    ],
+)
+def test_sequence_task_errors_name_argument_and_value(call, words):
+    with pytest.raises(ValueError) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)

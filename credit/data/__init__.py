@@ -31,13 +31,34 @@ problems trained with MSE or log loss, and a random teacher network):
 - ``linear_regression`` and ``linear_classification``: the same generators with
   ``dim`` as a keyword argument.
 
+Sequence tasks for recurrent networks and truncated BPTT, with their own types
+(they are not :class:`Dataset` and are not in :func:`load`):
+
+- :func:`copy_task`, :func:`repeat_copy_task`: the Copy and Repeat Copy tasks
+  of Graves et al. 2014 as Jaderberg et al. 2016 (DNI) used them, as a
+  :class:`SequenceBatch` of inputs, targets and a mask of scored steps;
+  :func:`bits_error` scores them in bits per sequence and
+  :class:`CopyCurriculum` raises the length when it is solved.
+
+Submodules by concern: ``images``, ``tabular``, ``synthetic``, ``copy_tasks``,
+``registry``; everything public is importable from ``credit.data``.
+
 Example:
     >>> from credit import data
     >>> ds = data.load("digits", seed=0)
     >>> ds.x_train.shape, ds.num_classes
     ((1437, 64), 10)
 """
+
 from credit.data._base import Dataset
+from credit.data.copy_tasks import (
+    SOLVED_BITS,
+    CopyCurriculum,
+    SequenceBatch,
+    bits_error,
+    copy_task,
+    repeat_copy_task,
+)
 from credit.data.images import (
     CIFAR10_CLASSES,
     cifar10,
@@ -68,4 +89,10 @@ __all__ = [
     "cifar10_cache_paths",
     "CIFAR10_CLASSES",
     "keras_datasets_dir",
+    "SequenceBatch",
+    "copy_task",
+    "repeat_copy_task",
+    "bits_error",
+    "SOLVED_BITS",
+    "CopyCurriculum",
 ]
