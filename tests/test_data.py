@@ -475,3 +475,73 @@ def test_sequence_task_errors_name_argument_and_value(call, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+# --- text corpus -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return data.pydoc_text()
+
+
+def test_pydoc_text_is_contiguous_deterministic_and_round_trips(corpus):
+    text = data.pydoc_text_string()
+    assert text.startswith('The "assert" statement')
+    assert len(corpus.train) + len(corpus.valid) + len(corpus.test) == len(text)
+    assert len(corpus.valid) / len(text) == pytest.approx(0.05, abs=1e-4)
+    assert len(corpus.test) / len(text) == pytest.approx(0.05, abs=1e-4)
+    for split in (corpus.train, corpus.valid, corpus.test):
+        assert split.dtype == np.int32 and split.min() >= 0 and split.max() < corpus.vocab_size
+    # contiguous chunks, in order, and nothing unknown with min_count=1
+    assert corpus.decode(corpus.train) + corpus.decode(corpus.valid) + corpus.decode(corpus.test) == text
+    np.testing.assert_array_equal(corpus.encode(text[:1000]), corpus.train[:1000])
+    again = data.pydoc_text()
+    assert again.vocab == corpus.vocab
+    np.testing.assert_array_equal(again.test, corpus.test)
+    assert "pydoc_data.topics" in corpus.source and "sha256" in corpus.source
+
+
+def test_pydoc_text_vocabulary_and_unknown_characters(corpus):
+    assert corpus.vocab[0] == data.UNKNOWN and list(corpus.vocab[1:]) == sorted(corpus.vocab[1:])
+    assert len(set(corpus.vocab)) == corpus.vocab_size
+    ids = corpus.encode("a\u4e2db")                    # a character the docs never use
+    assert ids[1] == 0 and corpus.decode(ids) == "a" + data.UNKNOWN + "b"
+    rare = data.pydoc_text(min_count=5)
+    assert rare.vocab_size < corpus.vocab_size
+    assert (rare.train == 0).any()                      # rare characters fold into id 0
+    assert rare.decode(rare.encode("print(x)")) == "print(x)"
+
+
+def test_bits_per_character_by_hand():
+    uniform = np.full((2, 3, 4), 0.25)
+    assert data.bits_per_character(np.zeros((2, 3), int), uniform) == pytest.approx(2.0)
+    probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    expected = (1.0 - np.log2(0.8)) / 2
+    assert data.bits_per_character([0, 2], probs) == pytest.approx(expected)
+    assert data.bits_per_character([0, 2], np.log(probs) + 3.0, from_logits=True) == pytest.approx(expected)
+    assert data.bits_per_character([0, 2], probs, mask=[0, 1]) == pytest.approx(-np.log2(0.8))
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: data.pydoc_text(valid_fraction=0.6, test_fraction=0.5), ["valid_fraction", "0.6", "0.5"]),
+        (lambda: data.pydoc_text(min_count=0), ["min_count", "0"]),
+        (lambda: data.pydoc_text(test_fraction=0), ["test_fraction", "0"]),
+        (lambda: data.bits_per_character([0, 1], np.ones((3, 4))), ["targets", "(2,)", "(3, 4)"]),
+        (lambda: data.bits_per_character([0, 4], np.ones((2, 4))), ["targets", "[0, 4)", "4"]),
+    ],
+)
+def test_text_errors_name_argument_and_value(call, words):
+    with pytest.raises(ValueError) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_decode_rejects_ids_outside_the_vocabulary(corpus):
+    with pytest.raises(ValueError, match=rf"ids must be integers in \[0, {corpus.vocab_size}\)"):
+        corpus.decode([1, corpus.vocab_size])
+    with pytest.raises(ValueError, match="text must be a string"):
+        corpus.encode(b"bytes")

@@ -39,9 +39,15 @@ Sequence tasks for recurrent networks and truncated BPTT, with their own types
   :class:`SequenceBatch` of inputs, targets and a mask of scored steps;
   :func:`bits_error` scores them in bits per sequence and
   :class:`CopyCurriculum` raises the length when it is solved.
+- :func:`pydoc_text`: a character-level language-modelling corpus built from
+  the Python documentation topics that ship with Python
+  (``pydoc_data.topics``), split into contiguous train / validation / test
+  chunks as Penn Treebank is, as a :class:`TextCorpus`;
+  :func:`bits_per_character` scores it.
 
 Submodules by concern: ``images``, ``tabular``, ``synthetic``, ``copy_tasks``,
-``registry``; everything public is importable from ``credit.data``.
+``text``, ``registry``; everything public is importable from
+``credit.data``.
 
 Example:
     >>> from credit import data
@@ -72,6 +78,7 @@ from credit.data.images import (
 from credit.data.registry import available, load
 from credit.data.synthetic import linear_classification, linear_regression, teacher_regression
 from credit.data.tabular import diabetes
+from credit.data.text import UNKNOWN, TextCorpus, bits_per_character, pydoc_text, pydoc_text_string
 
 __all__ = [
     "Dataset",
@@ -95,4 +102,9 @@ __all__ = [
     "bits_error",
     "SOLVED_BITS",
     "CopyCurriculum",
+    "TextCorpus",
+    "UNKNOWN",
+    "pydoc_text",
+    "pydoc_text_string",
+    "bits_per_character",
 ]
