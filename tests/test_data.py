@@ -545,3 +545,100 @@ def test_decode_rejects_ids_outside_the_vocabulary(corpus):
         corpus.decode([1, corpus.vocab_size])
     with pytest.raises(ValueError, match="text must be a string"):
         corpus.encode(b"bytes")
+
+
+# --- windows for truncated BPTT ----------------------------------------------------
+
+
+def test_tbptt_windows_rows_continue_from_batch_to_batch():
+    stream = np.arange(1003)[:, None] * np.array([1, -1])       # (1003, 2): step t is (t, -t)
+    targets = np.arange(1003) + 10_000
+    w = data.tbptt_windows(stream, window=7, batch_size=4, targets=targets)
+    length = 1003 // 4 // 7 * 7                                   # 245 steps per row
+    assert w.inputs.shape == (4 * 35, 7, 2) and w.n_windows == 35 and w.dropped == 1003 - 4 * length
+    batches = w.inputs.reshape(w.n_windows, 4, 7, 2)               # what fit(shuffle=False) feeds
+    for i in range(1, w.n_windows):
+        for r in range(4):
+            # row r of batch i starts exactly where row r of batch i-1 ended
+            assert batches[i, r, 0, 0] == batches[i - 1, r, -1, 0] + 1
+    # reconstruct each row from the batches: it is the r-th contiguous chunk of the stream
+    rows = batches.transpose(1, 0, 2, 3).reshape(4, length, 2)
+    for r in range(4):
+        np.testing.assert_array_equal(rows[r], stream[r * length:(r + 1) * length])
+    np.testing.assert_array_equal(w.targets, w.inputs[..., 0] + 10_000)
+    np.testing.assert_array_equal(w.window_index, np.repeat(np.arange(35), 4))
+    np.testing.assert_array_equal(w.row, np.tile(np.arange(4), 35))
+    # each row is one sequence: a start only at the first step of each row
+    assert w.starts.sum() == 4 and w.starts[:4, 0].all() and w.resets[:4].all() and not w.resets[4:].any()
+    assert w.mask.shape == (140, 7) and (w.mask == 1).all()
+
+
+def test_next_step_windows_on_text(corpus):
+    w = data.next_step_windows(corpus.valid, window=32, batch_size=8)
+    assert w.inputs.dtype == np.int32 and w.inputs.shape == w.targets.shape
+    # the target of every step is the next character of the text, across window boundaries
+    rows_in = w.inputs.reshape(w.n_windows, 8, 32).transpose(1, 0, 2).reshape(8, -1)
+    rows_out = w.targets.reshape(w.n_windows, 8, 32).transpose(1, 0, 2).reshape(8, -1)
+    np.testing.assert_array_equal(rows_in[:, 1:], rows_out[:, :-1])
+    row_length = rows_in.shape[1]
+    assert corpus.decode(rows_in[3]) == corpus.decode(corpus.valid[3 * row_length:4 * row_length])
+
+
+def test_shuffled_windows_are_detected():
+    w = data.tbptt_windows(np.arange(200), window=5, batch_size=4)
+    w.check_order(w.window_index, w.row)                # the order fit(shuffle=False) uses
+    w.check_order(np.concatenate([w.window_index, w.window_index[:8]]))   # a second epoch
+    order = np.random.default_rng(0).permutation(len(w.window_index))
+    with pytest.raises(ValueError, match=r"out of order: example \d+ is window \d+.*shuffle=False"):
+        w.check_order(w.window_index[order], w.row[order])
+    swapped = np.arange(len(w.row))
+    swapped[[0, 1]] = [1, 0]                            # two rows swapped inside batch 0
+    with pytest.raises(ValueError, match="example 0 is window 0, row 1, expected window 0, row 0"):
+        w.check_order(w.window_index[swapped], w.row[swapped])
+
+
+def test_tbptt_sequence_windows_on_copy_sequences():
+    b = data.copy_task(length=2, n=7, bits=3, seed=1)          # 7 sequences of 5 steps
+    w = data.tbptt_sequence_windows(b, window=4, batch_size=3)
+    # 2 whole sequences per row (the 7th is dropped), 10 steps padded to 12: 3 windows
+    assert w.dropped == 1 and w.n_windows == 3 and w.inputs.shape == (9, 4, 4)
+    def rows(a):
+        return a.reshape(3, 3, 4, *a.shape[2:]).swapaxes(0, 1).reshape(3, 12, *a.shape[2:])
+    for r in range(3):
+        np.testing.assert_array_equal(rows(w.inputs)[r, :10], b.inputs[2 * r:2 * r + 2].reshape(10, 4))
+        np.testing.assert_array_equal(rows(w.targets)[r, :10], b.targets[2 * r:2 * r + 2].reshape(10, 3))
+        np.testing.assert_array_equal(rows(w.mask)[r], np.r_[b.mask[2 * r], b.mask[2 * r + 1], 0, 0])
+        np.testing.assert_array_equal(np.flatnonzero(rows(w.starts)[r]), [0, 5])   # a start per sequence
+    assert (rows(w.inputs)[:, 10:] == 0).all()
+    # window = sequence length: every window starts a sequence, all rows together
+    aligned = data.tbptt_sequence_windows(b, window=5, batch_size=3)
+    assert aligned.resets.all() and aligned.starts[:, 1:].sum() == 0
+
+
+def test_tbptt_sequence_windows_of_different_lengths():
+    seqs = [np.full((k, 1), k, np.float32) for k in (3, 1, 4, 2)]
+    w = data.tbptt_sequence_windows(seqs, window=3, batch_size=2)   # rows: [3, 1] and [4, 2]
+    assert w.inputs.shape == (2 * 2, 3, 1)
+    np.testing.assert_array_equal(w.inputs[:, :, 0], [[3, 3, 3], [4, 4, 4], [1, 0, 0], [4, 2, 2]])
+    np.testing.assert_array_equal(w.starts, [[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(w.mask, [[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 1, 1]])
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: data.tbptt_windows(np.arange(10), window=0, batch_size=2), ["window", "0"]),
+        (lambda: data.tbptt_windows(np.arange(10), window=3, batch_size=4), ["10 steps", "batch_size=4", "12"]),
+        (lambda: data.tbptt_windows(np.arange(10), window=2, batch_size=2, targets=np.arange(9)),
+         ["targets", "10", "9"]),
+        (lambda: data.tbptt_sequence_windows([np.zeros(3)], window=2, batch_size=2), ["1 sequences", "batch_size=2"]),
+        (lambda: data.tbptt_sequence_windows(np.zeros((4, 3)), window=2, batch_size=2, targets=np.zeros((4, 2))),
+         ["targets", "as long as the sequence"]),
+        (lambda: data.next_step_windows(np.arange(1), window=1, batch_size=1), ["ids", "at least 2"]),
+    ],
+)
+def test_window_errors_name_argument_and_value(call, words):
+    with pytest.raises(ValueError) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)

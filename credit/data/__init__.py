@@ -44,9 +44,14 @@ Sequence tasks for recurrent networks and truncated BPTT, with their own types
   (``pydoc_data.topics``), split into contiguous train / validation / test
   chunks as Penn Treebank is, as a :class:`TextCorpus`;
   :func:`bits_per_character` scores it.
+- :func:`tbptt_windows`, :func:`next_step_windows`,
+  :func:`tbptt_sequence_windows`: lay a long stream (a text, or sequences end
+  to end) out as consecutive windows for a stateful Keras RNN trained with
+  ``fit(shuffle=False)``, with markers of window order and sequence starts
+  (:class:`Windows`).
 
 Submodules by concern: ``images``, ``tabular``, ``synthetic``, ``copy_tasks``,
-``text``, ``registry``; everything public is importable from
+``text``, ``windows``, ``registry``; everything public is importable from
 ``credit.data``.
 
 Example:
@@ -79,6 +84,7 @@ from credit.data.registry import available, load
 from credit.data.synthetic import linear_classification, linear_regression, teacher_regression
 from credit.data.tabular import diabetes
 from credit.data.text import UNKNOWN, TextCorpus, bits_per_character, pydoc_text, pydoc_text_string
+from credit.data.windows import Windows, next_step_windows, tbptt_sequence_windows, tbptt_windows
 
 __all__ = [
     "Dataset",
@@ -107,4 +113,8 @@ __all__ = [
     "pydoc_text",
     "pydoc_text_string",
     "bits_per_character",
+    "Windows",
+    "tbptt_windows",
+    "next_step_windows",
+    "tbptt_sequence_windows",
 ]
