@@ -21,6 +21,7 @@ class Dataset:
         source: Where the data came from (file, package, or generator).
 
     Example:
+        >>> from credit.data import load
         >>> ds = load("linear2d", seed=1)
         >>> ds.task, ds.num_classes, ds.y_train.shape
         ('regression', None, (1000, 1))

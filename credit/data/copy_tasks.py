@@ -4,33 +4,36 @@ Graves, Wayne & Danihelka 2014, "Neural Turing Machines" (arXiv:1410.5401), §4.
 and §4.2, introduced both tasks; Jaderberg et al. 2016, "Decoupled Neural
 Interfaces using Synthetic Gradients" (ICML 2017; arXiv:1608.05343), §3.1, used
 them to measure how far back in time an RNN trained with truncated BPTT, with or
-without synthetic gradients, can carry information: the sequence length is
-raised whenever the current one is solved, and the longest length solved is the
-score.
+without synthetic gradients, can carry information, scored by the longest
+sequence solved. :class:`CopyCurriculum` raises the length each time the
+current one is solved; what counts as solved is a parameter (0.15 bits per
+sequence by default, :data:`SOLVED_BITS`).
 
 Layout of one Copy sequence of ``length`` L random ``bits``-bit vectors
-v_0 ... v_{L-1} (2L + 1 steps; ``bits`` = 8 by default):
+v_0 ... v_{L-1} (2L + 1 steps; ``bits`` = 8 by default). Inputs have
+``bits`` + 1 channels (the last is the delimiter), targets ``bits``:
 
-======================  ===========================  =====================  ======
-step t                  inputs (bits + 1 channels)   targets (bits)         mask
-======================  ===========================  =====================  ======
-0 ... L-1               v_t, delimiter channel 0      0                      0
-L                       0, delimiter channel 1        0                      0
-L+1 ... 2L              0                             v_{t-L-1}              1
-======================  ===========================  =====================  ======
+============  =======================  =============  ====
+step t        inputs: bits, delimiter  targets: bits  mask
+============  =======================  =============  ====
+0 ... L-1     v_t, 0                   0              0
+L             0, 1                     0              0
+L+1 ... 2L    0, 0                     v_{t-L-1}      1
+============  =======================  =============  ====
 
-Repeat Copy with R ``repeats`` (L + 1 + R L + 1 steps) adds an input channel
-holding R / ``max_repeats`` at the delimiter step, and a target channel, the end
-marker, that must be 1 on the step after the last copy:
+Repeat Copy with R ``repeats`` (L + 1 + R L + 1 steps) adds an input channel,
+the count, holding R / ``max_repeats`` at the delimiter step, and a target
+channel, the end marker, which must be 1 on the step after the last copy
+(j < R is the copy, k < L the vector):
 
-=========================  =================================  ==========================  ====
-step t                     inputs (bits + 2 channels)          targets (bits + 1)          mask
-=========================  =================================  ==========================  ====
-0 ... L-1                  v_t, 0, 0                           0, 0                        0
-L                          0, delimiter 1, R / max_repeats     0, 0                        0
-L+1+jL+k (j < R, k < L)    0                                   v_k, 0                      1
-L+1+RL                     0                                   0, end marker 1             1
-=========================  =================================  ==========================  ====
+==========  ==============================  ==================  ====
+step t      inputs: bits, delimiter, count  targets: bits, end  mask
+==========  ==============================  ==================  ====
+0 ... L-1   v_t, 0, 0                       0, 0                0
+L           0, 1, R / max_repeats           0, 0                0
+L+1+jL+k    0, 0, 0                         v_k, 0              1
+L+1+RL      0, 0, 0                         0, 1                1
+==========  ==============================  ==================  ====
 
 Every bit is 0 or 1 with probability 1/2, drawn from ``seed``.
 """
@@ -193,10 +196,9 @@ def bits_error(targets, outputs, mask=None, from_logits=False, per="sequence"):
     log2(1 - p_c)]`` over the target channels, where ``p`` are the network's
     output probabilities. ``per="sequence"`` sums it over the scored steps of
     each sequence and averages over sequences: the "cost per sequence (bits)"
-    of Graves et al. 2014, the unit in which the threshold
-    :data:`SOLVED_BITS` (0.15, the value commonly used for "solved") is
-    stated. ``per="step"`` divides the total by the number of scored steps
-    instead.
+    of Graves et al. 2014, and the unit of the threshold :data:`SOLVED_BITS`
+    (0.15, the value commonly used for "solved"). ``per="step"`` divides the
+    total by the number of scored steps instead (bits per output step).
 
     Probabilities are clipped to [1e-7, 1 - 1e-7], so one wrong bit costs at
     most about 23.3 bits; with ``from_logits=True`` the cost is computed
