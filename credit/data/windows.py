@@ -129,6 +129,11 @@ class Windows:
         seen = np.asarray(window_index).reshape(-1)
         expected = np.arange(len(seen)) % len(self.window_index) // self.batch_size
         rows = None if row is None else np.asarray(row).reshape(-1)
+        if rows is not None and len(rows) != len(seen):
+            raise ValueError(
+                f"row must have one marker per example, like window_index ({len(seen)}), "
+                f"got {len(rows)}."
+            )
         wrong = seen != expected
         if rows is not None:
             wrong |= rows != np.arange(len(rows)) % self.batch_size
