@@ -64,8 +64,10 @@ def summary(model, method=None):
                      "block": None if block is None else block.index,
                      "signal": signal, "transport": crossing,
                      "rule": f"{signal}; to its input: {crossing}"})
-    return pd.DataFrame(rows, columns=["layer", "type", "block", "signal", "transport",
-                                       "rule"])
+    table = pd.DataFrame(rows, columns=["layer", "type", "block", "signal", "transport",
+                                        "rule"])
+    table["block"] = table["block"].astype("Int64")
+    return table
 
 
 def _signal_rule(graph, method, name, points):

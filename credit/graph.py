@@ -351,6 +351,8 @@ class Graph:
         node = self.owner_node(name)
         if node is None:
             return [], False
+        if node.layer.name in points:  # inside a composite that carries a point
+            return [node.layer.name], False
         point_out = {}
         for p in points:
             for t in tf.nest.flatten(self.node(p).output_tensor):
@@ -792,6 +794,16 @@ class StepRecorder:
         compat.set_mask(cut, compat.get_mask(output))
         self.tape.watch(cut)
         self.stops[name] = cut
+        regularizer = getattr(layer, "activity_regularizer", None)
+        if regularizer is not None:
+            # Keras applies the activity penalty to what call returns, here the cut
+            # copy, so its gradient would not reach the layer. Add a term worth zero
+            # whose gradient is the penalty's, taken on the layer's own output (with
+            # Keras's normalisation by the batch size).
+            penalty = regularizer(output)
+            if output.shape.rank:
+                penalty = penalty / tf.cast(tf.shape(output)[0], penalty.dtype)
+            layer.add_loss(penalty - tf.stop_gradient(penalty))
         return cut
 
     def on_activation_passthrough(self, layer, original, a):

@@ -199,16 +199,17 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
     # One backward pass: the objective, plus each point output h_p with its signal
     # delta_p as output gradient -- the VJP of sum_p <h_p, delta_p> without building
     # that sum.
-    scaled = _scale(model, trace.objective)
+    with tape:  # the loss scale (mixed precision) must be on the tape
+        scaled = _scale(model, trace.objective)
     targets, output_gradients = [scaled], [tf.ones_like(scaled)]
     for p in plan.order:
         delta = signals.get(p)
         if delta is None:
             continue
         h = trace.outputs[p]
-        delta = tf.cast(tf.stop_gradient(delta), h.dtype)
+        delta = _scale(model, tf.cast(tf.stop_gradient(delta), "float32"))
         targets.append(h)
-        output_gradients.append(_scale(model, delta))
+        output_gradients.append(tf.cast(delta, h.dtype))
     gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
     trace.gradients = gradients
     logs = method.update(trace, signals) or {}
