@@ -1,4 +1,4 @@
-"""Sign symmetry (uSF), brSF, frSF and Kolen-Pollack against hand computations.
+"""Sign symmetry (uSF), brSF, frSF, Kolen-Pollack and DRTP against hand computations.
 
 Oracles: numpy on a 2-hidden-layer tanh MLP; on a small conv net, the engine's feedback
 alignment given the matrix each method's formula prescribes.
@@ -14,7 +14,7 @@ from credit.graph import GraphError
 from credit.methods import _sign
 
 NEW = ["sign_symmetry", "batchwise_random_sign_feedback", "fixed_random_sign_feedback",
-       "kolen_pollack"]
+       "kolen_pollack", "direct_random_target_projection"]
 TRANSPORTS = NEW[:4]
 
 
@@ -107,6 +107,7 @@ def images():
     ("brsf", credit.methods.BatchwiseRandomSignFeedback),
     ("frSF", credit.methods.FixedRandomSignFeedback),
     ("kp", credit.methods.KolenPollack), ("Kolen-Pollack", credit.methods.KolenPollack),
+    ("drtp", credit.methods.DirectRandomTargetProjection),
 ])
 def test_names_and_aliases(alias, cls):
     assert type(credit.get(alias)) is cls
@@ -120,6 +121,7 @@ def test_config_round_trip_and_bad_options():
         {"name": "fixed_random_sign_feedback", "seed": 3, "layers": ["a"]},
         {"name": "kolen_pollack", "seed": 4, "scale": 0.1, "layers": None,
          "weight_decay": 0.01, "learning_rate": 0.2},
+        {"name": "direct_random_target_projection", "seed": 5, "scale": 0.3, "at": [0, "x"]},
     ]
     for config in configs:
         method = credit.get(config)
@@ -140,7 +142,7 @@ def test_config_round_trip_and_bad_options():
         credit.get({"name": "frsf", "layers": 3})
 
 
-def test_transport_on_a_layer_without_one_says_why():
+def test_transport_on_a_layer_without_one_and_drtp_on_two_outputs_say_why():
     model = credit.Sequential([keras.Input((5, 4)), keras.layers.SimpleRNN(4, name="rnn"),
                                keras.layers.Dense(2)])
     for name in TRANSPORTS:
@@ -148,6 +150,11 @@ def test_transport_on_a_layer_without_one_says_why():
             model.compile(loss="mse", method={"name": name, "layers": ["rnn"]})
         with pytest.raises(GraphError, match="'nope', which is not a layer"):
             model.compile(loss="mse", method={"name": name, "layers": ["nope"]})
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, activation="tanh")(inputs)
+    two = credit.Model(inputs, [keras.layers.Dense(2)(h), keras.layers.Dense(1)(h)])
+    with pytest.raises(GraphError, match="target of the model's one output.*has 2 outputs"):
+        two.compile(loss="mse", method="drtp")
 
 
 # -- fans and scales --------------------------------------------------------------------
@@ -401,6 +408,50 @@ def test_kolen_pollack_weight_decay_option(classification_data):
     expected = before * (1 - 0.5 * 0.1) - 0.5 * out.gradients[2].numpy()
     np.testing.assert_allclose(method.feedback_matrices[b].numpy(), expected, rtol=1e-5,
                                atol=1e-7)
+
+
+# -- DRTP -------------------------------------------------------------------------------
+
+
+def test_drtp_matches_hand_computation_and_ignores_the_output(classification_data):
+    x, y = classification_data
+    model = mlp()
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "drtp", "seed": 5})
+    names = [layer.name for layer in model.layers]
+    B1, B2 = [model.method.feedback_matrices[n].numpy().astype("float64") for n in names[:2]]
+    assert B1.shape == (3, 16) and B2.shape == (3, 8)
+    for B, units in ((B1, 16), (B2, 8)):  # kaiming_uniform_: bound sqrt(6 / fan_in)
+        assert np.abs(B).max() <= np.sqrt(6 / units)
+        assert np.abs(B).max() > 0.7 * np.sqrt(6 / units)
+    x64, h1, h2, e, _ = numpy_forward(model, x, y)
+    onehot = np.eye(3)[y]
+    g2 = (onehot @ B2) * (1 - h2**2)  # y B_p through the block's own tanh, no 1/batch
+    expected = numpy_update(x64, h1, h2, e, g2, onehot @ B1)
+    got = grads_of(model, x, y, model.method)
+    assert_all_close(got, expected)
+    # The hidden signals do not depend on the network's output.
+    model.layers[-1].kernel.assign(3 * model.layers[-1].kernel + 1)
+    changed = grads_of(model, x, y, model.method)
+    assert_all_close(changed[:4], got[:4], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(changed[4], got[4])
+
+
+def test_drtp_on_a_regression_target_uses_the_target(regression_data):
+    x, y = regression_data
+    y2 = np.concatenate([y, -2 * y], axis=1)
+    model = mlp(outputs=2, out_activation=None)
+    model.compile(loss="mse", method={"name": "drtp", "seed": 1, "scale": 0.2})
+    names = [layer.name for layer in model.layers]
+    B1, B2 = [model.method.feedback_matrices[n].numpy().astype("float64") for n in names[:2]]
+    assert B1.shape == (2, 16) and np.abs(B1).max() <= 0.2
+    w1, b1, w2, b2, w3, b3 = [w.astype("float64") for w in model.get_weights()]
+    x64 = x.astype("float64")
+    h1 = np.tanh(x64 @ w1 + b1)
+    h2 = np.tanh(h1 @ w2 + b2)
+    e = 2 * (h2 @ w3 + b3 - y2) / y2.size
+    g2 = (y2 @ B2) * (1 - h2**2)
+    expected = numpy_update(x64, h1, h2, e, g2, y2 @ B1)
+    assert_all_close(grads_of(model, x, y2, model.method), expected)
 
 
 # -- every new method on a residual CNN: it trains, and resumes exactly after loading ---
