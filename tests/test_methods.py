@@ -239,7 +239,7 @@ def test_brsf_matches_hand_computation_and_redraws_every_step(classification_dat
     draws = []
     for step in range(3):
         assert int(method.step.numpy()) == step
-        (m2,), (m3,) = [[m.numpy().astype("float64") for m in method.magnitudes(n)]
+        (m2,), (m3,) = [[m.numpy().astype("float64") for m in method.draw(n)]
                         for n in names[1:]]
         for m, limit in ((m2, np.sqrt(6 / 24)), (m3, np.sqrt(6 / 11))):
             assert m.min() >= 0 and m.max() <= limit and m.max() > 0.7 * limit
@@ -255,7 +255,7 @@ def test_brsf_matches_hand_computation_and_redraws_every_step(classification_dat
         other = mlp()
         other.compile(loss="mse", method={"name": "brsf", "seed": seed})
         for step, m2 in enumerate(draws):
-            got = other.method.magnitudes(other.layers[1].name, step=step)[0].numpy()
+            got = other.method.draw(other.layers[1].name, step=step)[0].numpy()
             assert np.array_equal(got, m2.astype("float32")) == same
 
 
@@ -285,7 +285,7 @@ def _formula_matrices(model, method):
             layer = model.get_layer(name)
             mats = [_sign.glorot_std(layer, j) * np.sign(k) for j, k in enumerate(kernels)]
         elif method.name == "batchwise_random_sign_feedback":
-            mats = [m.numpy() * np.sign(k) for m, k in zip(method.magnitudes(name), kernels)]
+            mats = [m.numpy() * np.sign(k) for m, k in zip(method.draw(name), kernels)]
         elif method.name == "fixed_random_sign_feedback":
             ms = method.magnitudes[name]
             ms = ms if isinstance(ms, tuple) else (ms,)

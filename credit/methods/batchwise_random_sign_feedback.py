@@ -44,7 +44,7 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
 
     Example:
         >>> model.compile(optimizer="sgd", loss="mse", method="brsf")  # doctest: +SKIP
-        >>> model.method.magnitudes(model.layers[1].name)              # doctest: +SKIP
+        >>> model.method.draw(model.layers[1].name)    # this step's |M_t|  # doctest: +SKIP
     """
 
     name = "batchwise_random_sign_feedback"
@@ -79,7 +79,7 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
                 shape=(), dtype="int64", name="step", trainable=False,
                 initializer="zeros", aggregation="only_first_replica")
 
-    def magnitudes(self, name, step=None):
+    def draw(self, name, step=None):
         """The magnitudes ``|M_t|`` of layer ``name`` at step ``step`` (default: now).
 
         A tuple with one tensor per kernel (two for a separable convolution).
@@ -95,14 +95,14 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
                          tf.cast(step, "int64")])
         out = []
         for k, shape, limit in self._kernels[name]:
-            draw = tf.random.stateless_uniform(
+            m = tf.random.stateless_uniform(
                 shape, seed=tf.random.experimental.stateless_fold_in(seed, k),
                 minval=-limit, maxval=limit, dtype="float32")
-            out.append(tf.abs(draw))
+            out.append(tf.abs(m))
         return tuple(out)
 
     def transport(self, layer, kernels):
-        return tuple(_sign.signed(m, w) for m, w in zip(self.magnitudes(layer.name), kernels))
+        return tuple(_sign.signed(m, w) for m, w in zip(self.draw(layer.name), kernels))
 
     def signals(self, trace):
         return {}
