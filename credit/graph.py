@@ -727,23 +727,37 @@ class StepRecorder:
         tape: the step's tape (stop-gradient copies at points are watched on it).
         stop: cut the backward pass at points (False: only record their outputs).
         use_transports: apply the method's transports (False: true gradients).
+        intercept: ``intercept(layer, call, args, kwargs, records)`` (the method's), run
+            in place of the calls of the plan's intercepted layers; ``call`` runs the
+            layer (with its transports and points), ``records`` is the trace's dict.
     """
 
-    def __init__(self, plan, transport, tape, stop=True, use_transports=True):
+    def __init__(self, plan, transport, tape, stop=True, use_transports=True,
+                 intercept=None):
         self.plan = plan
         self.transport = transport
+        self.intercept = intercept
         self.tape = tape
         self.stop = stop
         self.use_transports = use_transports
         self.frames = {}
         self.outputs = {}
         self.stops = {}
+        self.records = {}
         self.logits = None
 
     def _set_logits(self, t):
         self.logits = t
 
     def on_call(self, layer, original, args, kwargs):
+        if self.intercept is not None and id(layer) in self.plan.intercepted:
+            def call(*a, **k):
+                return self._call(layer, original, a, k)
+
+            return self.intercept(layer, call, args, kwargs, self.records)
+        return self._call(layer, original, args, kwargs)
+
+    def _call(self, layer, original, args, kwargs):
         key = id(layer)
         plan = self.plan
         if plan.logits_kind == "input" and key == plan.logits_id:
@@ -826,11 +840,14 @@ class Plan:
         to_output: points connected to the model output without another point between.
         no_stop: points whose output is a model output (not cut: the loss reads it).
         output_point: whether some point is a model output.
+        intercepted: dict from ``id(layer)`` to layer, the layers whose calls the method
+            intercepts (e.g. a stateful RNN's, for synthetic gradients through time).
     """
 
-    def __init__(self, graph, points, transported):
+    def __init__(self, graph, points, transported, intercepted=()):
         self.graph = graph
         layers = graph.layers
+        self.intercepted = {id(layers[n]): layers[n] for n in intercepted}
         self.points = {id(layers[p]): p for p in points}
         self.order = tuple(graph.order(points)) if points else ()
         self.transported = {id(layers[t]): layers[t] for t in transported}
@@ -844,10 +861,11 @@ class Plan:
         kind, name = graph.logits
         self.logits_kind = kind
         self.logits_id = id(layers[name]) if name is not None else None
-        hooked = list(self.transported.values()) + [layers[p] for p in self.order]
+        hooked = (list(self.transported.values()) + [layers[p] for p in self.order]
+                  + list(self.intercepted.values()))
         if name is not None:
             hooked.append(layers[name])
         self.hooked = hooked
 
-    def recorder(self, transport, tape, stop=True, use_transports=True):
-        return StepRecorder(self, transport, tape, stop, use_transports)
+    def recorder(self, transport, tape, stop=True, use_transports=True, intercept=None):
+        return StepRecorder(self, transport, tape, stop, use_transports, intercept)

@@ -58,12 +58,18 @@ def bind(method, model, inputs=None):
         graph = graph_lib.analyse(model, spec)
         method.model, method.graph = model, graph
         method.state = MethodState(name=f"{method.name}_state")
-        method.points, method.transported = (), ()
+        method.points, method.transported, method.intercepted = (), (), ()
         try:
             method.build(graph)
             method.points = tuple(graph.resolve_points(list(method.points)))
             method.transported = tuple(_check_transported(graph, method))
-            method.plan = graph_lib.Plan(graph, method.points, method.transported)
+            for name in method.intercepted:
+                if name not in graph.layers:
+                    raise graph_lib.GraphError(
+                        f"{type(method).__name__} intercepts {name!r}, which is not a "
+                        f"layer of model {model.name!r}.")
+            method.plan = graph_lib.Plan(graph, method.points, method.transported,
+                                         tuple(method.intercepted))
         except Exception:
             method.model = method.graph = method.plan = None
             raise
@@ -210,6 +216,10 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         delta = _scale(model, tf.cast(tf.stop_gradient(delta), "float32"))
         targets.append(h)
         output_gradients.append(tf.cast(delta, h.dtype))
+    for tensor, gradient in trace.extra_targets:
+        gradient = _scale(model, tf.cast(tf.stop_gradient(gradient), "float32"))
+        targets.append(tensor)
+        output_gradients.append(tf.cast(gradient, tensor.dtype))
     gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
     trace.gradients = gradients
     logs = method.update(trace, signals) or {}
@@ -240,7 +250,8 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
     plan = method.plan
     variables = model.trainable_variables
     tape = tf.GradientTape(persistent=True)
-    recorder = plan.recorder(method.transport, tape, stop=cut, use_transports=use_transports)
+    recorder = plan.recorder(method.transport, tape, stop=cut, use_transports=use_transports,
+                             intercept=method.intercept if plan.intercepted else None)
     with tape:
         with graph_lib.Hooks(plan.hooked, recorder):
             y_pred = model(x, training=training)

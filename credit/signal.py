@@ -56,6 +56,9 @@ class Trace:
         gradients: after the backward pass, the weight gradients aligned with
             ``variables`` (None before).
         variables: the model's trainable variables.
+        records: what the method's ``intercept`` recorded during the forward pass.
+        extra_targets: ``(tensor, gradient)`` pairs the backward pass adds (see
+            :meth:`add_target`).
 
     The methods return the vector-Jacobian products methods are made of.
     """
@@ -70,6 +73,8 @@ class Trace:
         self.below = plan.below
         self.above = plan.above
         self._logits = recorder.logits
+        self.records = recorder.records
+        self.extra_targets = []
         self.x = x
         self.y = y
         self.sample_weight = sample_weight
@@ -185,6 +190,12 @@ class Trace:
             f"per example: y must hold one class index per example (classification) or "
             f"{units} values per example (one-hot labels or a regression target).")
 
+    def add_target(self, tensor, gradient):
+        """Inject ``gradient`` at ``tensor`` (recorded in this forward pass) in the step's
+        backward pass, besides the point signals: e.g. a synthetic gradient at a
+        recurrent layer's final state."""
+        self.extra_targets.append((tensor, gradient))
+
     # -- backward products -----------------------------------------------------------
 
     def gradient(self, signals, sources, objective=True):
@@ -263,6 +274,10 @@ class ErrorSignal(abc.ABC):
       backward pass (``trace.gradients`` is set); return a dict of scalar logs named as
       in ``log_names``.
 
+    Optionally, a method that must act inside a layer's call (synthetic gradients through
+    time read a stateful RNN's carried state) names those layers in ``self.intercepted``
+    in :meth:`build` and implements :meth:`intercept`.
+
     Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored on
     the instance under the same names: :meth:`get_config` reads them from there.
 
@@ -301,6 +316,7 @@ class ErrorSignal(abc.ABC):
         self.state = None
         self.points = ()
         self.transported = ()
+        self.intercepted = ()
         self._drawn_seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else None
 
     # -- what subclasses implement ---------------------------------------------------
@@ -324,6 +340,17 @@ class ErrorSignal(abc.ABC):
     @abc.abstractmethod
     def update(self, trace, signals):
         """Update the method's own state after a step; return a dict of scalar logs."""
+
+    def intercept(self, layer, call, args, kwargs, records):
+        """Run a call of an intercepted layer (only for layers in ``self.intercepted``).
+
+        ``call(*args, **kwargs)`` runs the layer as the engine would; ``records`` is the
+        trace's dict, where the method keeps what its ``signals`` will need. Return the
+        layer's output.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} names layers in self.intercepted but does not "
+            "implement intercept(layer, call, args, kwargs, records).")
 
     # -- configuration ---------------------------------------------------------------
 
