@@ -138,6 +138,19 @@ def linear(layer, x, kernels_):
     raise AssertionError("unreachable")
 
 
+def _einsum_adjoint(equation):
+    """``"out,kernel->x"`` for ``"x,kernel->out"``, when every axis of x is in out or in
+    the kernel (else None: an axis summed within x alone needs the generic VJP)."""
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        return None
+    inputs, out = eq.split("->")
+    x, kernel = inputs.split(",")
+    if any(a not in out and a not in kernel for a in x):
+        return None
+    return f"{out},{kernel}->{x}"
+
+
 def adjoint(layer, g, x, kernels_):
     """``VJP_x[L(.; kernels_)](g)``: the signal ``g`` at the pre-activation carried to the input.
 
@@ -150,6 +163,10 @@ def adjoint(layer, g, x, kernels_):
     kernels_ = tuple(tf.cast(k, g.dtype) for k in kernels_)
     if isinstance(layer, _L.Dense):
         return tf.tensordot(g, kernels_[0], [[-1], [1]])
+    if isinstance(layer, _L.EinsumDense):
+        transposed = _einsum_adjoint(layer.equation)
+        if transposed is not None:
+            return tf.einsum(transposed, g, kernels_[0])
     # The VJP of a linear op does not depend on where it is taken: take it at zero, so
     # that nothing of the forward computation is needed (graph mode prunes it).
     x0 = tf.zeros(tf.shape(x), g.dtype)
