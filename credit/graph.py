@@ -820,9 +820,6 @@ class StepRecorder:
             layer.add_loss(penalty - tf.stop_gradient(penalty))
         return cut
 
-    def on_activation_passthrough(self, layer, original, a):
-        return original(a)
-
 
 def _adjoint(layer, x, feedback):
     return lambda g: transports.adjoint(layer, g, x, feedback)

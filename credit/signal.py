@@ -418,6 +418,44 @@ def uniform_feedback(rng, shape, fan_in, scale=None):
     return rng.uniform(-scale, scale, size=shape).astype("float32")
 
 
+def random_kernels(method, graph, scale=None, trainable=False):
+    """Fixed random matrices shaped like the kernels of ``method.transported``.
+
+    Uniform in ``±scale`` (default ``1/sqrt(fan_in)``, see :func:`uniform_feedback`),
+    seeded per layer position and kernel. Returns a dict from layer name to a variable
+    (a tuple of them for a layer with two kernels, e.g. a separable convolution).
+    """
+    from credit import transports
+
+    matrices = {}
+    for i, name in enumerate(method.transported):
+        layer = graph.layers[name]
+        made = []
+        for j, kernel in enumerate(transports.kernels(layer)):
+            value = uniform_feedback(method.seed_for(i, j), tuple(kernel.shape),
+                                     transports.fan_in(layer, j), scale)
+            made.append(method.add_state_variable(value, f"feedback_{i}_{j}",
+                                                  trainable=trainable))
+        matrices[name] = made[0] if len(made) == 1 else tuple(made)
+    return matrices
+
+
+def project(v, matrices, trace):
+    """``v B_p`` for every point p, reshaped to ``h_p``: DFA's and DRTP's signals.
+
+    Args:
+        v: a ``(batch, d)`` tensor (the flattened output error, or the targets).
+        matrices: dict from point to its ``(d, units of h_p)`` matrix.
+        trace: the step's trace.
+    """
+    deltas = {}
+    for name in trace.points:
+        h = trace.outputs[name]
+        delta = tf.matmul(v, tf.cast(matrices[name], v.dtype))
+        deltas[name] = tf.reshape(delta, tf.shape(h))
+    return deltas
+
+
 def hidden_points(graph, points, argument="points"):
     """The points a point method uses: ``points`` resolved, or every hidden block's output.
 

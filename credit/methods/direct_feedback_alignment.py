@@ -1,9 +1,8 @@
 """Direct feedback alignment: the output error sent straight to every hidden block."""
 
-import tensorflow as tf
-
 from credit.registry import register
-from credit.signal import ErrorSignal, flat, hidden_points, output_units, uniform_feedback
+from credit.signal import (ErrorSignal, flat, hidden_points, output_units, project,
+                           uniform_feedback)
 
 
 @register
@@ -57,13 +56,7 @@ class DirectFeedbackAlignment(ErrorSignal):
         return None
 
     def signals(self, trace):
-        e = flat(trace.output_error())
-        deltas = {}
-        for name in trace.points:
-            h = trace.outputs[name]
-            delta = tf.matmul(e, tf.cast(self.feedback_matrices[name], e.dtype))
-            deltas[name] = tf.reshape(delta, tf.shape(h))
-        return deltas
+        return project(flat(trace.output_error()), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         return {}

@@ -1,12 +1,11 @@
 """Direct random target projection: the target, not the error, sent to every hidden block."""
 
 import numpy as np
-import tensorflow as tf
 
 from credit.graph import GraphError
 from credit.methods import _sign
 from credit.registry import register
-from credit.signal import ErrorSignal, hidden_points
+from credit.signal import ErrorSignal, hidden_points, project
 
 
 @register
@@ -87,13 +86,7 @@ class DirectRandomTargetProjection(ErrorSignal):
         return None
 
     def signals(self, trace):
-        y = trace.labels()
-        deltas = {}
-        for name in trace.points:
-            h = trace.outputs[name]
-            delta = tf.matmul(y, tf.cast(self.feedback_matrices[name], y.dtype))
-            deltas[name] = tf.reshape(delta, tf.shape(h))
-        return deltas
+        return project(trace.labels(), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         return {}

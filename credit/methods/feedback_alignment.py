@@ -1,8 +1,7 @@
 """Feedback alignment: the backward pass through fixed random matrices."""
 
-from credit import transports
 from credit.registry import register
-from credit.signal import ErrorSignal, transported_layers, uniform_feedback
+from credit.signal import ErrorSignal, random_kernels, transported_layers
 
 
 @register
@@ -50,15 +49,7 @@ class FeedbackAlignment(ErrorSignal):
 
     def build(self, graph):
         self.transported = transported_layers(graph, self.layers)
-        self.feedback_matrices = {}
-        for i, name in enumerate(self.transported):
-            layer = graph.layers[name]
-            matrices = []
-            for j, kernel in enumerate(transports.kernels(layer)):
-                value = uniform_feedback(self.seed_for(i, j), tuple(kernel.shape),
-                                         transports.fan_in(layer, j), self.scale)
-                matrices.append(self.add_state_variable(value, f"feedback_{i}_{j}"))
-            self.feedback_matrices[name] = matrices[0] if len(matrices) == 1 else tuple(matrices)
+        self.feedback_matrices = random_kernels(self, graph, self.scale)
 
     def transport(self, layer, kernels):
         matrices = self.feedback_matrices[layer.name]

@@ -10,7 +10,7 @@ import tensorflow as tf
 from credit import transports
 from credit.methods import _sign
 from credit.registry import register
-from credit.signal import ErrorSignal, transported_layers, uniform_feedback
+from credit.signal import ErrorSignal, random_kernels, transported_layers
 
 
 @register
@@ -118,18 +118,14 @@ class KolenPollack(ErrorSignal):
 
     def build(self, graph):
         self.transported = transported_layers(graph, self.layers)
-        self.feedback_matrices = {}
+        # Initialised exactly as feedback alignment's B (same seed, same matrices).
+        self.feedback_matrices = random_kernels(self, graph, self.scale, trainable=True)
         pairs = []
-        for i, name in enumerate(self.transported):
-            layer = graph.layers[name]
-            matrices = []
-            for j, kernel in enumerate(transports.kernels(layer)):
-                value = uniform_feedback(self.seed_for(i, j), tuple(kernel.shape),
-                                         transports.fan_in(layer, j), self.scale)
-                matrix = self.add_state_variable(value, f"feedback_{i}_{j}", trainable=True)
-                matrices.append(matrix)
-                pairs.append((layer, j, matrix))
-            self.feedback_matrices[name] = matrices[0] if len(matrices) == 1 else tuple(matrices)
+        for name in self.transported:
+            matrices = self.feedback_matrices[name]
+            for j, matrix in enumerate(matrices if isinstance(matrices, tuple) else
+                                       (matrices,)):
+                pairs.append((graph.layers[name], j, matrix))
         self._pairs = pairs
         self._make_optimizer(graph.model)
 
