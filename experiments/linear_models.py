@@ -71,7 +71,7 @@ import pandas as pd  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic, write_table  # noqa: E402
+from experiments.runner.files import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "TASKS", "MODELS", "METHODS", "TRAINING", "Problem", "make_problem", "build_model",

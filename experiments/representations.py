@@ -83,7 +83,7 @@ from scipy import stats  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic, write_table  # noqa: E402
+from experiments.runner.files import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "Settings", "sg_block", "build_model", "stimuli", "rdm", "rdm_similarity",
