@@ -580,7 +580,7 @@ def test_resnet_matches_its_architecture():
     {"type": "gru", "units": [8]},
 ])
 def test_zoo_model_trains_with_backprop_and_records_true_metrics(spec, tmp_path):
-    config = tiny("backprop", model=spec, epochs=1, n_align=0, n_train=120)
+    config = tiny("backprop", model=spec, epochs=1, n_align=16, n_train=120)
     out = sweep.run_sweep([config], tmp_path, verbose=0, after_fit=_check_metrics)
     assert out[0].status == "done"
     history = pd.read_csv(out[0].folder / "history.csv")
@@ -589,6 +589,12 @@ def test_zoo_model_trains_with_backprop_and_records_true_metrics(spec, tmp_path)
     assert history["val_accuracy"].iloc[-1] == pytest.approx(check["val_accuracy"], abs=1e-6)
     recorded = json.loads((out[0].folder / "config.json").read_text())
     assert recorded["architecture"].startswith(spec["type"])
+    # The alignment diagnostic: measured where the engine can, else the run says why.
+    if recorded["alignment"] == "measured":
+        assert history["alignment_0"].tolist() == pytest.approx([1.0])
+    else:
+        assert recorded["alignment"].startswith("unavailable: ")
+        assert not any(c.startswith("alignment_") for c in history.columns)
     if spec["type"] == "transformer":
         model = models.build_model(configs.complete(config)["model"],
                                    data_lib.load_data(configs.complete(config)))

@@ -7,6 +7,7 @@ Example:
 
 import json
 import math
+import re
 
 import pandas as pd
 
@@ -32,11 +33,18 @@ def short_model(value):
 
 
 def short_reason(reason):
-    """The first clause of a not-applicable reason, for a table cell."""
+    """The first clause of a not-applicable reason without its parentheses, for a cell.
+
+    Example:
+        >>> short_reason("layer 'add' (Add) is not part of a chain (it has 2 input(s)); "
+        ...              "use backprop")
+        "layer 'add' is not part of a chain"
+    """
     first = reason.split(";")[0].split(". ")[0]
-    if " (" in first:
-        first = first[:first.index(" (")]
-    return first.strip().rstrip(".")
+    previous = None
+    while previous != first:  # innermost parentheses first
+        previous, first = first, re.sub(r"\s*\([^()]*\)", "", first)
+    return " ".join(first.split()).rstrip(".")
 
 
 def annotate(table, results):

@@ -5,7 +5,8 @@
 - ``config.json``: the config plus bookkeeping keys (``status`` "running", then
   "done" or "diverged"; ``architecture``, ``model_name``, ``data_source``,
   ``data_view``, ``train_examples``, ``val_examples``, ``test_examples``,
-  ``seconds``, ``host``, ``pid``);
+  ``seconds``, ``host``, ``pid``; ``alignment``: "measured", or "unavailable: why"
+  when the engine cannot measure it on the model);
 - ``history.csv``: one row per epoch, rewritten (atomically) after every epoch:
   ``epoch`` (from 1), ``step`` (optimizer steps, cumulative), ``wall_time``
   (training seconds, cumulative, without the evaluations and the alignment
@@ -128,11 +129,20 @@ def _finite_loss(logs):
 
 
 class _Alignment(credit.AlignmentCallback):
-    """``alignment_k`` in the logs, skipped once the loss is not finite."""
+    """``alignment_k`` in the logs, skipped once the loss is not finite.
+
+    A diagnostic: if the engine cannot measure it on this model (a ``ValueError``
+    such as ``CutError``), the run goes on without it and ``unavailable`` says why.
+    """
+
+    unavailable = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if _finite_loss(logs):
-            super().on_epoch_end(epoch, logs)
+        if self.unavailable is None and _finite_loss(logs):
+            try:
+                super().on_epoch_end(epoch, logs)
+            except ValueError as err:
+                self.unavailable = str(err)
 
 
 class _TestMetrics(keras.callbacks.Callback):
@@ -215,9 +225,11 @@ def train(config, folder, callbacks=(), after_fit=None):
     clock = _Clock()
     recorder = _Recorder(folder, clock)
     chain = [keras.callbacks.TerminateOnNaN(), clock]
+    alignment = None
     if config["n_align"] > 0:
         n = min(config["n_align"], len(data.x_train))
-        chain.append(_Alignment(data.x_train[:n], data.y_train[:n]))
+        alignment = _Alignment(data.x_train[:n], data.y_train[:n])
+        chain.append(alignment)
     chain.append(_TestMetrics(data.x_test, data.y_test, config["batch_size"]))
     chain += list(callbacks)
     if config["patience"] is not None:
@@ -232,6 +244,9 @@ def train(config, folder, callbacks=(), after_fit=None):
     if after_fit is not None:
         after_fit(model, data, config, folder)
     record.update(status=status, seconds=round(time.perf_counter() - begin, 3))
+    if alignment is not None:
+        record["alignment"] = ("measured" if alignment.unavailable is None else
+                               f"unavailable: {alignment.unavailable}")
     write_json(folder / "config.json", record)
     if status == folders.STATUS_DIVERGED:
         write_atomic(folder / "diverged", "")
