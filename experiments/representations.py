@@ -83,6 +83,7 @@ from scipy import stats  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
+from experiments.runner import cli  # noqa: E402
 from experiments.runner.files import write_atomic, write_table  # noqa: E402
 
 __all__ = [
@@ -566,8 +567,6 @@ def _parser():
                              f"{QUICK['width']})")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"epochs (default {defaults.epochs}; quick {QUICK['epochs']})")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="seeds of the initial weights (default 0 1 2; quick 0)")
     parser.add_argument("--data-seed", type=int, default=defaults.data_seed,
                         help="seed of the MNIST train/test split (default 0)")
     parser.add_argument("--per-class", type=int, default=defaults.per_class,
@@ -575,11 +574,9 @@ def _parser():
     parser.add_argument("--sg", default=defaults.sg,
                         help="the synthesizer: cdni (conditioned on the label, default) "
                              "or dni")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: small network, 1,000 training images, 1 epoch")
-    parser.add_argument("--out", default="results",
-                        help="output folder (default results); files go to "
-                             "<out>/representations")
+    cli.add_common(parser, seeds_default="0 1 2; quick 0",
+                   quick_help="smoke run: small network, 1,000 training images, 1 epoch",
+                   out_name="representations")
     return parser
 
 
@@ -598,7 +595,7 @@ def parse_args(argv=None):
         if value is not None:
             setattr(settings, name, value)
     if args.seeds is not None:
-        settings.seeds = tuple(args.seeds)
+        settings.seeds = tuple(cli.seeds(args.seeds, parser))
     settings.data_seed, settings.per_class = args.data_seed, args.per_class
     settings.sg = args.sg
 
@@ -621,10 +618,7 @@ def parse_args(argv=None):
         fail("--per-class", settings.per_class, "it must be from 2 to 100", 10)
     if settings.sg not in ("cdni", "dni"):
         fail("--sg", repr(settings.sg), "it must be cdni or dni", "cdni")
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out: got {args.out!r}, which is a file; pass a folder.")
-    return settings, out
+    return settings, cli.check_out(parser, args.out)
 
 
 def main(argv=None):

@@ -285,3 +285,17 @@ def test_representations_methods_start_from_the_same_weights():
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
     spec = representations.method_spec("sg", settings, 5)
     assert spec["at"] == [2] and spec["conditioned"]  # after hidden layer 3 of 6
+
+
+def test_scripts_share_the_command_line_convention(tmp_path):
+    """--seeds and list flags take space- or comma-separated values in every script."""
+    args = linear_models.parse_args(["--seeds", "0,2", "5", "--tasks", "mse_2d,log_2d",
+                                     "--methods", "backprop", "cdni", "--out", str(tmp_path)])
+    assert args.seeds == [0, 2, 5] and args.tasks == ["mse_2d", "log_2d"]
+    assert args.methods == ["backprop", "cdni"]
+    settings, out = representations.parse_args(["--seeds", "3,4", "--out", str(tmp_path)])
+    assert settings.seeds == (3, 4) and out == tmp_path
+    (tmp_path / "file").write_text("")
+    for main in (linear_models.main, representations.main):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "file")])
