@@ -151,7 +151,7 @@ def parser():
     p = argparse.ArgumentParser(
         prog="python -m experiments.compare",
         description="Train every credit-assignment method on the same tasks and compare "
-                    "them: test metric at the best validation epoch with 95%% confidence "
+                    "them: test metric at the best validation epoch with 95% confidence "
                     "intervals, paired differences to backprop, convergence.",
         epilog="Example: python -m experiments.compare --quick --out /tmp/results")
     p.add_argument("--methods", nargs="+", default=["all"], metavar="NAME",

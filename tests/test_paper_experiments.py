@@ -191,7 +191,15 @@ def test_representations_quick_writes_its_files(representations_quick):
     np.testing.assert_allclose(above["alignment_sg_mean"], 1.0, atol=1e-5)
 
     history = pd.read_csv(folder / "history.csv")
-    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
+    assert {"loss", "accuracy", "test_loss", "test_accuracy"} <= set(history.columns)
+    assert not any(c.startswith("val_") for c in history.columns)  # no validation split
+    # The reported test accuracy is the last epoch's, the mean over one seed is that run.
+    for method in ("backprop", "sg"):
+        last = history[history["method"] == method].iloc[-1]
+        run = runs[runs["method"] == method].iloc[0]
+        assert run["test_accuracy"] == pytest.approx(last["test_accuracy"], abs=1e-6)
+        assert accuracy.loc[accuracy["method"] == method, "test_accuracy_mean"].iloc[0] == (
+            pytest.approx(run["test_accuracy"]))
     assert "sg_loss" in history.columns
 
 

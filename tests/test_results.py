@@ -411,13 +411,19 @@ def test_to_markdown_marks_significant_differences():
 # --- plot_curves ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("metric, band", [(None, "minmax"), ("val_loss", "std"), ("loss", "minmax")])
-def test_plot_curves_writes_png(df, tmp_path, metric, band):
+@pytest.mark.parametrize("metric, band, panels", [
+    (None, "minmax", 1),          # test_accuracy: the classification data set only
+    ("val_loss", "std", 2),       # both data sets
+    ("loss", "minmax", 2),
+])
+def test_plot_curves_writes_png(df, tmp_path, metric, band, panels):
     path = tmp_path / "figs" / "curves.png"
     out = results.plot_curves(df, path, metric=metric, band=band)
     assert out == path
     content = path.read_bytes()
-    assert len(content) > 1000 and content.startswith(b"\x89PNG")
+    assert content.startswith(b"\x89PNG\r\n\x1a\n") and content[12:16] == b"IHDR"
+    width, height = int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
+    assert (width, height) == (450 * panels, 350)  # 4.5 x 3.5 inches per panel at 100 dpi
 
 
 def test_plot_curves_errors(df, tmp_path):

@@ -92,6 +92,12 @@ def validate(configs, flags=None):
         ConfigError: listing every problem, one per line, each naming the flag or key,
             the value received and the fix.
     """
+    completed = _checked(configs, flags)
+    return completed, _not_applicable(completed, flags)
+
+
+def _checked(configs, flags):
+    """The completed configs, or ConfigError; the cheap half of :func:`validate`."""
     if isinstance(configs, dict) or not isinstance(configs, (list, tuple)):
         raise ConfigError(f"configs must be a list of dicts, got {type(configs).__name__}; "
                           "wrap a single config in a list.")
@@ -115,7 +121,11 @@ def validate(configs, flags=None):
                 completed.append(config)
     if messages:
         raise ConfigError("\n".join(messages))
+    return completed
 
+
+def _not_applicable(completed, flags):
+    """``{run_id: reason}`` of the configs that do not apply (loads data, builds models)."""
     not_applicable, checked = {}, {}
     # In reverse, so that the data sets of the first runs are the last loaded (cached).
     for config in reversed(completed):
@@ -134,7 +144,7 @@ def validate(configs, flags=None):
             keras.backend.clear_session()
         if checked[key] is not None:
             not_applicable[run_id(config)] = checked[key]
-    return completed, not_applicable
+    return not_applicable
 
 
 def run_one(config, out, callbacks=None, after_fit=None):
@@ -203,12 +213,21 @@ class _Serial:
         pass
 
 
+def _warm():
+    """Import what a run needs (TensorFlow, Keras, credit) in a fresh worker."""
+    from experiments.runner import training  # noqa: F401
+
+    return os.getpid()
+
+
 class _Pool:
     def __init__(self, workers):
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(_threads(workers),))
+        # Start the workers now: their imports overlap the checks of the sweep.
         self.futures = set()
+        self.warming = [self.pool.submit(_warm) for _ in range(workers)]
 
     def submit(self, *args):
         self.futures.add(self.pool.submit(run_one, *args))
@@ -307,8 +326,17 @@ def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}; pass e.g. 2.")
-    completed, not_applicable = validate(configs, flags)
+    completed = _checked(configs, flags)
     out = pathlib.Path(out)
+    pending = [c for c in completed if not folders.is_done(out / run_id(c))]
+    # Workers start while the sweep's applicability is checked (data loads, model builds).
+    executor = _executor(workers, ray) if pending else None
+    try:
+        not_applicable = _not_applicable(completed, flags)
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     todo = []
@@ -323,7 +351,6 @@ def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=
         else:
             todo.append(config)
     bar = keras.utils.Progbar(len(todo), unit_name="run", verbose=verbose) if todo else None
-    executor = _executor(workers, ray) if todo else None
     try:
         finished = 0
         while todo:
