@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 #: Columns that identify a run, first in every frame returned by :func:`load_runs`.
 RUN_COLUMNS = ["method", "dataset", "model", "seed", "run", "status"]
 _HISTORY_COLUMNS = ["epoch", "step", "wall_time", "loss"]
-_STATUSES = ("done", "diverged", "incomplete")
+_STATUSES = ("done", "diverged", "incomplete", "not_applicable")
 
 
 # ---------------------------------------------------------------------------
@@ -87,7 +87,9 @@ def _read_run(folder):
             f"{config_path} lacks the key(s) {missing}; every run's config.json "
             "needs 'method', 'dataset', 'model' and 'seed'."
         )
-    if (folder / "diverged").exists() or config.get("status") == "diverged":
+    if config.get("status") == "not_applicable":  # refused by the engine: not a result
+        status = "not_applicable"
+    elif (folder / "diverged").exists() or config.get("status") == "diverged":
         status = "diverged"
     elif (folder / "done").exists():
         status = "done"
@@ -130,7 +132,9 @@ def load_runs(path, include_incomplete=False):
 
     A run's status is ``"diverged"`` if it has a ``diverged`` marker or
     ``config["status"] == "diverged"``, else ``"done"`` if it has a ``done``
-    marker, else ``"incomplete"`` (still running or killed).
+    marker, else ``"incomplete"`` (still running or killed). A run whose
+    ``config["status"]`` is ``"not_applicable"`` (the engine refused the model) is
+    counted in the log line and left out.
 
     Args:
         path: Output folder of the experiment runner.
@@ -166,7 +170,7 @@ def load_runs(path, include_incomplete=False):
         config, status, history = _read_run(folder)
         count = counts.setdefault(folder.parent, dict.fromkeys(_STATUSES, 0))
         count[status] += 1
-        if status == "incomplete" and not include_incomplete:
+        if status == "not_applicable" or (status == "incomplete" and not include_incomplete):
             continue
         frame = history.copy() if len(history) else pd.DataFrame({c: [np.nan] for c in _HISTORY_COLUMNS})
         ident = {
@@ -192,9 +196,11 @@ def load_runs(path, include_incomplete=False):
                        "folder)", os.fspath(root))
     for parent, count in counts.items():
         skipped = "" if include_incomplete or not count["incomplete"] else " (skipped)"
-        logger.info("load_runs: %d runs in %s: %d done, %d diverged, %d incomplete%s",
+        refused = (f", {count['not_applicable']} not applicable (skipped)"
+                   if count["not_applicable"] else "")
+        logger.info("load_runs: %d runs in %s: %d done, %d diverged, %d incomplete%s%s",
                     sum(count.values()), os.fspath(parent), count["done"], count["diverged"],
-                    count["incomplete"], skipped)
+                    count["incomplete"], skipped, refused)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in RUN_COLUMNS + _HISTORY_COLUMNS})
     df = pd.concat(frames, ignore_index=True)

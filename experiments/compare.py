@@ -448,7 +448,8 @@ def main(argv=None):
         return 130
     accuracy_md, convergence_md, figures = tables(run_results, folder, plan.tuned_keys(),
                                                   tuning_table)
-    trained = sum(not r.cached and r.run is not None for r in run_results)
+    trained = sum(not r.cached and r.status in (folders.STATUS_DONE, folders.STATUS_DIVERGED)
+                  for r in run_results)
     print(f"\n{len(run_results)} runs ({trained} trained, "
           f"{sum(r.cached for r in run_results)} already done, "
           f"{sum(r.status == folders.STATUS_DIVERGED for r in run_results)} diverged, "

@@ -393,6 +393,48 @@ def test_configs_that_do_not_apply_are_skipped_with_a_note(tmp_path, train_calls
         f"| kickback | digits | mlp | accuracy | n/a | n/a ({KICKBACK_NOTE}) | 0 | 0 |")
 
 
+class _Refuse(keras.callbacks.Callback):
+    """Stands for an engine that refuses a model at its first step, or fails later."""
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_train_begin(self, logs=None):
+        if self.at_epoch == 0:
+            raise ValueError("layer 'lstm' (LSTM) cannot be cut into blocks; use backprop")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch and epoch > 0:
+            raise ValueError("a bug in the second epoch")
+
+
+def _refuse_fa(config):
+    return [_Refuse(0)] if config["method"] == "feedback_alignment" else []
+
+
+def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, train_calls):
+    configs_ = [tiny("backprop", epochs=1), tiny("fa", epochs=1)]
+    out = sweep.run_sweep(configs_, tmp_path, verbose=0, callbacks=_refuse_fa)
+    assert [r.status for r in out] == ["done", "not_applicable"]
+    assert out[1].reason == ("ValueError: layer 'lstm' (LSTM) cannot be cut into blocks; "
+                             "use backprop")
+    record = json.loads((out[1].folder / "config.json").read_text())
+    assert record["status"] == "not_applicable" and (out[1].folder / "done").exists()
+    train_calls.clear()
+    again = sweep.run_sweep(configs_, tmp_path, verbose=0)  # finished: not retried
+    assert train_calls == [] and (again[1].status, again[1].cached) == ("not_applicable", True)
+    assert again[1].reason == out[1].reason
+    df = results.load_runs(tmp_path)
+    assert df["method"].unique().tolist() == ["backprop"]  # not a result
+    table = tables.annotate(results.accuracy_table(df), again)
+    assert table["note"].tolist() == ["", "not applicable: ValueError: layer 'lstm' cannot "
+                                          "be cut into blocks"]
+    with pytest.raises(ValueError, match="a bug in the second epoch"):  # not a refusal
+        sweep.run_sweep([tiny("dfa", epochs=2)], tmp_path, verbose=0,
+                        callbacks=lambda c: [_Refuse(1)])
+
+
 @pytest.mark.slow
 def test_same_config_trains_identically(tmp_path):
     config = tiny("dfa")

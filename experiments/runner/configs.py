@@ -84,7 +84,7 @@ DEFAULTS = {
 #: Keys the runner adds to ``config.json``; a config must not use them.
 RESERVED = ("status", "run", "architecture", "model_name", "data_source", "data_view",
             "train_examples", "val_examples", "test_examples", "seconds", "host", "pid",
-            "alignment")
+            "alignment", "reason")
 
 
 class ConfigError(ValueError):

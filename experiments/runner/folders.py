@@ -31,7 +31,7 @@ import pathlib
 import socket
 
 __all__ = ["Claim", "CLAIMS", "STATUS_DONE", "STATUS_DIVERGED", "STATUS_NA", "claim_owner",
-           "finished_status", "is_done", "is_stale", "try_claim"]
+           "finished", "finished_status", "is_done", "is_stale", "try_claim"]
 
 STATUS_DONE, STATUS_DIVERGED, STATUS_NA = "done", "diverged", "not_applicable"
 #: The folder of the claim files, inside the sweep's output folder.
@@ -44,15 +44,23 @@ def is_done(folder):
 
 
 def finished_status(folder):
-    """"diverged" or "done" for a finished run folder (read from its markers/config)."""
+    """"done", "diverged" or "not_applicable" for a finished run folder, read from its
+    markers and config.json."""
+    return finished(folder)[0]
+
+
+def finished(folder):
+    """``(status, reason)`` of a finished run folder; reason is None unless the engine
+    refused the model (status "not_applicable")."""
     folder = pathlib.Path(folder)
     if (folder / "diverged").exists():
-        return STATUS_DIVERGED
+        return STATUS_DIVERGED, None
     try:
         with open(folder / "config.json") as f:
-            return json.load(f).get("status", STATUS_DONE)
+            record = json.load(f)
     except (OSError, ValueError):
-        return STATUS_DONE
+        return STATUS_DONE, None
+    return record.get("status", STATUS_DONE), record.get("reason")
 
 
 def _start_time(pid):

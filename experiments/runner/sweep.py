@@ -58,7 +58,9 @@ class RunResult:
             holds the run; only from :func:`run_one`, never in a sweep's results).
         cached: True if the run was finished earlier (by an earlier sweep or another
             worker) and not retrained here.
-        reason: why the config does not apply (status "not_applicable"), else None.
+        reason: why the config does not apply (status "not_applicable": refused at
+            the check, with no folder, or at the first training step, with a folder
+            that records it), else None.
         redone: True if the run replaced a dead owner's claim (a killed worker).
         seconds: training seconds of this process (0 when cached).
     """
@@ -147,6 +149,11 @@ def _not_applicable(completed, flags):
     return not_applicable
 
 
+def _cached(config, key, folder):
+    status, reason = folders.finished(folder)
+    return RunResult(config, key, folder, status, cached=True, reason=reason)
+
+
 def run_one(config, out, callbacks=None, after_fit=None):
     """Claim and train one completed config into ``out/<run_id>/``.
 
@@ -158,13 +165,13 @@ def run_one(config, out, callbacks=None, after_fit=None):
     key = run_id(config)
     folder = out / key
     if folders.is_done(folder):
-        return RunResult(config, key, folder, folders.finished_status(folder), cached=True)
+        return _cached(config, key, folder)
     claim = folders.try_claim(out, key)
     if claim is None:
         return RunResult(config, key, folder, "busy")
     try:
         if folders.is_done(folder):  # finished between the first look and the claim
-            return RunResult(config, key, folder, folders.finished_status(folder), cached=True)
+            return _cached(config, key, folder)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir()
@@ -176,8 +183,9 @@ def run_one(config, out, callbacks=None, after_fit=None):
             err.add_note(f"while training run {key} ({folder}) with config "
                          f"{canonical_json(config)}")
             raise
+        reason = folders.finished(folder)[1] if status == folders.STATUS_NA else None
         return RunResult(config, key, folder, status, redone=claim.stolen is not None,
-                         seconds=time.perf_counter() - begin)
+                         seconds=time.perf_counter() - begin, reason=reason)
     finally:
         claim.release()
 
@@ -346,8 +354,7 @@ def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=
             results[key] = RunResult(config, None, None, folders.STATUS_NA,
                                      reason=not_applicable[key])
         elif folders.is_done(out / key):
-            results[key] = RunResult(config, key, out / key,
-                                     folders.finished_status(out / key), cached=True)
+            results[key] = _cached(config, key, out / key)
         else:
             todo.append(config)
     bar = keras.utils.Progbar(len(todo), unit_name="run", verbose=verbose) if todo else None

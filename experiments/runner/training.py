@@ -16,6 +16,11 @@
 - ``diverged`` when the training loss became NaN or infinite (the run stops);
 - ``done``, last.
 
+If the engine refuses the model at its first training step (a ``ValueError`` such as
+``CutError``, or ``NotImplementedError``, before any epoch ends), the run is recorded as
+not applicable: ``config.json`` gets ``status`` "not_applicable" and the ``reason``,
+then ``done``; tables show it like a refusal at compile time.
+
 The callbacks run in this order, so that a user callback (``keras.callbacks.TensorBoard``)
 sees every scalar: TerminateOnNaN, the clock, the alignment measurement, the test
 evaluation, the user's callbacks, early stopping, the history writer.
@@ -41,7 +46,11 @@ from experiments.runner import folders
 from experiments.runner import models as models_lib
 from experiments.runner.files import write_atomic, write_csv, write_json
 
-__all__ = ["applicability", "compiled_model", "selection", "train"]
+__all__ = ["REFUSALS", "applicability", "compiled_model", "selection", "train"]
+
+#: Errors with which the engine refuses a model: at compile time they make a config not
+#: applicable; at the first training step (before any epoch ends) too.
+REFUSALS = (ValueError, NotImplementedError)
 
 
 def selection(task):
@@ -94,7 +103,7 @@ def applicability(config):
     try:
         model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
                       method=_method(config))
-    except ValueError as err:  # the method's build rejected the model (or CutError)
+    except REFUSALS as err:  # the method's build rejected the model (or CutError)
         return str(err)
     return None
 
@@ -141,8 +150,8 @@ class _Alignment(credit.AlignmentCallback):
         if self.unavailable is None and _finite_loss(logs):
             try:
                 super().on_epoch_end(epoch, logs)
-            except ValueError as err:
-                self.unavailable = str(err)
+            except (*REFUSALS, TypeError) as err:
+                self.unavailable = f"{type(err).__name__}: {err}"
 
 
 class _TestMetrics(keras.callbacks.Callback):
@@ -237,9 +246,21 @@ def train(config, folder, callbacks=(), after_fit=None):
         chain.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                    patience=config["patience"]))
     chain.append(recorder)
-    model.fit(data_lib.batches(data.x_train, data.y_train, config["batch_size"], config["seed"]),
-              epochs=config["epochs"], validation_data=(data.x_val, data.y_val),
-              callbacks=chain, shuffle=False, verbose=0)  # batches() shuffles
+    try:
+        model.fit(data_lib.batches(data.x_train, data.y_train, config["batch_size"],
+                                   config["seed"]),
+                  epochs=config["epochs"], validation_data=(data.x_val, data.y_val),
+                  callbacks=chain, shuffle=False, verbose=0)  # batches() shuffles
+    except REFUSALS as err:
+        if recorder.rows:  # it trained: a real failure, not a refusal
+            raise
+        # The engine refused the model at its first step (a method that builds lazily):
+        # recorded, like a refusal at compile time, as not applicable.
+        record.update(status=folders.STATUS_NA, reason=f"{type(err).__name__}: {err}",
+                      seconds=round(time.perf_counter() - begin, 3))
+        write_json(folder / "config.json", record)
+        write_atomic(folder / "done", "")
+        return folders.STATUS_NA
     status = folders.STATUS_DIVERGED if recorder.diverged else folders.STATUS_DONE
     if after_fit is not None:
         after_fit(model, data, config, folder)
