@@ -292,7 +292,11 @@ def resnet(spec, data):
     A 3x3 convolution of ``widths[0]`` filters, then 3 stages of n residual blocks with
     ``widths[0..2]`` filters (the first block of stages 2 and 3 halves the resolution
     with stride 2 and a 1x1 projection shortcut), global average pooling, the head.
-    Each block: conv-BN-ReLU-conv-BN, add the shortcut, ReLU.
+    Each block: conv-BN-ReLU-conv-BN, add the shortcut, ReLU. Convolutions have no
+    bias (batch normalisation follows). The shortcuts that change shape are 1x1
+    projections (the paper's option B; its CIFAR table uses zero-padding, option A), so
+    ResNet-20 on 32x32x3 images has 274,042 parameters with the batch-normalisation
+    statistics, against the paper's 0.27M.
     """
     n = (spec["depth"] - 2) // 6
     inputs = keras.Input(data.x_train.shape[1:])

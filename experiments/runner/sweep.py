@@ -195,11 +195,15 @@ def run_one(config, out, callbacks=None, after_fit=None):
 
 
 def _worker_init(threads):
-    """Limit TensorFlow's thread pools of a worker process (before any TF op)."""
+    """Limit TensorFlow's thread pools of a worker process (before any TF op; a worker
+    that already ran TensorFlow, such as a reused Ray worker, keeps its pools)."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # "cannot be modified after initialization"
+        pass
 
 
 def _threads(workers):
