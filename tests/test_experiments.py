@@ -458,7 +458,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(training, "train", fail)
 
 
-@pytest.mark.parametrize("argv, message", [
+BAD_FLAGS = [
     (["--methods", "nope"], "--methods: got 'nope'; unknown credit-assignment method 'nope'"),
     (["--methods", "bp,dfx"], "Did you mean 'dfa'?"),
     (["--methods", "all,bp"], "--methods: 'all' cannot be combined with other names"),
@@ -479,13 +479,16 @@ def no_training(monkeypatch):
                                                              "nor a method"),
     (["--tune-grid", "grid.json"], "--tune-grid: 'grid.json' is neither JSON text nor a file"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-])
-def test_bad_flag_fails_before_training(argv, message, tmp_path, capsys, no_training):
-    with pytest.raises(SystemExit) as exit_info:
-        compare.main(argv + ["--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+]
+
+
+def test_bad_flags_fail_before_training(tmp_path, capsys, no_training):
+    for argv, message in BAD_FLAGS:
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main(argv + ["--out", str(tmp_path)])
+        assert exit_info.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+        assert list(tmp_path.iterdir()) == [], argv
 
 
 def test_bad_configs_are_all_reported_before_training(tmp_path, no_training):
@@ -564,15 +567,16 @@ def test_tuning_chooses_on_validation_never_on_test():
 
 
 def test_compare_tunes_each_method_then_runs_its_seeds(tmp_path, train_calls):
+    grid = '{"learning_rate": [1e-9, 0.003], "dfa": {"learning_rate": [0.003, 1e-9]}}'
     argv = ["--quick", "--methods", "bp,dfa", "--datasets", "digits", "--epochs", "1",
-            "--tune-grid", '{"learning_rate": [1e-9, 0.003]}', "--out", str(tmp_path)]
+            "--tune-grid", grid, "--out", str(tmp_path)]
     assert compare.main(argv) == 0
     folder = tmp_path / "compare_quick"
     assert len(train_calls) == 4  # 2 methods x 2 points x seed 0; the final seed 0 is cached
     tuned = pd.read_csv(folder / "tuning.csv")
     assert tuned[["method", "learning_rate", "chosen"]].values.tolist() == [
         ["backprop", 1e-9, False], ["backprop", 0.003, True],
-        ["direct_feedback_alignment", 1e-9, False], ["direct_feedback_alignment", 0.003, True]]
+        ["direct_feedback_alignment", 0.003, True], ["direct_feedback_alignment", 1e-9, False]]
     runs = results.run_table(results.load_runs(folder), keep=["learning_rate"])
     for row in tuned.itertuples():
         run = runs[(runs["method"] == row.method) & (runs["learning_rate"] == row.learning_rate)]
@@ -618,7 +622,6 @@ def test_resnet_matches_its_architecture():
     {"type": "cnn", "filters": [4, 8], "dense": [16]},
     {"type": "resnet", "depth": 8, "widths": [4, 8, 8]},
     {"type": "transformer", "dim": 8, "heads": 2, "layers": 1, "ff": 16},
-    {"type": "lstm", "units": [8]},
     {"type": "gru", "units": [8]},
 ])
 def test_zoo_model_trains_with_backprop_and_records_true_metrics(spec, tmp_path):
@@ -643,6 +646,18 @@ def test_zoo_model_trains_with_backprop_and_records_true_metrics(spec, tmp_path)
         kinds = {type(l).__name__ for l in model.layers}
         assert {"MultiHeadAttention", "LayerNormalization", "Add", "Dense",
                 "GlobalAveragePooling1D", "PositionalEncoding"} <= kinds
+
+
+def test_recurrent_models_read_the_rows_as_steps():
+    config = configs.complete(tiny("backprop", model={"type": "lstm", "units": [8, 4]}))
+    splits = data_lib.load_data(config)
+    model = models.build_model(config["model"], splits)
+    lstms = [l for l in model.layers if isinstance(l, keras.layers.LSTM)]
+    assert [(l.units, l.return_sequences) for l in lstms] == [(8, True), (4, False)]
+    assert model.inputs[0].shape[1:] == (8, 8)
+    assert model.count_params() == (4 * (8 * 8 + 8 * 8 + 8) + 4 * (8 * 4 + 4 * 4 + 4)
+                                    + 4 * 10 + 10)  # LSTM: 4 gates of (x W + h U + b)
+    assert model(splits.x_train[:3]).shape == (3, 10)
 
 
 # ---------------------------------------------------------------------------
@@ -751,11 +766,17 @@ def test_workers_train_in_their_own_processes(tmp_path):
     assert _trained(marks) == sorted(r.run for r in out)
     pids = {p.name.split(".")[1] for p in marks.iterdir()}
     assert str(os.getpid()) not in pids
-    serial = sweep.run_sweep(configs_, tmp_path / "serial", verbose=0)  # same numbers
-    for a, b in zip(out, serial):
+
+
+@pytest.mark.slow
+def test_workers_give_the_numbers_of_one_process(tmp_path):
+    configs_ = [tiny(m, epochs=2) for m in ("backprop", "dfa")]
+    pool = sweep.run_sweep(configs_, tmp_path / "pool", verbose=0, workers=2)
+    serial = sweep.run_sweep(configs_, tmp_path / "serial", verbose=0)
+    for a, b in zip(pool, serial):
         ha, hb = (pd.read_csv(r.folder / "history.csv") for r in (a, b))
-        np.testing.assert_allclose(ha[["loss", "val_accuracy", "test_accuracy"]],
-                                   hb[["loss", "val_accuracy", "test_accuracy"]], rtol=1e-5)
+        columns = ["loss", "val_accuracy", "test_accuracy", "alignment_0"]
+        np.testing.assert_allclose(ha[columns], hb[columns], rtol=1e-5)
 
 
 class _Die(keras.callbacks.Callback):
