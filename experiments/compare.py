@@ -86,6 +86,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import json  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -350,6 +351,11 @@ def tables(run_results, folder, tuned_keys=(), tuning_table=None):
     """
     folder = pathlib.Path(folder)
     df = _load(folder / "runs", {r.run for r in run_results if r.run is not None})
+    for key in tuned_keys:  # a tuned method hyperparameter gets a column of its own
+        if key.startswith("method_config.") and "method_config" in df.columns:
+            name = key[len("method_config."):]
+            df[key] = [json.loads(v).get(name) if isinstance(v, str) else None
+                       for v in df["method_config"]]
     keep = [k for k in tuned_keys if k in df.columns]
     accuracy = tables_lib.annotate(results.accuracy_table(df, baseline=BASELINE, keep=keep),
                                    run_results)
