@@ -42,7 +42,9 @@ if _keras.config.backend() != "tensorflow":  # keras was imported earlier with a
     _refuse(_keras.config.backend())
 
 from credit import methods  # noqa: E402  (registers the methods)
-from credit.diagnostics import AlignmentCallback, alignment  # noqa: E402
+from credit import transports  # noqa: E402
+from credit.diagnostics import AlignmentCallback, alignment, summary  # noqa: E402
+from credit.graph import GraphError  # noqa: E402
 from credit.model import Gradients, Model, Sequential, compute_gradients, wrap  # noqa: E402
 from credit.registry import available, get, register  # noqa: E402
 from credit.signal import ErrorSignal, Trace  # noqa: E402
@@ -53,6 +55,7 @@ __all__ = [
     "AlignmentCallback",
     "ErrorSignal",
     "Gradients",
+    "GraphError",
     "Model",
     "Sequential",
     "Trace",
@@ -62,5 +65,7 @@ __all__ = [
     "get",
     "methods",
     "register",
+    "summary",
+    "transports",
     "wrap",
 ]

@@ -1,13 +1,97 @@
-"""How close a method's signals and updates are to backprop's."""
+"""What each layer trains with, and how close a method's updates are to backprop's."""
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from credit import blocks as blocks_lib
-from credit import registry
-from credit.model import bind
+from credit import graph as graph_lib
+from credit import registry, transports
+from credit.model import bind, record
+
+
+def _method_of(model, method):
+    return registry.get(method) if method is not None else model.method
+
+
+def _bound(model, method, x=None):
+    if method.plan is None or method.model is not model:
+        if method.model is not None and method.model is not model:
+            method = registry.get(method.get_config())
+        bind(method, model, inputs=x)
+    return method
+
+
+def summary(model, method=None):
+    """One row per layer with weights: its block and the rule it trains with.
+
+    Nothing trains silently on backprop: the table says, for every layer that owns
+    weights, where the signal at its output comes from and how the backward pass crosses
+    it to its input.
+
+    Args:
+        model: a credit model (its method is used), or any Keras model with ``method``.
+        method: a method or name; default ``model.method``.
+
+    Returns:
+        A DataFrame with columns ``layer``, ``type``, ``block`` (index, or None for a
+        layer outside blocks, e.g. a normalisation after a residual addition),
+        ``signal`` (where the signal at its output comes from), ``transport`` (how the
+        backward pass crosses it to its input) and ``rule`` (the two in one phrase).
+
+    Example:
+        >>> credit.summary(model)                            # doctest: +SKIP
+             layer   type  block                         signal  transport ...
+        0  dense_1  Dense      0  point: e B_p (fixed random...   W (true) ...
+    """
+    method = registry.get(method) if method is not None else model.method
+    if method.plan is None:
+        method = _bound(model, method)
+    graph, plan = method.graph, method.plan
+    points = list(plan.order)
+    rows = []
+    for name in graph.weighted:
+        layer = graph.layers[name]
+        block = graph.block_of(name)
+        if method.exact:
+            signal, crossing = "true gradient", "W (true)"
+        else:
+            signal = _signal_rule(graph, method, name, points)
+            crossing = _transport_rule(graph, method, plan, name, layer)
+        if isinstance(layer, graph_lib.RECURRENT):
+            crossing = "BPTT inside; " + crossing
+        rows.append({"layer": name, "type": type(layer).__name__,
+                     "block": None if block is None else block.index,
+                     "signal": signal, "transport": crossing,
+                     "rule": f"{signal}; to its input: {crossing}"})
+    table = pd.DataFrame(rows, columns=["layer", "type", "block", "signal", "transport",
+                                        "rule"])
+    table["block"] = table["block"].astype("Int64")
+    return table
+
+
+def _signal_rule(graph, method, name, points):
+    found, loss = graph.reaches(name, points)
+    if found == [name]:
+        return f"point: {method.point_rule or type(method).__name__}"
+    parts = []
+    if loss:
+        parts.append("the loss")
+    if found:
+        parts.append("point" + ("s " if len(found) > 1 else " ") + ", ".join(found))
+    if not parts:
+        return "nothing (no path to the loss or a point)"
+    return "true gradient from " + " and ".join(parts)
+
+
+def _transport_rule(graph, method, plan, name, layer):
+    if id(layer) in plan.transported:
+        return method.transport_rule or "transport"
+    if isinstance(layer, keras.layers.Embedding):
+        return "none (integer input)"
+    if not graph.needs_input_gradient(name):
+        return "none (its input gradient is not used)"
+    return "W (true)" if transports.supports(layer) else "true"
 
 
 def _cosine(a, b):
@@ -20,67 +104,125 @@ def _cosine(a, b):
 
 
 def _flat(tensors):
-    return np.concatenate([np.ravel(t) for t in tensors if t is not None])
+    parts = [np.ravel(t) for t in tensors if t is not None]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def alignment(model, x, y, method=None, sample_weight=None, training=False):
-    """Per block, the cosine between the method's update and backprop's, on one batch.
+def _own_trainable(layer):
+    if isinstance(layer, graph_lib.RECURRENT):
+        return layer.trainable_variables
+    inner = {id(w) for sub in layer._flatten_layers(include_self=False) for w in sub.weights}
+    return [v for v in layer.trainable_variables if id(v) not in inner]
 
-    Nothing is trained: the method's state is not updated. For blocks whose signal is
-    the true gradient (the output block under most methods) both cosines are 1.
+
+def alignment(model, x, y, method=None, sample_weight=None, training=False, by="layer"):
+    """Per layer, how the method's update compares with backprop's, on one batch.
+
+    Nothing is trained: the method's state is not updated. For layers whose signal is
+    the true gradient (the output block under most methods) the cosines are 1.
 
     Args:
-        model: a credit model (its method is used) or any chain-shaped Keras model.
+        model: a credit model (its method is used) or any Keras model.
         x, y: a batch.
         method: a method or name; default ``model.method``.
         sample_weight: optional weights of the batch.
         training: run the layers in training mode (dropout on) when computing both.
+        by: ``"layer"`` (one row per layer with trainable weights) or ``"block"`` (one
+            row per block, over all its layers' weights; the signal at its output).
 
     Returns:
-        A DataFrame with one row per block: ``block``, ``layer``, ``update_cosine``
-        (weight gradient vs backprop's) and ``signal_cosine`` (``delta_k`` vs the true
-        ``dL/dh_k``).
+        A DataFrame with one row per layer with trainable weights: ``layer``, ``block``,
+        ``update_cosine`` (its weight gradient against backprop's), ``norm_ratio``
+        (their norms' ratio), ``signal_cosine`` (at a feedback point: ``delta_p``
+        against the true ``dL/dh_p``; NaN elsewhere) and ``feedback_angle`` (for a
+        transported layer: the angle in degrees between its kernel ``W`` and the
+        kernel ``B`` the backward pass crosses it with; NaN elsewhere).
 
     Example:
         >>> credit.alignment(model, x[:256], y[:256])        # doctest: +SKIP
-           block   layer  update_cosine  signal_cosine
-        0      0  dense         0.41           0.37
+             layer  block  update_cosine  norm_ratio  signal_cosine  feedback_angle
+        0  dense_1      0           0.41        0.9            0.37             NaN
     """
-    method = registry.get(method) if method is not None else model.method
-    if method.exact and method.blocks is None:
-        method = registry.get({**method.get_config(), "blockwise": True})
-    bind(method, model, input_shape=tuple(np.shape(x)[1:]))
-    x = tf.convert_to_tensor(x)
-    y = tf.convert_to_tensor(y)
-    trace = blocks_lib.record(model, method.blocks, x, y, sample_weight, training)
-    signals = method.signals(trace)
-    truth = registry.get({"name": "backprop", "blockwise": True}).signals(trace)
-    rows = []
-    n = len(trace.blocks)
-    for k, block in enumerate(trace.blocks):
-        variables = block.trainable_variables
-        if k == n - 1:
-            true_grads = trace.tape.gradient(trace.loss, variables)
-            true_delta = trace.loss_gradient() if signals[k] is not None else None
-        else:
-            true_delta = truth[k]
-            true_grads = trace.tape.gradient(trace.outputs[k], variables,
-                                             output_gradients=true_delta)
-        if signals[k] is None:  # the method uses the true gradient here
-            grads, signal_cosine = true_grads, 1.0
-        else:
-            grads = trace.tape.gradient(trace.outputs[k], variables,
-                                        output_gradients=signals[k])
-            signal_cosine = _cosine(signals[k], true_delta)
-        rows.append({"block": k, "layer": block.layer.name,
-                     "update_cosine": _cosine(_flat(grads), _flat(true_grads)),
-                     "signal_cosine": signal_cosine})
+    method = _method_of(model, method)
+    x = tf.nest.map_structure(tf.convert_to_tensor, x)
+    y = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)
+    method = _bound(model, method, x)
+    plan, graph = method.plan, method.graph
+    variables = model.trainable_variables
+    index = {id(v): i for i, v in enumerate(variables)}
+
+    # The method's update, without updating its state.
+    trace = record(model, x, y, sample_weight, method=method, training=training)
+    signals = method.signals(trace) or {}
+    targets, grads_out = [trace.objective], [tf.ones_like(trace.objective)]
+    for p, s in signals.items():
+        if s is not None:
+            targets.append(trace.outputs[p])
+            grads_out.append(tf.cast(s, trace.outputs[p].dtype))
+    method_grads = trace.tape.gradient(targets, variables, output_gradients=grads_out)
     del trace.tape
-    return pd.DataFrame(rows)
+
+    # Backprop's, with the points recorded (not cut) to read the true dL/dh_p.
+    true = record(model, x, y, sample_weight, method=method, training=training, cut=False,
+                  use_transports=False)
+    true_grads = true.tape.gradient(true.loss, variables)
+    true_signals = {}
+    for p in plan.order:
+        g = true.tape.gradient(true.loss, true.outputs[p])
+        true_signals[p] = g if g is not None else true.output_gradient()
+    del true.tape
+
+    if by not in ("layer", "block"):
+        raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
+    if by == "block":
+        rows = []
+        for block in graph.blocks:
+            ids = [index[id(v)] for layer in block.layers for v in _own_trainable(layer)
+                   if id(v) in index]
+            mine = _flat([method_grads[i] for i in ids])
+            reference = _flat([true_grads[i] for i in ids])
+            point = block.point
+            signal_cosine = float("nan")
+            if signals.get(point) is not None:
+                signal_cosine = _cosine(signals[point], true_signals[point])
+            norm = np.linalg.norm(reference)
+            rows.append({"block": block.index, "layers": ", ".join(l.name for l in block.layers),
+                         "update_cosine": _cosine(mine, reference),
+                         "norm_ratio": float(np.linalg.norm(mine) / norm) if norm else float("nan"),
+                         "signal_cosine": signal_cosine})
+        return pd.DataFrame(rows, columns=["block", "layers", "update_cosine", "norm_ratio",
+                                           "signal_cosine"])
+    rows = []
+    for name in graph.weighted:
+        layer = graph.layers[name]
+        own = _own_trainable(layer)
+        if not own:
+            continue
+        ids = [index[id(v)] for v in own if id(v) in index]
+        mine = _flat([method_grads[i] for i in ids])
+        reference = _flat([true_grads[i] for i in ids])
+        signal_cosine = float("nan")
+        if name in signals and signals[name] is not None:
+            signal_cosine = _cosine(signals[name], true_signals[name])
+        angle = float("nan")
+        if id(layer) in plan.transported:
+            own_kernels = transports.kernels(layer)
+            feedback = method.transport(layer, own_kernels)
+            if feedback is not None:
+                c = _cosine(_flat(feedback), _flat(own_kernels))
+                angle = float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+        block = graph.block_of(name)
+        norm = np.linalg.norm(reference)
+        rows.append({"layer": name, "block": None if block is None else block.index,
+                     "update_cosine": _cosine(mine, reference),
+                     "norm_ratio": float(np.linalg.norm(mine) / norm) if norm else float("nan"),
+                     "signal_cosine": signal_cosine, "feedback_angle": angle})
+    return pd.DataFrame(rows, columns=["layer", "block", "update_cosine", "norm_ratio",
+                                       "signal_cosine", "feedback_angle"])
 
 
 class AlignmentCallback(keras.callbacks.Callback):
-    """Adds ``alignment_k`` (update cosine of block k with backprop) to fit's epoch logs.
+    """Adds ``alignment_k`` (update cosine of block k with backprop's) to fit's epoch logs.
 
     Args:
         x, y: a fixed batch to measure on (a few hundred examples are enough).
@@ -97,6 +239,6 @@ class AlignmentCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        table = alignment(self.model, self.x, self.y)
+        table = alignment(self.model, self.x, self.y, by="block")
         for row in table.itertuples():
             logs[f"alignment_{row.block}"] = row.update_cosine

@@ -2,114 +2,167 @@
 
 ``credit.Sequential`` and ``credit.Model`` are Keras models with two more keyword
 arguments, ``compile(method=...)`` and ``fit(method=...)``. Their ``train_step`` calls
-:func:`compute_gradients`, the same function a custom training loop uses.
+:func:`compute_gradients`, the same function a custom training loop uses; backprop runs
+Keras's own ``train_step``.
 """
 
 import collections
+import contextlib
 
 import keras
-import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import Functional
-from keras.src.models.model import functional_init_arguments
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from credit import blocks as blocks_lib
-from credit import registry
+from credit import _keras_compat as compat
+from credit import graph as graph_lib
+from credit import registry, transports
+from credit.signal import MethodState, Trace
 
 Gradients = collections.namedtuple("Gradients", ["gradients", "loss", "y_pred", "logs"])
 Gradients.__doc__ = """What :func:`compute_gradients` returns.
 
 Attributes:
-    gradients: one tensor per ``model.trainable_variables`` entry, in that order.
+    gradients: one tensor per ``model.trainable_variables`` entry, in that order (None
+        for a variable that nothing reaches).
     loss: the batch loss (regularisation included), a scalar tensor.
     y_pred: the model output on the batch.
     logs: a dict of the method's extra scalars (e.g. ``sg_loss``); empty for most.
 """
 
 
-def bind(method, model, input_shape=None):
-    """Build ``method``'s state for ``model`` (once): cut the blocks, create variables.
+# --------------------------------------------------------------------------------------
+# Binding a method to a model
+
+
+def bind(method, model, inputs=None):
+    """Bind ``method`` to ``model`` (once): analyse the graph, build the method's state.
 
     Called by ``compile`` when the model's input shape is known, otherwise by the first
-    training step. Backprop binds without cutting (it trains any model).
+    training step (``inputs``: the first batch's x, to learn the input shape).
+
+    Raises:
+        ValueError: the method is bound to another model, or the input shape is unknown.
+        credit.graph.GraphError: the method's points or transports do not fit the model.
     """
-    if method.model is model and (method.exact or method.blocks is not None):
+    if method.model is model and method.plan is not None:
         return method
     if method.model is not None and method.model is not model:
         raise ValueError(
             f"this {type(method).__name__} instance is already bound to model "
             f"{method.model.name!r}; give each model its own method, e.g. "
             "credit.get(method.get_config()).")
-    method.model = model
-    if method.exact:
-        return method
-    with tf.init_scope():
-        if input_shape is None:
-            input_shape = _model_input_shape(model)
-        if not model.built:
-            if isinstance(model, (keras.Sequential, Functional)):
-                model.build((None,) + tuple(input_shape))
-            else:  # a subclassed model builds its layers by being called
-                model(np.zeros((1,) + tuple(input_shape), "float32"), training=False)
-        blocks = blocks_lib.cut(model)
-        blocks_lib.infer_shapes(blocks, input_shape)
-        if not isinstance(model, (keras.Sequential, Functional)):
-            _check_chain(model, blocks, input_shape)
-        from credit.signal import MethodState
-
+    scope = (contextlib.nullcontext() if tf.distribute.has_strategy()
+             else model.distribute_strategy.scope())
+    with tf.init_scope(), scope:
+        spec = _input_spec(model, inputs)
+        _ensure_built(model, spec)
+        graph = graph_lib.analyse(model, spec)
+        method.model, method.graph = model, graph
         method.state = MethodState(name=f"{method.name}_state")
+        method.points, method.transported = (), ()
         try:
-            method.build(blocks)
+            method.build(graph)
+            method.points = tuple(graph.resolve_points(list(method.points)))
+            method.transported = tuple(_check_transported(graph, method))
+            method.plan = graph_lib.Plan(graph, method.points, method.transported)
         except Exception:
-            method.model = None
+            method.model = method.graph = method.plan = None
             raise
         method.state.built = True
-        method.blocks = blocks
     return method
 
 
-def _model_input_shape(model):
-    try:
-        return tuple(model.inputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        pass
-    shape = getattr(model, "_build_shapes_dict", None) or {}
-    if len(shape) == 1:
-        return tuple(next(iter(shape.values()))[1:])
-    raise ValueError(f"the input shape of model {model.name!r} is not known yet; "
-                     "give it a keras.Input, or train one step first.")
+def _check_transported(graph, method):
+    names = list(method.transported)
+    for name in names:
+        if name not in graph.layers:
+            raise graph_lib.GraphError(
+                f"{type(method).__name__} asks for a transport on {name!r}, which is not "
+                f"a layer of model {graph.model.name!r}.")
+        layer = graph.layers[name]
+        if not transports.supports(layer):
+            transports.kernel_names(layer)  # raises a TypeError that names the types
+        if compat.quantized(layer):
+            raise graph_lib.GraphError(
+                f"layer {name!r} is quantized ({layer.quantization_mode}); credit's "
+                "transports need its float kernel. Train it before quantizing, or use "
+                "method='backprop'.")
+    if len(set(names)) != len(names):
+        raise graph_lib.GraphError(f"{type(method).__name__} transports a layer twice: "
+                                   f"{names}.")
+    return names
 
 
-def _check_chain(model, blocks, input_shape):
-    """A subclassed model: check that its layers, in order, reproduce ``model.call``."""
-    x = np.random.default_rng(0).normal(size=(2,) + tuple(input_shape)).astype("float32")
-    expected = model(x, training=False)
-    h = x
-    for block in blocks:
-        h = block(h, training=False)
-    if tuple(h.shape) != tuple(expected.shape) or not np.allclose(h, expected, atol=1e-4):
-        raise blocks_lib.CutError(
-            f"credit could not cut subclassed model {model.name!r} into a chain of "
-            "blocks: its layers, applied in the order they were created, do not "
-            "reproduce model.call. Use method='backprop', or build the model as a "
-            "credit.Sequential or a functional credit.Model.")
+def _stateful(model):
+    return any(getattr(layer, "stateful", False)
+               for layer in model._flatten_layers(include_self=False))
 
 
-def compute_gradients(model, x, y, sample_weight=None, *, method=None, loss_fn=None,
+def _input_spec(model, inputs):
+    keep_batch = _stateful(model)
+
+    def from_tensor(t):
+        t = tf.convert_to_tensor(t) if not isinstance(t, (tf.Tensor, keras.KerasTensor)) else t
+        shape = tuple(t.shape)
+        if not keep_batch:
+            shape = (None,) + shape[1:]
+        return tf.TensorSpec(shape, tf.as_dtype(keras.backend.standardize_dtype(t.dtype)))
+
+    if inputs is not None:
+        return tf.nest.map_structure(from_tensor, inputs)
+    known = compat.input_specs(model)
+    if known is not None:
+        specs = [tf.TensorSpec(tuple(t.shape), tf.as_dtype(t.dtype)) for t in known]
+        struct = getattr(model, "_inputs_struct", None)
+        if struct is not None:
+            try:
+                return tf.nest.pack_sequence_as(struct, specs)
+            except (TypeError, ValueError):
+                pass
+        return specs[0] if len(specs) == 1 else specs
+    shapes = compat.build_shapes(model)
+    if shapes and len(shapes) == 1:
+        shape = tuple(next(iter(shapes.values())))
+        return tf.TensorSpec(shape if keep_batch else (None,) + shape[1:],
+                             tf.as_dtype(model.input_dtype))
+    raise ValueError(f"the input shape of model {model.name!r} is not known yet; give it "
+                     "a keras.Input, build it, or train one step first.")
+
+
+def _ensure_built(model, spec):
+    if model.built and all(layer.built for layer in model._flatten_layers()):
+        return
+    if isinstance(model, keras.Sequential) and not isinstance(spec, (list, tuple, dict)):
+        model.build(tuple(spec.shape))
+        if all(layer.built for layer in model._flatten_layers()):
+            return
+    # A subclassed model builds its layers by being called.
+    def zeros(s):
+        shape = [1 if d is None else d for d in s.shape]
+        return tf.zeros(shape, s.dtype)
+
+    model(tf.nest.map_structure(zeros, spec), training=False)
+
+
+# --------------------------------------------------------------------------------------
+# One step
+
+
+def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss_fn=None,
                       training=True):
     """The method's weight gradients for one batch, for a custom training loop.
 
-    Runs the forward pass, asks the method for its error signals, turns them into
-    gradients aligned with ``model.trainable_variables``, and updates the method's own
-    state (e.g. trains its synthesizers). Works eagerly and inside ``tf.function``;
+    Runs the model's own forward pass with the method's transports and feedback points
+    in place, asks the method for its error signals, turns them into gradients aligned
+    with ``model.trainable_variables`` in one backward pass, and updates the method's
+    own state (e.g. trains its synthesizers). Works eagerly and inside ``tf.function``;
     ``credit.Model.train_step`` is this function followed by the optimizer.
 
     Args:
         model: a credit model, or any Keras model if ``method`` is given.
         x, y, sample_weight: the batch.
         method: an ErrorSignal or a name; default ``model.method``.
-        loss_fn: ``loss_fn(y, y_pred) -> scalar``; default the model's compiled loss.
+        loss_fn: ``loss_fn(y, y_pred[, sample_weight]) -> scalar``; default the model's
+            compiled loss. A ``keras.losses.Loss`` takes the sample weights.
         training: run the layers in training mode.
 
     Returns:
@@ -124,54 +177,117 @@ def compute_gradients(model, x, y, sample_weight=None, *, method=None, loss_fn=N
         ...     optimizer.apply(out.gradients, model.trainable_variables)
         ...     return out.loss
     """
+    method = _resolve(model, method)
+    if method.exact:
+        if not model.built:
+            with tf.init_scope():
+                _ensure_built(model, _input_spec(model, x))
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=training)
+            loss = compute_loss(model, x, y, y_pred, sample_weight, training, loss_fn)
+            scaled = _scale(model, loss)
+        return Gradients(tape.gradient(scaled, variables), loss, y_pred, {})
+    trace = record(model, x, y, sample_weight, method=method, training=training,
+                   loss_fn=loss_fn)
+    plan, variables, tape = method.plan, trace.variables, trace.tape
+    signals = method.signals(trace) or {}
+    unknown = [p for p in signals if p not in plan.order]
+    if unknown:
+        raise ValueError(f"{type(method).__name__}.signals returned signals for {unknown}, "
+                         f"which are not its points {list(plan.order)}.")
+    # One backward pass: the objective, plus each point output h_p with its signal
+    # delta_p as output gradient -- the VJP of sum_p <h_p, delta_p> without building
+    # that sum.
+    with tape:  # the loss scale (mixed precision) must be on the tape
+        scaled = _scale(model, trace.objective)
+    targets, output_gradients = [scaled], [tf.ones_like(scaled)]
+    for p in plan.order:
+        delta = signals.get(p)
+        if delta is None:
+            continue
+        h = trace.outputs[p]
+        delta = _scale(model, tf.cast(tf.stop_gradient(delta), "float32"))
+        targets.append(h)
+        output_gradients.append(tf.cast(delta, h.dtype))
+    gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
+    trace.gradients = gradients
+    logs = method.update(trace, signals) or {}
+    del trace.tape, tape
+    return Gradients(gradients, trace.loss, trace.y_pred, logs)
+
+
+def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
+           loss_fn=None, cut=True, use_transports=True):
+    """Run the forward pass of one step under a method and return its :class:`Trace`.
+
+    The trace holds the point outputs, the loss and a persistent tape: what a method's
+    ``signals`` reads. Nothing is updated. Useful to write and test methods.
+
+    Args:
+        model, x, y, sample_weight, method, training, loss_fn: as in
+            :func:`compute_gradients` (backprop is bound too, to read its graph).
+        cut: cut the backward pass at the points (False: only record their outputs, so
+            that the tape gives true gradients at them).
+        use_transports: apply the method's transports (False: true ones).
+
+    Example:
+        >>> trace = credit.model.record(model, x, y, method="dfa")   # doctest: +SKIP
+        >>> trace.output_error()
+    """
+    method = _resolve(model, method)
+    bind(method, model, inputs=x)
+    plan = method.plan
+    variables = model.trainable_variables
+    tape = tf.GradientTape(persistent=True)
+    recorder = plan.recorder(method.transport, tape, stop=cut, use_transports=use_transports)
+    with tape:
+        with graph_lib.Hooks(plan.hooked, recorder):
+            y_pred = model(x, training=training)
+        loss = compute_loss(model, x, y, y_pred, sample_weight, training, loss_fn)
+        objective = _regularization(model) if plan.output_point and cut else loss
+    return Trace(plan, recorder, x, y, sample_weight, y_pred, loss, objective, tape,
+                 training, variables)
+
+
+def _resolve(model, method):
     if method is None:
         method = getattr(model, "method", None)
         if method is None:
             raise ValueError(f"model {model.name!r} is not a credit model: pass method=, "
                              "e.g. credit.compute_gradients(model, x, y, method='dfa').")
-    elif not isinstance(method, registry.ErrorSignal):
-        method = _method_for(model, method)
-    variables = model.trainable_variables
-    if method.exact:
-        bind(method, model)
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=training)
-            loss = blocks_lib.compute_loss(model, x, y, y_pred, sample_weight, training,
-                                           loss_fn)
-            scaled = _scale(model, loss)
-        return Gradients(tape.gradient(scaled, variables), loss, y_pred, {})
-    bind(method, model, input_shape=tuple(x.shape[1:]))
-    trace = blocks_lib.record(model, method.blocks, x, y, sample_weight, training, loss_fn)
-    signals = list(method.signals(trace))
-    if len(signals) != len(trace.blocks):
-        raise ValueError(f"{type(method).__name__}.signals returned {len(signals)} "
-                         f"signals for {len(trace.blocks)} blocks; return one per block.")
-    # One backward pass: the loss (or, if the output block has a signal, the
-    # regularisation) as a target, plus each block output h_k with its signal delta_k
-    # as output gradient -- the VJP of sum_k <h_k, delta_k>, without building that sum.
-    # Passing delta_k itself (not the gradient of a product with it) lets grappler
-    # share the VJP of block k's nonlinearity with the one the method already took.
-    with trace.tape:
-        base = trace.loss if signals[-1] is None else _regularization(model)
-        base = _scale(model, base)
-    targets, output_gradients = [base], [tf.ones_like(base)]
-    for h, delta in zip(trace.outputs, signals):
-        if delta is not None:
-            targets.append(h)
-            output_gradients.append(_scale(model, tf.stop_gradient(delta)))
-    gradients = trace.tape.gradient(targets, variables, output_gradients=output_gradients)
-    logs = method.update(trace, signals) or {}
-    del trace.tape
-    return Gradients(gradients, trace.loss, trace.y_pred, logs)
-
-
-def _method_for(model, identifier):
-    """A method given by name is resolved once per model, so its state persists."""
+        return method
+    if isinstance(method, registry.ErrorSignal):
+        return method
+    # A method given by name is resolved once per model, so its state persists.
     cache = model.__dict__.setdefault("_credit_loop_methods", {})
-    key = repr(identifier)
+    key = repr(method)
     if key not in cache:
-        cache[key] = registry.get(identifier)
+        cache[key] = registry.get(method)
     return cache[key]
+
+
+def compute_loss(model, x, y, y_pred, sample_weight=None, training=True, loss_fn=None):
+    """The model's compiled loss (regularisation included), or ``loss_fn``'s plus it."""
+    if loss_fn is not None:
+        if sample_weight is None:
+            loss = loss_fn(y, y_pred)
+        else:
+            try:
+                loss = loss_fn(y, y_pred, sample_weight)
+            except TypeError as err:
+                raise TypeError(
+                    f"loss_fn={loss_fn!r} does not take sample weights ({err}); pass a "
+                    "keras.losses.Loss (it takes them as a third argument), or fold the "
+                    "weights into your loss function and drop sample_weight.") from None
+        extra = _regularization(model, zero=False)
+        return loss if extra is None else loss + tf.cast(extra, loss.dtype)
+    if not compat.has_compiled_loss(model) and not model.losses:
+        raise ValueError(
+            f"model {model.name!r} has no loss: compile it with a loss, e.g. "
+            "model.compile(loss='sparse_categorical_crossentropy', ...), or pass "
+            "loss_fn=... to credit.compute_gradients.")
+    return compat.compute_loss(model, x, y, y_pred, sample_weight, training)
 
 
 def _scale(model, loss):
@@ -179,9 +295,16 @@ def _scale(model, loss):
     return optimizer.scale_loss(loss) if optimizer is not None else loss
 
 
-def _regularization(model):
-    losses = model.losses
-    return tf.add_n([tf.cast(l, "float32") for l in losses]) if losses else tf.constant(0.0)
+def _regularization(model, zero=True):
+    losses = [tf.cast(compat.aggregate_additional_loss(model, l), "float32")
+              for l in model.losses]
+    if losses:
+        return tf.add_n(losses)
+    return tf.constant(0.0) if zero else None
+
+
+# --------------------------------------------------------------------------------------
+# Models
 
 
 class Model(keras.Model):
@@ -202,9 +325,18 @@ class Model(keras.Model):
     """
 
     def __new__(cls, *args, **kwargs):
-        if cls is Model and functional_init_arguments(args, kwargs):
+        if cls is Model and compat.functional_init_arguments(args, kwargs):
             return FunctionalModel.__new__(FunctionalModel, *args, **kwargs)
         return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        if (compat.functional_init_arguments(args, kwargs)
+                and not isinstance(self, compat.Functional)):
+            # A subclass of credit.Model built the functional way: make it functional
+            # the way Keras does for keras.Model subclasses, but through credit's
+            # functional class (Keras's own rewrite would rebase credit.Model itself).
+            compat.inject_functional_class(type(self), Model, FunctionalModel)
+        super().__init__(*args, **kwargs)
 
     @property
     def method(self):
@@ -232,19 +364,27 @@ class Model(keras.Model):
         object.__setattr__(self, "_credit_method", method)
         object.__setattr__(self, "_credit_trackers",
                            {n: keras.metrics.Mean(name=n) for n in method.log_names})
-        if self.built:
-            try:
-                bind(method, self)
-            except ValueError as err:
-                if "input shape" not in str(err):
-                    raise
+        if not method.exact:
+            self._try_bind()
         self._sync_state()
         # Keras caches the traced train function; a switch must retrace it.
         self.train_function = None
         self.test_function = None
 
+    def _try_bind(self):
+        """Bind the method now if the input shape is known (else at the first step)."""
+        method = self.__dict__.get("_credit_method")
+        if method is None or method.exact or method.plan is not None or not self.built:
+            return
+        try:
+            _input_spec(self, None)
+        except ValueError:
+            return
+        bind(method, self)
+
     def _sync_state(self):
-        object.__setattr__(self, "_credit_state", self.method.state)
+        method = self.__dict__.get("_credit_method")
+        object.__setattr__(self, "_credit_state", method.state if method else None)
 
     def compile(self, *args, method=None, **kwargs):
         """``keras.Model.compile`` with ``method=`` (default backprop).
@@ -262,14 +402,32 @@ class Model(keras.Model):
             self._set_method(method)
         return super().fit(*args, **kwargs)
 
+    def make_train_function(self, force=False):
+        # Bind before Keras traces the train function, so that the method's variables
+        # are created outside it (and under the model's distribution strategy).
+        self._try_bind()
+        self._sync_state()
+        return super().make_train_function(force)
+
     def train_step(self, data):
-        """One step: :func:`compute_gradients` with ``self.method``, then the optimizer."""
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        """One step: :func:`compute_gradients` with ``self.method``, then the optimizer.
+
+        Backprop runs Keras's own ``train_step``.
+        """
         method = self.method
+        if method.exact:
+            return super().train_step(data)
+        x, y, sample_weight = compat.unpack_x_y_sample_weight(data)
         out = compute_gradients(self, x, y, sample_weight, method=method)
         self._sync_state()
-        self._loss_tracker.update_state(out.loss, sample_weight=tf.shape(x)[0])
-        self.optimizer.apply(out.gradients, self.trainable_variables)
+        batch = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(compat.unscale_loss_for_distribution(out.loss),
+                                    sample_weight=batch)
+        variables = self.trainable_variables
+        if variables:
+            self.optimizer.apply_gradients(zip(out.gradients, variables))
         for name, value in out.logs.items():
             self._credit_trackers[name].update_state(value)
         logs = self.compute_metrics(x, y, out.y_pred, sample_weight=sample_weight)
@@ -301,7 +459,7 @@ keras.saving.register_keras_serializable(package="credit", name="Model")(Model)
 
 
 @keras.saving.register_keras_serializable(package="credit", name="Functional")
-class FunctionalModel(Model, Functional):
+class FunctionalModel(Model, compat.Functional):
     """A functional credit model (what ``credit.Model(inputs, outputs)`` returns)."""
 
 
@@ -338,9 +496,10 @@ def wrap(model):
             layers = [keras.Input(batch_shape=model.inputs[0].shape,
                                   dtype=model.inputs[0].dtype)] + layers
         return Sequential(layers, name=model.name)
-    if isinstance(model, Functional):
+    if isinstance(model, compat.Functional):
         return Model(model.inputs, model.outputs, name=model.name)
     raise TypeError(
         f"credit.wrap takes a keras.Sequential or a functional keras.Model; got "
         f"{type(model).__name__}. For a subclassed model, subclass credit.Model instead "
         "of keras.Model.")
+

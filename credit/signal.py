@@ -1,10 +1,17 @@
 """The error-signal interface: what every credit-assignment method implements.
 
-A model is cut into blocks (see :mod:`credit.blocks`). A training step records a
-:class:`Trace` of the forward pass, block by block; a method (an :class:`ErrorSignal`)
-reads the trace and returns one signal ``delta_k`` per block, shaped like the block's
-output ``h_k``, used in place of ``dL/dh_k``. The engine (:func:`credit.compute_gradients`)
-turns the signals into weight gradients, one vector-Jacobian product per block.
+A method makes two choices on a model's own graph (:mod:`credit.graph`):
+
+- **transports**: how the backward pass crosses each weighted layer's linear op on its
+  way to the layer's input (the true kernel ``W``, a fixed random ``B``, ``sign(W)``, ...);
+- **feedback points**: layer outputs where the method cuts the backward pass and injects
+  its own signal ``delta_p`` in place of whatever would arrive from above.
+
+A training step runs the model's own forward pass with the method's transports and
+points in place, records a :class:`Trace`, asks the method for its signals, and then
+takes one backward pass: the loss (unless a point sits on the model output) plus each
+point output with its signal as output gradient. Every layer's weight gradient is its
+own local one, given the signal that reaches its output.
 """
 
 import abc
@@ -13,6 +20,8 @@ import inspect
 import keras
 import numpy as np
 import tensorflow as tf
+
+from credit.graph import GraphError
 
 
 class MethodState(keras.layers.Layer):
@@ -28,161 +37,293 @@ class MethodState(keras.layers.Layer):
 
 
 class Trace:
-    """The record of one forward pass, block by block, with a persistent tape.
+    """The record of one forward pass of a model under a method.
 
     Attributes:
-        blocks: the model's blocks (:class:`credit.blocks.Block`).
-        inputs: ``h_{k-1}`` per block: the block input, a stop-gradient copy, watched.
-        pre_activations: ``a_k`` per block: the output of the block's linear op.
-        outputs: ``h_k`` per block; ``outputs[-1]`` is the model output.
+        graph: the model's :class:`credit.graph.Graph`.
+        points: the method's feedback points (layer names), in topological order.
+        outputs: dict from point to its output ``h_p`` (connected to the layers below).
+        stops: dict from point to the stop-gradient copy of ``h_p`` that the layers above
+            consumed (None for a point on the model output, which is not cut).
+        below, above: dict from point to the points directly below / above it.
         x, y, sample_weight: the batch.
+        y_pred: the model output.
         loss: the compiled loss of the batch (regularisation included), a scalar.
+        objective: what the backward pass differentiates besides the point signals: the
+            loss, or only the regularisation when a point sits on the model output.
         tape: the persistent ``tf.GradientTape`` on which all of the above were recorded.
         training: whether the forward pass ran in training mode.
+        gradients: after the backward pass, the weight gradients aligned with
+            ``variables`` (None before).
+        variables: the model's trainable variables.
 
-    The helper methods return the vector-Jacobian products that methods are made of.
+    The methods return the vector-Jacobian products methods are made of.
     """
 
-    def __init__(self, blocks, inputs, pre_activations, outputs, x, y, sample_weight,
-                 loss, tape, training=True):
-        self.blocks = blocks
-        self.inputs = inputs
-        self.pre_activations = pre_activations
-        self.outputs = outputs
+    def __init__(self, plan, recorder, x, y, sample_weight, y_pred, loss, objective, tape,
+                 training, variables):
+        self.plan = plan
+        self.graph = plan.graph
+        self.points = plan.order
+        self.outputs = dict(recorder.outputs)
+        self.stops = dict(recorder.stops)
+        self.below = plan.below
+        self.above = plan.above
+        self._logits = recorder.logits
         self.x = x
         self.y = y
         self.sample_weight = sample_weight
+        self.y_pred = y_pred
         self.loss = loss
+        self.objective = objective
         self.tape = tape
         self.training = training
+        self.variables = variables
+        self.gradients = None
         self._output_error = None
+        self._output_gradient = None
+        missing = [p for p in self.points if p not in self.outputs]
+        if missing:
+            raise GraphError(
+                f"the forward pass did not reach the feedback point(s) {missing}: the "
+                "model's call took another path than when credit analysed it (a Python "
+                "branch on training?). Choose points on layers every call runs.")
 
-    def __len__(self):
-        return len(self.blocks)
+    # -- the output ------------------------------------------------------------------
 
     @property
-    def y_pred(self):
-        """The model output ``h_N``."""
-        return self.outputs[-1]
+    def logits(self):
+        """The tensor the output error is read at (the input of a final softmax/sigmoid)."""
+        self._single_output("the output error")
+        return self.y_pred if self._logits is None else self._logits
+
+    @property
+    def output_units(self):
+        """Number of values in the output error per example."""
+        self._single_output("the output error")
+        shape = self.graph.output_shapes[0]
+        return int(np.prod(shape))
+
+    def _single_output(self, what):
+        if len(self.graph.output_shapes) != 1:
+            names = [getattr(t, "name", "?") for t in tf.nest.flatten(self.graph.model.outputs)] \
+                if getattr(self.graph.model, "outputs", None) else []
+            raise GraphError(
+                f"{what} needs a model with one output; model {self.graph.model.name!r} "
+                f"has {len(self.graph.output_shapes)} outputs"
+                f"{' (' + ', '.join(names) + ')' if names else ''}. Use a method that does "
+                "not read the output error (backprop, feedback alignment and its sign "
+                "variants, Kolen-Pollack, synthetic gradients without conditioning).")
 
     def output_error(self):
-        """``e = dL/da_N``: the loss gradient at the output block's pre-activation.
+        """``e = dL/da_N``: the loss gradient at the logits (the model output if none).
 
-        With the loss's batch reduction included; for softmax + cross-entropy it is
-        ``(p - onehot(y)) / batch``. Computed once per step.
+        Shaped like the logits; with the loss's batch reduction included, so for softmax
+        + cross-entropy it is ``(p - onehot(y)) / batch``. Computed once per step.
         """
         if self._output_error is None:
-            self._output_error = self.tape.gradient(self.loss, self.pre_activations[-1])
+            logits = self.logits
+            e = self.tape.gradient(self.loss, logits)
+            if e is None:
+                raise GraphError("the loss does not depend on the model output; credit "
+                                 "cannot compute the output error.")
+            self._output_error = e
         return self._output_error
 
-    def loss_gradient(self, k=None):
-        """The true gradient ``dL/dh_k`` of block k's output (default: the model output).
+    def output_gradient(self):
+        """``dL/dh_N`` at the model output, also for a softmax/sigmoid + cross-entropy output.
 
-        For a hidden block this is one backward pass through the blocks above k.
+        Keras computes cross-entropy of such an output from its logits, so no gradient
+        reaches the probabilities; it is recovered from ``e = dL/da_N``: ``e / p`` for a
+        softmax (exact up to the softmax's invariance to a constant, as ``e`` sums to 0
+        per example), ``e / (p (1 - p))`` for a sigmoid.
         """
-        n = len(self.blocks)
-        k = n - 1 if k is None else k
-        if k < n - 1:
-            # The blocks are separated by stop-gradients: carry the signal down one
-            # block at a time.
-            delta = self.tape.gradient(self.loss, self.inputs[n - 1])
-            for j in range(n - 2, k, -1):
-                delta = self.input_gradient(j, delta)
-            return delta
-        grad = self.tape.gradient(self.loss, self.outputs[-1])
+        if self._output_gradient is not None:
+            return self._output_gradient
+        self._single_output("the output gradient")
+        grad = self.tape.gradient(self.loss, self.y_pred)
         if grad is None:
-            raise ValueError(
-                "dL/dh_N at the model output is not defined here: Keras computes this "
-                "loss from the output layer's logits (a softmax or sigmoid output), so "
-                "no gradient reaches its probabilities. Use the pre-activation error "
-                "(trace.output_error()), or make the model output logits and compile "
-                "the loss with from_logits=True.")
+            kind, name = self.graph.logits
+            if kind == "output":
+                raise GraphError("the loss does not depend on the model output; credit "
+                                 "cannot compute its gradient.")
+            layer = self.graph.layers[name]
+            fn = "softmax" if isinstance(layer, keras.layers.Softmax) else \
+                getattr(layer.activation, "__name__", "")
+            p = self.y_pred
+            e = self.output_error()
+            tiny = np.finfo(p.dtype.as_numpy_dtype).tiny
+            scale = p if fn == "softmax" else p * (1 - p)
+            grad = e / tf.maximum(scale, tiny)
+        self._output_gradient = grad
         return grad
 
-    def activation_gradient(self, k, delta):
-        """``g_k``: the signal ``delta`` on ``h_k`` carried back to ``a_k``.
+    def labels(self, units=None):
+        """The targets as a ``(batch, units)`` tensor: one-hot classes or the target itself.
 
-        This is the VJP of block k's nonlinear part (activation, normalisation, pooling,
-        dropout: everything after the linear op).
+        Integer class labels are one-hot encoded with as many classes as the output has
+        units; a target shaped like the output (one-hot labels, regression targets) is
+        used as it is.
         """
-        return self.tape.gradient(self.outputs[k], self.pre_activations[k],
-                                  output_gradients=delta)
+        y = self.y
+        units = self.output_units if units is None else units
+        if y is None or isinstance(y, (dict, list, tuple)):
+            raise ValueError(
+                f"this method needs one target tensor y per batch; got "
+                f"{type(y).__name__}. Pass y to fit (or to compute_gradients).")
+        y = tf.convert_to_tensor(y)
+        batch = tf.shape(self.y_pred)[0]
+        dtype = self.y_pred.dtype
+        size = int(np.prod(y.shape[1:])) if y.shape.rank and None not in y.shape[1:] else None
+        if size == units:
+            return tf.cast(tf.reshape(y, (batch, units)), dtype)
+        if size in (None, 1) and (y.shape.rank or 0) <= 2 and units > 1:
+            labels = tf.cast(tf.reshape(y, (batch,)), "int32")
+            return tf.one_hot(labels, units, dtype=dtype)
+        raise ValueError(
+            f"targets of shape {tuple(y.shape)} do not fit a model output of {units} units "
+            f"per example: y must hold one class index per example (classification) or "
+            f"{units} values per example (one-hot labels or a regression target).")
 
-    def input_gradient(self, k, delta):
-        """The VJP of the whole block k with respect to its input ``h_{k-1}``."""
-        return self.tape.gradient(self.outputs[k], self.inputs[k], output_gradients=delta)
+    # -- backward products -----------------------------------------------------------
 
-    def linear_input_gradient(self, k, g, kernel):
-        """The VJP of block k's linear op, with ``kernel`` in place of its own, at ``g``.
+    def gradient(self, signals, sources, objective=True):
+        """The gradient arriving at the points ``sources`` by the backward pass.
 
-        For a Dense block this is ``g @ kernel.T``; for a convolution, the transposed
-        convolution. The VJP of a linear op does not depend on where it is taken.
+        Args:
+            signals: dict from point to the signal injected at its output (None entries
+                are skipped).
+            sources: points at which to read the arriving gradient (their stop-gradient
+                copies: what arrives from the layers above them).
+            objective: include the gradient of ``objective`` (the loss).
+
+        Returns:
+            A dict from each source point to a tensor shaped like its output (zeros where
+            nothing arrives). The backward pass crosses weighted layers by the method's
+            transports; between points it is otherwise the true one.
         """
-        return self.blocks[k].linear_input_vjp(self.inputs[k], g, kernel)
+        targets, grads = [], []
+        if objective:
+            targets.append(self.objective)
+            grads.append(tf.ones_like(self.objective))
+        for p, s in signals.items():
+            if s is not None:
+                h = self.outputs[p]
+                targets.append(h)
+                grads.append(tf.cast(tf.stop_gradient(s), h.dtype))
+        cut = []
+        for p in sources:
+            if self.stops[p] is None:
+                raise GraphError(f"point {p!r} is a model output; nothing arrives at it "
+                                 "from above.")
+            cut.append(self.stops[p])
+        if not targets:
+            return {p: tf.zeros_like(c) for p, c in zip(sources, cut)}
+        result = self.tape.gradient(targets, cut, output_gradients=grads,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return dict(zip(sources, result))
+
+    def vjp(self, point, signal):
+        """The signal at ``point``'s output carried down to the points directly below it.
+
+        Returns a dict from each point below to a tensor shaped like its output.
+        """
+        return self.gradient({point: signal}, self.below[point], objective=False)
+
+    def loss_gradients(self):
+        """``dL/dh_p`` at every point, carried across the points by the backward pass.
+
+        Exact backprop under methods with true transports. Computed top down, one
+        backward product per point.
+        """
+        grads = {}
+        for p in reversed(self.points):
+            if self.stops[p] is None:
+                grads[p] = self.output_gradient()
+                continue
+            above = {q: grads[q] for q in self.above[p]}
+            grads[p] = self.gradient(above, [p])[p]
+        return grads
 
 
 class ErrorSignal(abc.ABC):
     """Abstract base of every credit-assignment method.
 
-    A method produces, for each block k of a model, the signal ``delta_k`` that the
-    block uses in place of the true gradient ``dL/dh_k``. Subclasses implement
-    :meth:`signals`; they may create state (feedback matrices, synthesizers) in
-    :meth:`build` and update it in :meth:`update`.
+    A method implements four things:
 
-    Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored
-    on the instance under the same names: :meth:`get_config` reads them from there.
+    - :meth:`build` ``(graph)``: choose its feedback points (``self.points``, layer
+      names) and the layers it transports (``self.transported``), and create its state
+      (feedback matrices, synthesizers) with :meth:`add_state_variable` or on
+      ``self.state``. Called once per model, when the model is bound.
+    - :meth:`transport` ``(layer, kernels)``: the kernels the backward pass crosses a
+      transported layer with, in place of ``kernels`` (its own); None for its own.
+    - :meth:`signals` ``(trace)``: a dict from point to its signal ``delta_p``, shaped
+      like the point's output, used in place of ``dL/dh_p``.
+    - :meth:`update` ``(trace, signals)``: update the method's own state after the
+      backward pass (``trace.gradients`` is set); return a dict of scalar logs named as
+      in ``log_names``.
+
+    Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored on
+    the instance under the same names: :meth:`get_config` reads them from there.
 
     Class attributes:
         name: the canonical registry name.
         aliases: other names accepted by :func:`credit.get`.
-        exact: True only for backprop: the engine may then skip the blockwise path
-            and take one plain ``tape.gradient(loss, variables)``.
+        exact: True only for backprop's fast path (Keras's own train step).
         log_names: names of the extra values :meth:`update` returns (logged by fit).
+        transport_rule, point_rule: short descriptions for :func:`credit.summary`.
 
     Example:
-        >>> class Zero(credit.ErrorSignal):          # doctest: +SKIP
+        >>> class Zero(credit.ErrorSignal):                  # doctest: +SKIP
         ...     name = "zero"
+        ...     def build(self, graph):
+        ...         self.points = [b.point for b in graph.hidden_blocks]
+        ...     def transport(self, layer, kernels):
+        ...         return None
         ...     def signals(self, trace):
-        ...         return [tf.zeros_like(h) for h in trace.outputs[:-1]] + [None]
+        ...         return {p: tf.zeros_like(trace.outputs[p]) for p in trace.points}
+        ...     def update(self, trace, signals):
+        ...         return {}
     """
 
     name = None
     aliases = ()
     exact = False
     log_names = ()
+    transport_rule = None
+    point_rule = None
 
     def __init__(self, seed=None):
         self.seed = seed
-        self.blocks = None
-        self.state = None
         self.model = None
-        self._drawn_seed = None  # the base seed drawn when seed=None (see seed_for)
+        self.graph = None
+        self.plan = None
+        self.state = None
+        self.points = ()
+        self.transported = ()
+        self._drawn_seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else None
 
     # -- what subclasses implement ---------------------------------------------------
 
     @abc.abstractmethod
+    def build(self, graph):
+        """Set ``self.points`` and ``self.transported`` (layer names); create state."""
+
+    @abc.abstractmethod
+    def transport(self, layer, kernels):
+        """Kernels to cross ``layer`` with in the backward pass (None: its own).
+
+        Called in each forward pass for each transported layer, with the layer's own
+        kernels (a tuple: one kernel, or a depthwise and a pointwise one).
+        """
+
+    @abc.abstractmethod
     def signals(self, trace):
-        """Return a list with one signal per block, aligned with ``trace.blocks``.
+        """A dict from point name to ``delta_p`` (a tensor shaped like ``h_p``, or None)."""
 
-        Entry k is a tensor shaped like ``trace.outputs[k]``, used as ``dL/dh_k``. The
-        last entry may be None: the output block then gets the true loss gradient.
-        """
-
-    def build(self, blocks):
-        """Create the method's state for these blocks (once per model).
-
-        Variables go on ``self.state`` (a :class:`MethodState`), e.g.
-        ``self.state.add_weight(...)``, so they are saved with the model. Each block
-        has ``input_shape`` and ``output_shape`` (without the batch axis).
-        """
-
+    @abc.abstractmethod
     def update(self, trace, signals):
-        """Update the method's own state after the signals of a step; return logs.
-
-        Called once per training step, inside the traced train function. Returns a
-        dict of scalar tensors named as in ``log_names``.
-        """
-        return {}
+        """Update the method's own state after a step; return a dict of scalar logs."""
 
     # -- configuration ---------------------------------------------------------------
 
@@ -213,26 +354,31 @@ class ErrorSignal(abc.ABC):
     # -- helpers for subclasses ------------------------------------------------------
 
     def seed_for(self, *keys):
-        """A numpy Generator derived from the method's seed and ``keys`` (e.g. a block index).
+        """A numpy Generator derived from the method's seed and ``keys`` (ints or names).
 
-        With ``seed=None`` the base seed is drawn once from numpy's global generator,
-        so ``keras.utils.set_random_seed`` still makes runs reproducible.
+        With ``seed=None`` the base seed was drawn from numpy's global generator when the
+        method was made, so ``keras.utils.set_random_seed`` still makes runs reproducible.
         """
-        if self.seed is None:
-            if self._drawn_seed is None:
-                self._drawn_seed = int(np.random.randint(0, 2**31 - 1))
-            base = self._drawn_seed
-        else:
-            base = int(self.seed)
-        return np.random.default_rng([base, *[int(k) for k in keys]])
+        base = self._drawn_seed if self.seed is None else int(self.seed)
+        return np.random.default_rng([base, *[_key(k) for k in keys]])
 
-    def add_state_variable(self, value, name, trainable=False):
-        """Add a non-trainable variable holding ``value`` (a numpy array) to the state."""
-        value = np.asarray(value, dtype="float32")
+    def add_state_variable(self, value, name, trainable=False, dtype="float32"):
+        """Add a variable holding ``value`` (a numpy array) to the method's state."""
+        value = np.asarray(value, dtype=dtype)
         with tf.init_scope():
             return self.state.add_weight(
                 shape=value.shape, initializer=keras.initializers.Constant(value),
-                trainable=trainable, name=name)
+                trainable=trainable, name=name, dtype=dtype)
+
+
+def _key(k):
+    """An int for a seed key: ints as they are, names by a stable hash."""
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        return int(k)
+    h = 0
+    for ch in str(k).encode("utf-8"):
+        h = (h * 131 + ch) % (2**31 - 1)
+    return h
 
 
 def uniform_feedback(rng, shape, fan_in, scale=None):
@@ -243,3 +389,50 @@ def uniform_feedback(rng, shape, fan_in, scale=None):
     """
     scale = 1.0 / np.sqrt(fan_in) if scale is None else float(scale)
     return rng.uniform(-scale, scale, size=shape).astype("float32")
+
+
+def hidden_points(graph, points, argument="points"):
+    """The points a point method uses: ``points`` resolved, or every hidden block's output.
+
+    Raises:
+        GraphError: a name that is not a layer, a layer called several times, or a model
+            without hidden blocks.
+    """
+    if points is None:
+        names = []
+        for block in graph.hidden_blocks:
+            if graph.calls(block.point) == 1:
+                names.append(block.point)
+        return graph.order(names)
+    return graph.resolve_points(points, argument)
+
+
+def transported_layers(graph, layers=None):
+    """The layers a transport method crosses: ``layers`` checked, or by default every
+    layer with a transport whose input gradient is used."""
+    if layers is None:
+        return [n for n in graph.transportable if graph.needs_input_gradient(n)]
+    names = []
+    for name in layers:
+        if name not in graph.layers:
+            raise GraphError(f"layers={list(layers)!r} names {name!r}, which is not a layer "
+                             f"of model {graph.model.name!r}; its layers with a transport: "
+                             f"{graph.transportable}.")
+        names.append(name)
+    return names
+
+
+def output_units(graph, method):
+    """Units of the model output (the output error's size); an error for several outputs."""
+    if len(graph.output_shapes) != 1:
+        raise GraphError(
+            f"{method} reads the output error, which needs a model with one output; model "
+            f"{graph.model.name!r} has {len(graph.output_shapes)}. Use a method that does "
+            "not (backprop, feedback alignment and its sign variants, Kolen-Pollack, "
+            "unconditioned synthetic gradients).")
+    return int(np.prod(graph.output_shapes[0]))
+
+
+def flat(t):
+    """``t`` reshaped to ``(batch, -1)``."""
+    return tf.reshape(t, (tf.shape(t)[0], -1))

@@ -324,7 +324,7 @@ def train(method, settings, seed, ds, log=None):
     }
     if method == "sg" and not diverged:
         n = min(ALIGNMENT_EXAMPLES, len(ds.x_test))
-        table = credit.alignment(model, ds.x_test[:n], ds.y_test[:n])
+        table = credit.alignment(model, ds.x_test[:n], ds.y_test[:n], by="block")
         result["alignment"] = [float(v) for v in table["update_cosine"]]
     if log is not None:
         log(f"{method} seed {seed}: test accuracy {test_accuracy:.4f}, "

@@ -115,12 +115,8 @@ def test_at_out_of_range_is_reported_at_compile():
 class OracleSG(SyntheticGradients):
     """A 'synthesizer' that outputs the true gradient dL/dh_k (backprop's chain)."""
 
-    def synthetic_signal(self, k, trace):
-        top = len(trace.blocks) - 2
-        delta = trace.loss_gradient(top)
-        for j in range(top, k, -1):
-            delta = trace.input_gradient(j, delta)
-        return delta
+    def synthetic_signal(self, name, trace):
+        return trace.loss_gradients()[name]
 
 
 def one_step(model, method, x, y, loss="sparse_categorical_crossentropy"):
@@ -134,8 +130,7 @@ def test_oracle_synthesizer_reproduces_backprop():
     reference = one_step(mlp(12, [10, 9, 8], 4), credit.get("backprop"), x, y)
     model = one_step(mlp(12, [10, 9, 8], 4), OracleSG(), x, y)
     assert_same_weights(model, reference)
-    assert model.method.synthesizers[-1] is None
-    assert all(s is not None for s in model.method.synthesizers[:-1])
+    assert list(model.method.synthesizers) == [layer.name for layer in model.layers[:-1]]
 
 
 def test_exact_linear_synthesizer_reproduces_backprop():
@@ -151,13 +146,14 @@ def test_exact_linear_synthesizer_reproduces_backprop():
     model.compile(keras.optimizers.SGD(0.5), "mse", method=method)
     w, b = [v.numpy() for v in model.layers[-1].weights]
     o = w.shape[1]
-    synthesizer = method.synthesizers[1]
-    assert method.synthesizers[0] is None and method.synthesizers[2] is None
+    assert list(method.synthesizers) == [model.layers[1].name]
+    synthesizer = method.synthesizers[model.layers[1].name]
     dense = synthesizer.stack[-1]
     dense.kernel.assign(np.vstack([w @ w.T, -w.T]) * 2 / o)
     dense.bias.assign(b @ w.T * 2 / o)
-    table = credit.alignment(model, x, y)
-    np.testing.assert_allclose(table.signal_cosine, 1.0, atol=1e-5)
+    table = credit.alignment(model, x, y).set_index("layer")
+    assert table.loc[model.layers[1].name, "signal_cosine"] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(table.update_cosine, 1.0, atol=1e-5)
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     assert_same_weights(model, reference)
 
@@ -171,7 +167,7 @@ def test_one_boundary_mid_stack_zero_below_backprop_above():
     before = model.get_weights()
     method = SyntheticGradients(at=[1], synthesizer="mlp", hidden_units=[8], target="true")
     one_step(model, method, x, y)
-    assert [s is not None for s in method.synthesizers] == [False, True, False, False]
+    assert list(method.synthesizers) == [model.layers[1].name]
     after, expected = model.get_weights(), reference.get_weights()
     for i in range(4):  # kernels and biases of blocks 0 and 1: unchanged
         np.testing.assert_array_equal(after[i], before[i])
@@ -187,7 +183,8 @@ def test_warmup_steps_give_backprop_while_synthesizers_learn():
     assert int(model.method.step.numpy()) == 1
     # The top synthesizer learned from the true gradient (its zero-initialised output
     # layer moved; the one below regresses onto its still-zero signal, bootstrap) ...
-    assert np.abs(model.method.synthesizers[1].stack[-1].kernel.numpy()).max() > 0
+    top = model.method.synthesizers[model.layers[1].name]
+    assert np.abs(top.stack[-1].kernel.numpy()).max() > 0
     # ... and after the warmup their (imperfect) signals take over.
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     reference.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
@@ -216,7 +213,8 @@ def test_theorem_linear_regression_converges_to_least_squares():
     error = np.linalg.norm(weights - solution) / np.linalg.norm(solution)
     print(f"least-squares relative error: {error:.2e}")
     assert error < 1e-3
-    assert method.synthesizers[0] is not None  # the output block carries the synthesizer
+    # The output layer carries the synthesizer.
+    assert list(method.synthesizers) == [model.layers[0].name]
     assert history.history["sg_loss"][-1] < 1e-3 * history.history["sg_loss"][0]
 
 
@@ -242,7 +240,7 @@ def test_deep_linear_network_reaches_backprops_loss():
     sg_loss, history = train(method, 1500)
     ratio = sg_loss / backprop_loss
     print(f"deep linear: backprop {backprop_loss:.6f}, sg {sg_loss:.6f}, ratio {ratio:.6f}")
-    assert [s is not None for s in method.synthesizers] == [True] * 4 + [False]
+    assert len(method.synthesizers) == 4
     assert abs(ratio - 1) < 0.01
     assert history["sg_loss"][-1] < 1e-3 * history["sg_loss"][0]
 
@@ -281,18 +279,21 @@ def test_no_gradient_flows_from_synthesizer_targets_into_the_blocks():
     model.compile("sgd", "sparse_categorical_crossentropy", method=method)
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # non-zero synthesizers
     # The signals the next step will use (the synthesizers change only after it).
-    trace = credit.blocks.record(model, method.blocks, x, y)
+    trace = credit.model.record(model, x, y, method=method)
     signals = method.signals(trace)
-    expected = [trace.tape.gradient(trace.outputs[k], block.trainable_variables,
-                                    output_gradients=signals[k])
-                for k, block in enumerate(trace.blocks[:-1])]
+    expected = [trace.tape.gradient(trace.outputs[name],
+                                    model.get_layer(name).trainable_variables,
+                                    output_gradients=signals[name])
+                for name in trace.points]
+    assert list(trace.points) == [layer.name for layer in model.layers[:-1]]
     with tf.GradientTape(persistent=True) as outer:
         out = credit.compute_gradients(model, x, y)
     sg_loss = out.logs["sg_loss"]
     assert float(sg_loss) > 0
     # The regression loss reaches only the synthesizers, never the blocks ...
     assert all(g is None for g in outer.gradient(sg_loss, model.trainable_variables))
-    synthesizer_grads = outer.gradient(sg_loss, method.synthesizers[0].trainable_variables)
+    first = method.synthesizers[model.layers[0].name]
+    synthesizer_grads = outer.gradient(sg_loss, first.trainable_variables)
     assert all(g is not None for g in synthesizer_grads)
     # ... and the blocks' gradients are exactly the VJPs of their synthetic signals.
     for k, grads in enumerate(expected):
@@ -412,8 +413,9 @@ def test_conv_blocks_get_convolutional_synthesizers():
     method = credit.get({"name": "cdni", "synthesizer": "mlp", "hidden_filters": [6],
                          "hidden_units": [8], "kernel_size": 3})
     model.compile("adam", "sparse_categorical_crossentropy", method=method)
-    first, second, last = method.synthesizers
-    assert last is None
+    first, second = method.synthesizers.values()
+    assert list(method.synthesizers) == [model.layers[0].name, "flatten"] or \
+        len(method.synthesizers) == 2
     assert [type(layer) for layer in first.stack] == [keras.layers.Conv2D] * 2
     assert first.stack[0].kernel.shape == (3, 3, 4 + 3, 6)  # h channels + one-hot label
     assert first.stack[-1].filters == 4

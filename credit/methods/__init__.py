@@ -1,10 +1,16 @@
 """The credit-assignment methods, one file each."""
 
 from credit.methods.backprop import Backprop
+from credit.methods.batchwise_random_sign_feedback import BatchwiseRandomSignFeedback
 from credit.methods.direct_feedback_alignment import DirectFeedbackAlignment
+from credit.methods.direct_random_target_projection import DirectRandomTargetProjection
 from credit.methods.feedback_alignment import FeedbackAlignment
+from credit.methods.fixed_random_sign_feedback import FixedRandomSignFeedback
 from credit.methods.kickback import Kickback
+from credit.methods.kolen_pollack import KolenPollack
+from credit.methods.sign_symmetry import SignSymmetry
 from credit.methods.synthetic_gradients import SyntheticGradients
 
-__all__ = ["Backprop", "DirectFeedbackAlignment", "FeedbackAlignment", "Kickback",
-           "SyntheticGradients"]
+__all__ = ["Backprop", "BatchwiseRandomSignFeedback", "DirectFeedbackAlignment",
+           "DirectRandomTargetProjection", "FeedbackAlignment", "FixedRandomSignFeedback",
+           "Kickback", "KolenPollack", "SignSymmetry", "SyntheticGradients"]

@@ -1,21 +1,23 @@
-"""Backpropagation: the true gradient, the reference every other method is measured by."""
+"""Backpropagation: the true gradient."""
 
 from credit.registry import register
-from credit.signal import ErrorSignal
+from credit.signal import ErrorSignal, hidden_points
 
 
 @register
 class Backprop(ErrorSignal):
-    """Backpropagation (Rumelhart, Hinton & Williams 1986): ``delta_k = g_{k+1} W_{k+1}^T``.
+    """Backpropagation (Rumelhart, Hinton & Williams 1986, "Learning representations by
+    back-propagating errors", Nature): every layer gets the true gradient ``dL/dh``.
 
-    In the synthetic-gradient view of Czarnecki et al. 2017 it is the exact synthetic
-    gradient. Training takes Keras's own fast path (one ``tape.gradient`` over all
-    variables), so it trains any Keras model, branches included; ``blockwise=True``
-    forces the blockwise engine instead, which gives the same numbers on a chain.
+    By default training runs Keras's own train step (the fast path), so a credit model
+    trained with backprop is a Keras model trained by Keras. With ``blockwise=True`` the
+    credit engine cuts the backward pass at every hidden block's output and injects the
+    true gradient there, carried across the cuts: the same numbers by another route,
+    which checks the engine.
 
     Args:
         seed: unused; kept so that every method takes one.
-        blockwise: compute the update block by block through the credit engine.
+        blockwise: train through credit's engine, with a point at every hidden block.
 
     Example:
         >>> model.compile(optimizer="adam", loss="mse", method="backprop")  # doctest: +SKIP
@@ -23,6 +25,7 @@ class Backprop(ErrorSignal):
 
     name = "backprop"
     aliases = ("bp", "backpropagation")
+    point_rule = "true gradient (carried across the cut)"
 
     def __init__(self, seed=None, blockwise=False):
         super().__init__(seed=seed)
@@ -32,11 +35,15 @@ class Backprop(ErrorSignal):
     def exact(self):
         return not self.blockwise
 
+    def build(self, graph):
+        if self.blockwise:
+            self.points = hidden_points(graph, None)
+
+    def transport(self, layer, kernels):
+        return None
+
     def signals(self, trace):
-        n = len(trace.blocks)
-        deltas = [None] * n
-        if n > 1:
-            deltas[n - 2] = trace.loss_gradient(n - 2)
-        for k in range(n - 3, -1, -1):
-            deltas[k] = trace.input_gradient(k + 1, deltas[k + 1])
-        return deltas
+        return trace.loss_gradients() if self.blockwise else {}
+
+    def update(self, trace, signals):
+        return {}

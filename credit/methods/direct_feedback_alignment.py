@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from credit.registry import register
-from credit.signal import ErrorSignal, uniform_feedback
+from credit.signal import ErrorSignal, flat, hidden_points, output_units, uniform_feedback
 
 
 @register
@@ -11,20 +11,24 @@ class DirectFeedbackAlignment(ErrorSignal):
     """Direct feedback alignment (Nøkland 2016, "Direct Feedback Alignment Provides
     Learning in Deep Neural Networks", NeurIPS).
 
-    ``delta_k = e B_k``, with ``e = dL/da_N`` the loss gradient at the output layer's
-    pre-activation (the logits; for softmax + cross-entropy ``(p - onehot(y)) / batch``)
-    and ``B_k`` a fixed random matrix of shape ``(d_out, units of h_k)``. The result is
-    reshaped to ``h_k``'s shape, so convolutional blocks work too. Removes weight
-    transport and backward locking: every hidden block's signal is ready as soon as
-    the output error is.
+    ``delta_p = e B_p`` at each feedback point p, with ``e = dL/da_N`` the loss gradient
+    at the model's logits (for softmax + cross-entropy ``(p - onehot(y)) / batch``),
+    flattened per example, and ``B_p`` a fixed random matrix of shape
+    ``(units of e, units of h_p)``; the result is reshaped to ``h_p``'s shape, so
+    convolutional, recurrent and attention blocks work too. The backward pass is cut at
+    every point: a block's weights learn from its own point's signal, pushed through its
+    own nonlinearity. The output block gets the true loss gradient. Removes weight
+    transport and backward locking.
 
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
-        scale: the matrices are uniform in ``±scale``; default ``1/sqrt(d_out)``.
+        scale: the matrices are uniform in ``±scale``; default ``1/sqrt(units of e)``.
+        at: where the points go: layer names or block indices (default: the output of
+            every hidden block, see ``credit.summary``). One point per residual or
+            transformer block, as in LightOn's experiments, is ``at=[names]``.
 
     Attributes:
-        feedback_matrices: aligned with the blocks; None for the last block, else a
-            non-trainable variable of shape ``(d_out, units of h_k)``.
+        feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.
 
     Example:
         >>> model.compile(optimizer="adam", loss="mse", method="dfa")  # doctest: +SKIP
@@ -32,27 +36,41 @@ class DirectFeedbackAlignment(ErrorSignal):
 
     name = "direct_feedback_alignment"
     aliases = ("dfa",)
+    point_rule = "e B_p (fixed random projection of the output error)"
 
-    def __init__(self, seed=None, scale=None):
+    def __init__(self, seed=None, scale=None, at=None):
         super().__init__(seed=seed)
         self.scale = scale
+        self.at = None if at is None else list(at)
         self.feedback_matrices = None
 
-    def build(self, blocks):
-        d_out = blocks[-1].units
-        self.feedback_matrices = []
-        for block in blocks[:-1]:
-            value = uniform_feedback(self.seed_for(block.index), (d_out, block.units),
-                                     d_out, self.scale)
-            self.feedback_matrices.append(
-                self.add_state_variable(value, f"feedback_{block.index}"))
-        self.feedback_matrices.append(None)
+    def build(self, graph):
+        d_out = output_units(graph, "direct feedback alignment")
+        self.points = hidden_points(graph, self.at, "at")
+        self.feedback_matrices = {}
+        for i, name in enumerate(self.points):
+            units = _units(graph.point_shape(name))
+            value = uniform_feedback(self.seed_for(i), (d_out, units), d_out, self.scale)
+            self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
+
+    def transport(self, layer, kernels):
+        return None
 
     def signals(self, trace):
-        e = trace.output_error()
-        e = tf.reshape(e, (tf.shape(e)[0], -1))
-        deltas = []
-        for k, h in enumerate(trace.outputs[:-1]):
-            delta = tf.matmul(e, self.feedback_matrices[k])
-            deltas.append(tf.reshape(delta, tf.shape(h)))
-        return deltas + [None]
+        e = flat(trace.output_error())
+        deltas = {}
+        for name in trace.points:
+            h = trace.outputs[name]
+            delta = tf.matmul(e, tf.cast(self.feedback_matrices[name], e.dtype))
+            deltas[name] = tf.reshape(delta, tf.shape(h))
+        return deltas
+
+    def update(self, trace, signals):
+        return {}
+
+
+def _units(shape):
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size

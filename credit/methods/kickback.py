@@ -2,8 +2,9 @@
 
 import tensorflow as tf
 
+from credit.graph import GraphError
 from credit.registry import register
-from credit.signal import ErrorSignal
+from credit.signal import ErrorSignal, output_units
 
 
 @register
@@ -11,16 +12,18 @@ class Kickback(ErrorSignal):
     """Kickback (Balduzzi, Vanchinathan & Buhmann 2015, "Kickback cuts Backprop's
     red-tape: Biologically plausible credit assignment in neural networks", AAAI).
 
-    For models with one scalar output. The block under the output gets the true
-    signal ``e W_N^T``; below it, ``delta_k = e * (1 * phi'(a_{k+1})) W_{k+1}^T``: one
-    VJP of block k+1 applied to a vector of ones, times the scalar error ``e = dL/da_N``.
-    No signal travels more than one block: removes backward locking.
+    For chains of blocks with one scalar output. The block under the output gets the
+    true signal ``e W_N^T``; below it, ``delta_k = e * (1 * phi'(a_{k+1})) W_{k+1}^T``:
+    one VJP of block k+1 applied to a vector of ones, times the scalar error
+    ``e = dL/da_N``. No signal travels more than one block: removes backward locking.
 
     Args:
         seed: unused; kept so that every method takes one.
 
     Raises:
         ValueError: at build, for a model whose output is not one scalar per example.
+        credit.graph.GraphError: at build, for a model that is not a chain of blocks
+            (branches, residual connections, merges).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="mse", method="kickback")  # doctest: +SKIP
@@ -28,27 +31,41 @@ class Kickback(ErrorSignal):
 
     name = "kickback"
     aliases = ("kb",)
+    point_rule = "e x (one-block backward pass of ones)"
 
     def __init__(self, seed=None):
         super().__init__(seed=seed)
 
-    def build(self, blocks):
-        if blocks[-1].units != 1:
+    def build(self, graph):
+        units = output_units(graph, "kickback")
+        if units != 1:
             raise ValueError(
                 f"kickback needs a model with one scalar output per example (a "
                 f"regression with Dense(1) on top, say); this model's output has shape "
-                f"{blocks[-1].output_shape}. Use 'dfa' or 'fa' for multi-output models.")
+                f"{graph.output_shapes[0]}. Use 'dfa' or 'fa' for multi-output models.")
+        if not graph.is_chain():
+            raise GraphError(
+                f"kickback is defined for chains of blocks, and model "
+                f"{graph.model.name!r} is not one (it has branches, merges or residual "
+                f"connections; its blocks: {graph.blocks}). Use 'dfa', 'fa' or "
+                "'sg', which train any architecture.")
+        self.points = [b.point for b in graph.hidden_blocks]
+
+    def transport(self, layer, kernels):
+        return None
 
     def signals(self, trace):
-        n = len(trace.blocks)
-        deltas = [None] * n
-        if n < 2:
-            return deltas
+        points = trace.points
+        if not points:
+            return {}
         e = trace.output_error()
-        deltas[n - 2] = trace.loss_gradient(n - 2)
-        for k in range(n - 3, -1, -1):
-            ones = tf.ones_like(trace.outputs[k + 1])
-            v = trace.input_gradient(k + 1, ones)
-            e_k = tf.reshape(e, [-1] + [1] * (len(v.shape) - 1))
-            deltas[k] = e_k * v
+        deltas = {points[-1]: trace.gradient({}, [points[-1]])[points[-1]]}
+        for k in range(len(points) - 2, -1, -1):
+            above = trace.outputs[points[k + 1]]
+            v = trace.vjp(points[k + 1], tf.ones_like(above))[points[k]]
+            e_k = tf.reshape(tf.cast(e, v.dtype), [-1] + [1] * (len(v.shape) - 1))
+            deltas[points[k]] = e_k * v
         return deltas
+
+    def update(self, trace, signals):
+        return {}

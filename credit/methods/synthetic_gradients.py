@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from credit import transports
 from credit.registry import register
-from credit.signal import ErrorSignal
+from credit.signal import ErrorSignal, hidden_points, output_units
 
 SYNTHESIZERS = ("linear", "mlp")
 TARGETS = ("bootstrap", "true")
@@ -21,19 +22,21 @@ class SyntheticGradients(ErrorSignal):
     Czarnecki et al. 2017, "Understanding Synthetic Gradients and Decoupled Neural
     Interfaces" (ICML).
 
-    A learned synthesizer ``M_k`` sits at each chosen block output ("module boundary")
-    and predicts the gradient there: ``delta_k = M_k(h_k)``, or ``M_k(h_k, y)`` for cDNI
-    (``conditioned=True``), where ``y`` is the label one-hot (classification) or the
-    regression target. Between boundaries the signal flows down by true backprop; the
-    output block gets the true loss gradient unless the output itself is a boundary.
-    Removes update and backward locking between the boundaries.
+    A learned synthesizer ``M_p`` sits at each chosen layer output ("module boundary",
+    a feedback point) and predicts the gradient there: ``delta_p = M_p(h_p)``, or
+    ``M_p(h_p, y)`` for cDNI (``conditioned=True``), where ``y`` is the label one-hot
+    (classification) or the regression target. Between boundaries the signal flows down
+    by true backprop (through residual connections, attention, recurrent layers alike);
+    the output block gets the true loss gradient unless the output itself is a
+    boundary. Removes update and backward locking between the boundaries.
 
     Each synthesizer is trained, with its own optimizer, by mean squared error onto a
     stop-gradient target: the true gradient ``dL/dh_k`` (``target="true"``, the paper's
     analysis), or DNI's bootstrap (``target="bootstrap"``): the next boundary's
     synthetic signal carried down to ``h_k`` by true backprop; the topmost boundary gets
-    the true gradient. The last layer of every synthesizer is zero-initialised, so the
-    first signals are zero.
+    the true gradient (in a branching model: the signals of every boundary above,
+    carried down). The last layer of every synthesizer is zero-initialised, so the first
+    signals are zero.
 
     Synthesizers predict the per-example gradient, ``batch_size * dL/dh_k`` (the loss
     averages over the batch), so they do not depend on the batch size; the signal is
@@ -46,18 +49,20 @@ class SyntheticGradients(ErrorSignal):
             still makes runs reproducible).
         synthesizer: ``"linear"``: ``h A + y B + c`` (the form analysed by Czarnecki et
             al.); ``"mlp"``: ``hidden_units`` ReLU layers, then a linear layer. On a
-            convolutional boundary (a Conv block whose output keeps its spatial axes)
-            the synthesizer is made of same-padding convolutions instead, with
-            ``hidden_filters`` hidden layers for ``"mlp"``, and the label is broadcast
-            over the spatial map as extra channels.
+            boundary with spatial or time axes the synthesizer is made of same-padding
+            convolutions instead (``kernel_size`` on the outputs of convolutions, 1 --
+            position-wise -- on others, such as sequences of an RNN or a transformer),
+            with ``hidden_filters`` hidden layers for ``"mlp"``, and the label is
+            broadcast over those axes as extra channels.
         conditioned: the synthesizers also see the label (cDNI). Integer class labels
             are one-hot encoded with as many classes as the output block has units;
             a target shaped like the output (one-hot labels, regression targets) is
             used as it is.
         target: ``"bootstrap"`` or ``"true"``, see above.
-        at: block indices whose outputs carry a synthesizer (negative indices count from
-            the end). Default: every hidden block. It may include the last block: the
-            synthesizer then replaces the loss gradient at the model output (the
+        at: layer names, or block indices (negative ones count from the end), whose
+            outputs carry a synthesizer. Default: every hidden block's output. It may
+            include the output block (``-1``): the synthesizer then replaces the loss
+            gradient at the model output (the
             linear-regression setting of the paper's convergence theorem; for a softmax
             or sigmoid output this is the gradient with respect to the probabilities,
             badly scaled near 0 and 1: prefer a logits output with from_logits=True).
@@ -80,8 +85,8 @@ class SyntheticGradients(ErrorSignal):
             the default, 0.01, is larger than Adam's usual 0.001.
 
     Attributes:
-        synthesizers: aligned with the blocks; None where there is no synthesizer, else
-            a :class:`Synthesizer` (a Keras layer), after the method is bound to a model.
+        synthesizers: dict from point (layer name) to its :class:`Synthesizer` (a Keras
+            layer), after the method is bound to a model.
         optimizer_instance: the synthesizers' Keras optimizer, after binding.
 
     Logs:
@@ -117,7 +122,7 @@ class SyntheticGradients(ErrorSignal):
                 or not isinstance(update_probability, numbers.Real)
                 or not 0.0 <= float(update_probability) <= 1.0):
             raise ValueError("update_probability must be a number in [0, 1] (the chance "
-                             "that a block is updated in a step); got "
+                             "that a boundary's layers are updated in a step); got "
                              f"{update_probability!r}.")
         self.update_probability = float(update_probability)
         if not _is_int(warmup_steps) or warmup_steps < 0:
@@ -161,6 +166,7 @@ class SyntheticGradients(ErrorSignal):
         self._step = None
         self._seed_variable = None
         self._pending = None
+        self._masked_output = None
 
     # -- state -----------------------------------------------------------------------
 
@@ -174,48 +180,63 @@ class SyntheticGradients(ErrorSignal):
             optimizer.learning_rate = self.learning_rate
         return optimizer
 
-    def build(self, blocks):
-        n = len(blocks)
-        at = tuple(range(n - 1)) if self.at is None else self.at
-        for k in at:
-            if not -n <= k < n:
-                raise ValueError(f"at={list(self.at)} names block {k}, but the model has "
-                                 f"{n} blocks (indices 0..{n - 1}, or -{n}..-1).")
-        boundaries = sorted({k % n for k in at})
-        if len(boundaries) != len(at):
-            raise ValueError(f"at={list(self.at)} names a block twice.")
+    def build(self, graph):
+        boundaries = hidden_points(graph, self.at, "at")
         if not boundaries:
             raise ValueError(
-                "the model has a single block, so there is no hidden block output for a "
-                "synthesizer; pass at=[0] to put one at the model output.")
-        n_cond = blocks[-1].units if self.conditioned else 0
-        base = int(self.seed_for(n, 0xD41).integers(0, 2**31 - 1))
+                "the model has no hidden block, so there is no hidden output for a "
+                "synthesizer; pass at=[-1] to put one at the model output.")
+        self.points = list(boundaries)
+        self._masked_output = None
+        if self.update_probability < 1.0 and not any(graph.is_output(p) for p in boundaries):
+            # Stochastic updates reach the output block too: give it a (non-synthetic)
+            # point whose signal is the true output gradient, masked.
+            output = graph.blocks[-1].point if graph.blocks else None
+            if output is None or not graph.is_output(output):
+                raise ValueError(
+                    "update_probability < 1 masks the output block's update too, which "
+                    "needs the model output to be a layer's output; this model's output "
+                    "is computed after its last layer. Use update_probability=1.")
+            self._masked_output = output
+            self.points.append(output)
+        n_cond = output_units(graph, "cDNI") if self.conditioned else 0
+        base = int(self.seed_for(len(boundaries), 0xD41).integers(0, 2**31 - 1))
         with tf.init_scope():
-            synthesizers = [None] * n
-            for k in boundaries:
-                block = blocks[k]
-                synthesizers[k] = Synthesizer(
-                    block.output_shape, kind=self.synthesizer, condition_units=n_cond,
+            synthesizers = {}
+            for i, name in enumerate(boundaries):
+                shape = graph.point_shape(name)
+                conv_layer = _conv_layer(graph, name)
+                synthesizers[name] = Synthesizer(
+                    shape, kind=self.synthesizer, condition_units=n_cond,
                     hidden_units=self.hidden_units, hidden_filters=self.hidden_filters,
-                    kernel_size=self.kernel_size, activation=self.activation,
-                    convolutional=_convolutional(block),
-                    data_format=getattr(block.layer, "data_format", "channels_last"),
-                    seed=int(self.seed_for(k, 0x5E).integers(0, 2**31 - 1)),
-                    name=f"synthesizer_{k}")
+                    kernel_size=self.kernel_size if conv_layer is not None else 1,
+                    activation=self.activation,
+                    data_format=getattr(conv_layer, "data_format", "channels_last"),
+                    seed=int(self.seed_for(i, 0x5E).integers(0, 2**31 - 1)),
+                    name=f"synthesizer_{i}")
             optimizer = self._make_optimizer()
-            variables = [v for s in synthesizers if s is not None
-                         for v in s.trainable_variables]
+            variables = [v for s in synthesizers.values() for v in s.trainable_variables]
             optimizer.build(variables)
-            self.state.synthesizer_layers = [s for s in synthesizers if s is not None]
+            self.state.synthesizer_layers = list(synthesizers.values())
             self.state.synthesizer_optimizer = optimizer
             self._step = self.state.add_weight(shape=(), dtype="int64", name="step",
-                                               initializer="zeros", trainable=False)
+                                               initializer="zeros", trainable=False,
+                                               aggregation="only_first_replica")
             self._seed_variable = self.state.add_weight(
                 shape=(), dtype="int64", name="seed", trainable=False,
-                initializer=keras.initializers.Constant(base))
+                initializer=keras.initializers.Constant(base),
+                aggregation="only_first_replica")
         self.synthesizers = synthesizers
         self.optimizer_instance = optimizer
         self.boundaries = tuple(boundaries)
+
+    def transport(self, layer, kernels):
+        return None
+
+    @property
+    def point_rule(self):
+        return "M_p(h_p, y) (learned synthesizer, cDNI)" if self.conditioned else \
+            "M_p(h_p) (learned synthesizer)"
 
     @property
     def step(self):
@@ -224,95 +245,62 @@ class SyntheticGradients(ErrorSignal):
 
     # -- signals ---------------------------------------------------------------------
 
-    def synthetic_signal(self, k, trace):
-        """The synthetic signal ``delta_k = M_k(h_k[, y]) / batch_size`` at boundary k.
+    def synthetic_signal(self, name, trace):
+        """The synthetic signal ``delta_p = M_p(h_p[, y]) / batch_size`` at point ``name``.
 
-        The synthesizers are trained through this value (its gradient with respect to
-        the synthesizer's weights), so a subclass may override it, e.g. with an oracle.
+        ``batch_size`` is the global batch (all replicas under ``tf.distribute``), as in
+        the loss. The synthesizers are trained through this value (its gradient with
+        respect to the synthesizer's weights), so a subclass may override it, e.g. with
+        an oracle.
         """
-        h = tf.stop_gradient(trace.outputs[k])
-        condition = self._condition(trace, h.dtype) if self.conditioned else None
-        batch = tf.cast(tf.shape(h)[0], h.dtype)
-        return self.synthesizers[k](h, condition) / batch
+        h = tf.cast(tf.stop_gradient(trace.outputs[name]), "float32")
+        condition = trace.labels() if self.conditioned else None
+        if condition is not None:
+            condition = tf.cast(condition, "float32")
+        return self.synthesizers[name](h, condition) / _global_batch(h)
 
     def signals(self, trace):
-        n = len(trace.blocks)
-        bounds = set(self.boundaries)
+        names = trace.points
         tape = tf.GradientTape()
-        predictions = {}
         with tape:
-            for k in self.boundaries:
-                predictions[k] = self.synthetic_signal(k, trace)
-
-        # The synthetic chain, top down: true backprop between boundaries.
-        chain, arriving = [None] * n, [None] * n
-        for k in range(n - 1, -1, -1):
-            if k not in bounds or self.target == "bootstrap":
-                if k == n - 1:
-                    arriving[k] = _output_gradient(trace) if k in bounds else None
-                elif chain[k + 1] is None:
-                    arriving[k] = trace.loss_gradient(k)
-                else:
-                    arriving[k] = trace.input_gradient(k + 1, chain[k + 1])
-            chain[k] = predictions[k] if k in bounds else arriving[k]
+            predictions = {p: self.synthetic_signal(p, trace) for p in self.boundaries}
+        hidden = [p for p in self.boundaries if trace.stops[p] is not None]
+        outputs = [p for p in self.boundaries if trace.stops[p] is None]
 
         truth = None
         if self.target == "true" or self.warmup_steps > 0:
-            truth = self._true_signals(trace, n - 1 in bounds)
-        targets = {k: (arriving[k] if self.target == "bootstrap" else truth[k])
-                   for k in self.boundaries}
+            truth = trace.loss_gradients()
+        if self.target == "bootstrap":
+            # The synthetic chain: every boundary's prediction carried down by true
+            # backprop to the boundaries below it; the top ones get the loss gradient.
+            chain = dict(predictions)
+            if self._masked_output is not None:
+                chain[self._masked_output] = trace.output_gradient()
+            targets = trace.gradient(chain, hidden) if hidden else {}
+            for p in outputs:
+                targets[p] = trace.output_gradient()
+        else:
+            targets = {p: truth[p] for p in self.boundaries}
         self._pending = {"trace": trace, "tape": tape, "predictions": predictions,
                          "targets": targets}
 
-        deltas = list(chain)
+        deltas = dict(predictions)
+        if self._masked_output is not None:
+            deltas[self._masked_output] = trace.output_gradient()
         if self.warmup_steps > 0:
             warm = tf.convert_to_tensor(self._step) < self.warmup_steps
-            deltas = [d if d is None else tf.where(warm, t, d)
-                      for d, t in zip(deltas, truth)]
+            deltas = {p: tf.where(warm, tf.cast(truth[p], d.dtype), d)
+                      for p, d in deltas.items()}
         if self.update_probability == 0.0:
-            return [tf.zeros_like(h) for h in trace.outputs]
+            return {p: tf.zeros_like(trace.outputs[p]) for p in names}
         if self.update_probability < 1.0:
             seed = tf.stack([tf.convert_to_tensor(self._seed_variable),
                              tf.convert_to_tensor(self._step)])
-            draws = tf.random.stateless_uniform([n], seed=seed)
-            mask = tf.cast(draws < self.update_probability, trace.outputs[-1].dtype)
-            if deltas[-1] is None:
-                deltas[-1] = _output_gradient(trace)
-            deltas = [mask[k] * d for k, d in enumerate(deltas)]
+            draws = tf.random.stateless_uniform([len(names)], seed=seed)
+            for i, p in enumerate(names):
+                deltas[p] = tf.cast(draws[i] < self.update_probability,
+                                    deltas[p].dtype) * deltas[p]
         return deltas
-
-    def _true_signals(self, trace, with_output):
-        """Backprop's signals ``dL/dh_k``; the last one only if ``with_output``."""
-        n = len(trace.blocks)
-        truth = [None] * n
-        if with_output:
-            truth[n - 1] = _output_gradient(trace)
-        for k in range(n - 2, -1, -1):
-            truth[k] = (trace.loss_gradient(k) if k == n - 2
-                        else trace.input_gradient(k + 1, truth[k + 1]))
-        return truth
-
-    def _condition(self, trace, dtype):
-        """The label as a (batch, output units) tensor: one-hot classes or the target."""
-        y = trace.y
-        if y is None or isinstance(y, (dict, list, tuple)):
-            raise ValueError("conditioned synthetic gradients (cDNI) need one target "
-                             f"tensor y per batch; got {type(y).__name__}. Pass y to fit, "
-                             "or use conditioned=False.")
-        units = trace.blocks[-1].units
-        y = tf.convert_to_tensor(y)
-        batch = tf.shape(trace.outputs[-1])[0]
-        size = int(np.prod(y.shape[1:])) if y.shape.rank and None not in y.shape[1:] else None
-        if size == units:
-            return tf.cast(tf.reshape(y, (batch, units)), dtype)
-        if size in (None, 1) and (y.shape.rank or 0) <= 2 and units > 1:
-            labels = tf.cast(tf.reshape(y, (batch,)), "int32")
-            return tf.one_hot(labels, units, dtype=dtype)
-        raise ValueError(
-            f"cannot condition the synthesizers on targets of shape {tuple(y.shape)}: the "
-            f"model output has {units} units per example, so y must hold one class index "
-            f"per example (classification) or {units} values per example (one-hot labels "
-            "or a regression target).")
 
     # -- training the synthesizers ---------------------------------------------------
 
@@ -325,15 +313,17 @@ class SyntheticGradients(ErrorSignal):
         tape, predictions = pending["tape"], pending["predictions"]
         with tape:
             losses = []
-            for k in self.boundaries:
-                prediction = predictions[k]
-                batch = tf.cast(tf.shape(prediction)[0], prediction.dtype)
-                target = tf.stop_gradient(pending["targets"][k])
+            for p in self.boundaries:
+                prediction = predictions[p]
+                batch = _global_batch(prediction)
+                target = tf.cast(tf.stop_gradient(pending["targets"][p]), prediction.dtype)
                 losses.append(tf.reduce_mean(tf.square(batch * (prediction - target))))
             loss = tf.add_n(losses) / len(losses)
-        variables = [v for s in self.synthesizers if s is not None
-                     for v in s.trainable_variables]
-        pairs = [(g, v) for g, v in zip(tape.gradient(loss, variables), variables)
+            # Under tf.distribute the optimizer sums the replicas' gradients: scale so
+            # that the sum is the gradient of the global mean, as for the model's loss.
+            scaled = loss / tf.cast(_replicas(), loss.dtype)
+        variables = [v for s in self.synthesizers.values() for v in s.trainable_variables]
+        pairs = [(g, v) for g, v in zip(tape.gradient(scaled, variables), variables)
                  if g is not None]
         if pairs:  # (an overridden synthetic_signal may not depend on the synthesizers)
             self.optimizer_instance.apply([g for g, _ in pairs], [v for _, v in pairs])
@@ -356,11 +346,12 @@ class Synthesizer(keras.layers.Layer):
 
     def __init__(self, shape, kind="linear", condition_units=0, hidden_units=(),
                  hidden_filters=(), kernel_size=5, activation="relu",
-                 convolutional=False, data_format="channels_last", seed=None, **kwargs):
+                 data_format="channels_last", seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.shape = tuple(int(s) for s in shape)
         self.condition_units = int(condition_units)
-        self.convolutional = bool(convolutional)
+        self.convolutional = 2 <= len(self.shape) <= 4
         self.data_format = data_format
         rng = np.random.default_rng(seed)
 
@@ -376,10 +367,12 @@ class Synthesizer(keras.layers.Layer):
             conv = _CONV[rank]
             self.stack = [conv(f, kernel_size, padding="same", activation=activation,
                                data_format=data_format, kernel_initializer=init(),
-                               name=f"conv_{i}") for i, f in enumerate(hidden)]
+                               dtype="float32", name=f"conv_{i}")
+                          for i, f in enumerate(hidden)]
             self.stack.append(conv(channels, kernel_size, padding="same",
                                    data_format=data_format, kernel_initializer=zeros,
-                                   bias_initializer=zeros, name="conv_out"))
+                                   bias_initializer=zeros, dtype="float32",
+                                   name="conv_out"))
             spatial = list(self.shape)
             spatial[axis] = channels + self.condition_units
             shape = (None,) + tuple(spatial)
@@ -387,10 +380,11 @@ class Synthesizer(keras.layers.Layer):
             units = int(np.prod(self.shape))
             hidden = hidden_units if kind == "mlp" else ()
             self.stack = [keras.layers.Dense(u, activation=activation, name=f"dense_{i}",
-                                             kernel_initializer=init())
+                                             kernel_initializer=init(), dtype="float32")
                           for i, u in enumerate(hidden)]
             self.stack.append(keras.layers.Dense(units, kernel_initializer=zeros,
-                                                 bias_initializer=zeros, name="dense_out"))
+                                                 bias_initializer=zeros, dtype="float32",
+                                                 name="dense_out"))
             shape = (None, units + self.condition_units)
         for layer in self.stack:
             layer.build(shape)
@@ -418,40 +412,25 @@ class Synthesizer(keras.layers.Layer):
         return tf.reshape(x, tf.shape(h))
 
 
-def _output_gradient(trace):
-    """``dL/dh_N`` at the model output, also for a softmax/sigmoid + cross-entropy output.
-
-    Keras computes cross-entropy of such an output from its logits, so no gradient
-    reaches the probabilities; it is recovered from ``e = dL/da_N``: ``e / p`` for a
-    softmax (exact up to the softmax's invariance to a constant, as ``e`` sums to 0 per
-    example), ``e / (p (1 - p))`` for a sigmoid.
-    """
-    try:
-        return trace.loss_gradient()
-    except ValueError as err:
-        block = trace.blocks[-1]
-        functions = [block.layer.activation]
-        for layer in block.members:
-            if not isinstance(layer, keras.layers.Activation):
-                raise
-            functions.append(layer.activation)
-        names = [getattr(f, "__name__", "") for f in functions]
-        nonlinear = [name for name in names if name != "linear"]
-        if nonlinear not in (["softmax"], ["sigmoid"]):
-            raise ValueError(
-                f"{err} The output block's nonlinearity ({', '.join(names)}) is not a "
-                "single softmax or sigmoid, so credit cannot recover dL/dh_N from the "
-                "logits either.") from None
-        p = trace.outputs[-1]
-        e = trace.output_error()
-        tiny = np.finfo(p.dtype.as_numpy_dtype).tiny
-        scale = p if nonlinear == ["softmax"] else p * (1 - p)
-        return e / tf.maximum(scale, tiny)
+def _conv_layer(graph, name):
+    """The convolution whose output map a point carries (its block's head), or None."""
+    layer = graph.layers[name]
+    if isinstance(layer, transports.TYPES) and not isinstance(
+            layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return layer
+    block = graph.block_of(name)
+    if block is not None and block.point == name and isinstance(block.head, transports.TYPES) \
+            and not isinstance(block.head, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return block.head
+    return None
 
 
-def _convolutional(block):
-    conv = isinstance(block.layer, tuple(_CONV.values()))
-    return conv and len(block.output_shape) == block.layer.rank + 1
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _global_batch(h):
+    return tf.cast(tf.shape(h)[0] * _replicas(), h.dtype)
 
 
 def _is_int(value):
@@ -468,13 +447,14 @@ def _choice(name, value, choices):
 def _indices(name, value):
     if value is None:
         return None
-    if _is_int(value):
+    if _is_int(value) or isinstance(value, str):
         value = (value,)
     if (not isinstance(value, (list, tuple)) or not value
-            or not all(_is_int(v) for v in value)):
+            or not all(_is_int(v) or isinstance(v, str) for v in value)):
         raise ValueError(f"{name} must be None (every hidden block) or a non-empty list of "
-                         f"block indices, e.g. [1] or [0, 2, -1]; got {value!r}.")
-    return tuple(int(v) for v in value)
+                         f"layer names or block indices, e.g. ['dense_1'] or [0, 2, -1]; "
+                         f"got {value!r}.")
+    return tuple(v if isinstance(v, str) else int(v) for v in value)
 
 
 def _sizes(name, value):

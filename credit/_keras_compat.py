@@ -1,0 +1,112 @@
+"""The only module that touches private Keras API.
+
+Each function here wraps one private piece of Keras that credit cannot do without, with
+a comment saying why. setup.cfg bounds the Keras versions this was tested with; a Keras
+upgrade that moves one of these breaks this file alone, and the tests that run Keras's
+own model tests against credit's models catch it.
+"""
+
+import keras
+from keras.src.backend.common import masking
+from keras.src.losses import loss as loss_module
+from keras.src.models import model as model_module
+from keras.src.models.functional import Functional
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+__all__ = ["Functional", "functional_init_arguments", "get_mask", "inject_functional_class",
+           "input_specs", "set_mask", "sublayers", "unpack_x_y_sample_weight",
+           "aggregate_additional_loss", "unscale_loss_for_distribution"]
+
+# Keras decides whether `Model(...)` is functional from its arguments; credit.Model must
+# decide the same way to return its own functional class.
+functional_init_arguments = model_module.functional_init_arguments
+
+# How Keras splits a batch into (x, y, sample_weight) in train_step.
+unpack_x_y_sample_weight = data_adapter_utils.unpack_x_y_sample_weight
+
+# Keras divides the loss by the number of replicas under tf.distribute; the loss tracker
+# undoes it. credit's train_step logs the loss the same way.
+unscale_loss_for_distribution = loss_module.unscale_loss_for_distribution
+
+
+def sublayers(layer):
+    """The layers that ``layer`` owns directly (not recursively), in creation order.
+
+    Keras tracks sublayers of any layer (a custom block, MultiHeadAttention, a nested
+    model) in a private list; only models expose theirs publicly (``model.layers``).
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def get_mask(x):
+    """The Keras mask attached to tensor ``x`` (None if there is none)."""
+    return masking.get_keras_mask(x)
+
+
+def set_mask(x, mask):
+    """Attach a Keras mask to ``x``: a feedback point's stop-gradient copy keeps it."""
+    if mask is not None:
+        masking.set_keras_mask(x, mask)
+
+
+def aggregate_additional_loss(model, loss):
+    """A ``model.losses`` entry as Keras adds it to the loss (scaled for distribution)."""
+    return model._aggregate_additional_loss(loss)
+
+
+def compute_loss(model, x, y, y_pred, sample_weight, training):
+    """The model's compiled loss, exactly as Keras's train_step computes it.
+
+    ``Model._compute_loss`` is what Keras's own train_step calls (it dispatches to a
+    user's ``compute_loss`` override and scales for distribution).
+    """
+    return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                               training=training)
+
+
+def has_compiled_loss(model):
+    """Whether ``compile`` was given a loss."""
+    return getattr(model, "_compile_loss", None) is not None
+
+
+def build_shapes(model):
+    """The input shapes a subclassed model was built with (None if unknown)."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    return dict(shapes) or None
+
+
+def inject_functional_class(cls, credit_model, credit_functional):
+    """Make ``cls`` (a subclass of credit.Model built the functional way) functional.
+
+    Keras does this for subclasses of keras.Model by rewriting the class's bases with
+    keras's Functional (``inject_functional_model_class``); applied to a credit.Model
+    subclass, that would rewrite credit.Model itself for the whole process. This does
+    the same rewrite, stopping at credit's own functional class.
+    """
+    if cls is credit_model:
+        return credit_functional
+    if cls is object or cls is credit_functional or issubclass(credit_functional, cls):
+        return cls
+    if not issubclass(cls, credit_model):
+        return cls
+    cls.__bases__ = tuple(inject_functional_class(base, credit_model, credit_functional)
+                          for base in cls.__bases__)
+    return cls
+
+
+def input_specs(model):
+    """The model's symbolic inputs as Keras knows them, or None."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return inputs or None
+
+
+def quantized(layer):
+    """Whether ``layer`` runs a quantized call (int8, float8, ...) instead of ``call``."""
+    return getattr(layer, "quantization_mode", None) is not None
+
+
+def is_keras_tensor(x):
+    return isinstance(x, keras.KerasTensor)

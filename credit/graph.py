@@ -1,0 +1,853 @@
+"""The model's own graph: its layers, how they connect, its blocks, and the step's hooks.
+
+credit never re-implements a model's forward pass. To learn a model's structure it runs
+the model once, symbolically (:func:`analyse`), with a recording wrapper on each layer's
+``call``: every layer call, what it consumed and what it produced. That works for
+Sequential, functional, subclassed and nested models alike, and for any Python between
+the layers.
+
+From the record it derives:
+
+- **units**: the layers whose calls make up the graph. Leaf layers, and layers whose
+  inside credit does not take apart: recurrent layers (backpropagated through time
+  inside) and attention layers (their projections still get transports).
+- **blocks**: a weighted unit and the parameter-free or normalisation units after it on a
+  single path, up to a branch, a merge or the next weighted unit. A block's last layer is
+  where its feedback point goes by default.
+- **connectivity** between feedback points: which points feed which, and which reach the
+  model output without crossing another point.
+
+During a training step, :class:`Hooks` swaps the ``call`` (and ``activation``) of the
+layers a method acts on for wrappers on the instances, and restores them afterwards.
+The wrappers do nothing unless the current thread has an active recorder, so concurrent
+replicas (``tf.distribute``) and other uses of the same layers are not disturbed.
+"""
+
+import threading
+
+import keras
+import tensorflow as tf
+
+from credit import _keras_compat as compat
+from credit import transports
+
+_L = keras.layers
+#: Layers with weights whose inside credit does not take apart into blocks.
+COMPOSITE = tuple(t for t in (_L.RNN, _L.Bidirectional, _L.MultiHeadAttention,
+                              getattr(_L, "GroupedQueryAttention", None)) if t is not None)
+RECURRENT = (_L.RNN, _L.Bidirectional)
+#: Layers with weights that join the block before them instead of starting one.
+NORMALIZATION = tuple(t for t in (_L.BatchNormalization, _L.LayerNormalization,
+                                  _L.GroupNormalization, _L.UnitNormalization,
+                                  getattr(_L, "RMSNormalization", None)) if t is not None)
+# Ops through which no gradient flows: they do not connect layers for credit assignment.
+_NO_GRADIENT_OPS = {"Shape", "ShapeN", "Size", "Rank", "StopGradient", "PreventGradient",
+                    "ZerosLike", "OnesLike", "VarHandleOp", "ReadVariableOp",
+                    "BroadcastGradientArgs"}
+
+
+class GraphError(ValueError):
+    """A model, a point or a transport that credit cannot handle; the message says why."""
+
+
+# --------------------------------------------------------------------------------------
+# The structure of a model
+
+
+class Node:
+    """One call of a layer in the model's forward pass.
+
+    Attributes:
+        index: position in call order (topological for units).
+        layer: the Keras layer.
+        unit: True for units, False for containers (layers made of units).
+        upstream: indices of the unit nodes whose outputs this call consumes (through
+            any ops in between).
+        from_input: whether it also consumes the model input directly.
+        inputs: the number of tensor inputs of the call.
+        output_shape: shape of its output without the batch axis (None if several).
+    """
+
+    def __init__(self, index, layer, unit, inputs, output, output_shape):
+        self.index = index
+        self.layer = layer
+        self.unit = unit
+        self.input_tensors = inputs
+        self.output_tensor = output
+        self.inputs = len(inputs)
+        self.output_shape = output_shape
+        self.upstream = set()
+        self.from_input = False
+
+    def __repr__(self):
+        return f"Node({self.index}: {self.layer.name})"
+
+
+class Block:
+    """A weighted unit and the units that follow it on a single path.
+
+    Attributes:
+        index: position among the model's blocks (topological).
+        layers: the block's layers in order; ``layers[0]`` is the weighted one.
+        point: the name of the block's last layer, where its feedback point goes.
+        output_shape: shape of the block's output without the batch axis.
+        is_output: whether the block's output reaches the model output through
+            parameter-free layers only (such blocks get the loss's own gradient).
+    """
+
+    def __init__(self, index, nodes):
+        self.index = index
+        self.nodes = list(nodes)
+        self.is_output = False
+
+    @property
+    def layers(self):
+        return tuple(n.layer for n in self.nodes)
+
+    @property
+    def head(self):
+        return self.nodes[0].layer
+
+    @property
+    def point(self):
+        return self.nodes[-1].layer.name
+
+    @property
+    def output_shape(self):
+        return self.nodes[-1].output_shape
+
+    @property
+    def units(self):
+        """Number of values in the block's output per example."""
+        return _size(self.output_shape)
+
+    def __repr__(self):
+        return f"Block({self.index}: {', '.join(l.name for l in self.layers)})"
+
+
+class Graph:
+    """What :func:`analyse` learns of a model. Read-only.
+
+    Attributes:
+        model: the model.
+        nodes: every recorded layer call (units and containers), in call order.
+        blocks: the model's blocks, in topological order.
+        layers: dict from name to layer, for every layer of the model (recursively).
+        transportable: names of the layers a transport can cross (Dense, Conv, ...),
+            outside recurrent layers.
+        weighted: names of the layers that have weights (units, composites, the
+            sublayers of attention layers, normalisation layers).
+        output_shapes: shapes of the model outputs without the batch axis.
+        logits: ``(kind, layer name)``: where the output error is read. ``kind`` is
+            ``"activation"`` (the input of the layer's softmax/sigmoid activation),
+            ``"input"`` (the input of a final softmax/sigmoid layer) or ``"output"``
+            (the model output itself).
+    """
+
+    def __init__(self, model, nodes, inputs, outputs, layers, inner):
+        self.model = model
+        self.nodes = nodes
+        self._inputs = inputs
+        self._outputs = outputs
+        self.layers = layers
+        self._inner = inner  # layers inside composites, by name
+        self.output_shapes = [_shape(t) for t in outputs]
+        self.blocks = []
+        self.logits = ("output", None)
+        self._calls = {}
+        for node in nodes:
+            self._calls.setdefault(node.layer.name, []).append(node)
+        self._producer = {}  # tensor name -> node index (unit outputs)
+        self._memo = {}
+        for node in nodes:
+            if node.unit:
+                for t in tf.nest.flatten(node.output_tensor):
+                    self._producer[t.name] = node.index
+        self._connect_units()
+        self._cut_blocks()
+        self._find_logits()
+
+    # -- public queries ----------------------------------------------------------------
+
+    @property
+    def units(self):
+        return [n for n in self.nodes if n.unit]
+
+    @property
+    def transportable(self):
+        names = [name for name, layer in self.layers.items() if transports.supports(layer)
+                 and not self._inside_recurrent(layer)]
+        return [n for n in names if n in self._calls or n in self._inner]
+
+    @property
+    def weighted(self):
+        """Names of the layers that own weights, in the model's layer order.
+
+        A recurrent layer owns its cell's weights; any other layer owns the weights that
+        none of its sublayers holds (so MultiHeadAttention's are its projections').
+        """
+        names = []
+        for name, layer in self.layers.items():
+            if isinstance(layer, RECURRENT):
+                if layer.weights:
+                    names.append(name)
+            elif not self._inside_recurrent(layer) and _own_weights(layer):
+                names.append(name)
+        return names
+
+    @property
+    def hidden_blocks(self):
+        """The blocks that are not output blocks: the default places for points."""
+        return [b for b in self.blocks if not b.is_output]
+
+    def needs_input_gradient(self, name):
+        """Whether anything trainable lies below layer ``name`` (else its input gradient
+        is never used, and a transport on it would be wasted)."""
+        nodes = self._calls.get(name)
+        if nodes:
+            return any(n.upstream for n in nodes)
+        for node in self.nodes:  # a layer inside a composite: ask about the composite
+            if node.unit and isinstance(node.layer, COMPOSITE) and any(
+                    l.name == name for l in node.layer._flatten_layers(include_self=False)):
+                return bool(node.upstream)
+        return True
+
+    def calls(self, name):
+        """How many times layer ``name`` is called in one forward pass."""
+        return len(self._calls.get(name, []))
+
+    def node(self, name):
+        """The one call of layer ``name`` (an error if it is called never or several times)."""
+        if name not in self.layers:
+            raise GraphError(
+                f"model {self.model.name!r} has no layer named {name!r}. Its layers: "
+                f"{', '.join(sorted(self.layers))}.")
+        nodes = self._calls.get(name, [])
+        if len(nodes) != 1:
+            where = ("inside a recurrent layer" if self._inside_recurrent(self.layers[name])
+                     else "inside another layer that credit does not take apart"
+                     if name in self._inner else "")
+            raise GraphError(
+                f"layer {name!r} is called {len(nodes)} times in one forward pass"
+                f"{' (' + where + ')' if where else ''}; a feedback point needs a layer "
+                "called exactly once, with one output tensor. Choose another layer.")
+        return nodes[0]
+
+    def block_of(self, name):
+        """The block that holds layer ``name``, or None."""
+        for block in self.blocks:
+            if any(layer.name == name for layer in block.layers):
+                return block
+        return None
+
+    def point_shape(self, name):
+        node = self.node(name)
+        if node.output_shape is None:
+            raise GraphError(f"layer {name!r} returns several tensors; a feedback point "
+                             "needs a layer with one output tensor.")
+        return node.output_shape
+
+    def is_output(self, name):
+        """Whether layer ``name``'s output is itself a model output."""
+        node = self.node(name)
+        outs = {t.name for t in self._outputs}
+        return any(t.name in outs for t in tf.nest.flatten(node.output_tensor))
+
+    def resolve_points(self, points, argument="points"):
+        """Names from layer names and block indices (negative ones count from the end)."""
+        names = []
+        for p in points:
+            if isinstance(p, str):
+                name = p
+            elif isinstance(p, int) and not isinstance(p, bool):
+                n = len(self.blocks)
+                if not -n <= p < n:
+                    raise GraphError(
+                        f"{argument}={list(points)!r} names block {p}, but model "
+                        f"{self.model.name!r} has {n} blocks (indices 0..{n - 1}, or "
+                        f"-{n}..-1): {self.blocks}.")
+                name = self.blocks[p].point
+            else:
+                raise GraphError(f"{argument} must hold layer names or block indices; got "
+                                 f"{p!r} of type {type(p).__name__}.")
+            self.point_shape(name)  # checks the name, the number of calls, one output
+            if name in names:
+                raise GraphError(f"{argument}={list(points)!r} names layer {name!r} twice.")
+            names.append(name)
+        return self.order(names)
+
+    def order(self, names):
+        """``names`` sorted in call order."""
+        return sorted(names, key=lambda n: self.node(n).index)
+
+    def connect(self, points):
+        """Connectivity of the feedback points ``points`` (layer names).
+
+        Returns a dict with ``below`` and ``above`` (point -> points directly below /
+        above it, i.e. connected without crossing another point) and ``to_output`` (the
+        points connected to a model output without crossing another point).
+        """
+        outputs_of = {}
+        for p in points:
+            for t in tf.nest.flatten(self.node(p).output_tensor):
+                outputs_of[t.name] = p
+        below = {}
+        for p in points:
+            node = self.node(p)
+            found = set()
+            seen = set()
+            stack = [t for t in node.input_tensors]
+            # The point's own call may itself contain another point (a container point
+            # around a unit point): search from the call's inputs.
+            while stack:
+                t = stack.pop()
+                if t.name in seen:
+                    continue
+                seen.add(t.name)
+                if t.name in outputs_of and outputs_of[t.name] != p:
+                    found.add(outputs_of[t.name])
+                    continue
+                if t.op.type in _NO_GRADIENT_OPS:
+                    continue
+                stack.extend(i for i in t.op.inputs if _differentiable(i))
+            below[p] = self.order(found)
+        above = {p: [q for q in points if p in below[q]] for p in points}
+        to_output = set()
+        seen = set()
+        stack = list(self._outputs)
+        while stack:
+            t = stack.pop()
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            if t.name in outputs_of:
+                to_output.add(outputs_of[t.name])
+                continue
+            if t.op.type in _NO_GRADIENT_OPS:
+                continue
+            stack.extend(i for i in t.op.inputs if _differentiable(i))
+        return {"below": below, "above": above, "to_output": self.order(to_output)}
+
+    def owner_node(self, name):
+        """The call that runs layer ``name``: its own, or its composite's (attention)."""
+        nodes = self._calls.get(name)
+        if nodes:
+            return nodes[0]
+        for node in self.nodes:
+            if node.unit and isinstance(node.layer, COMPOSITE) and any(
+                    l.name == name for l in node.layer._flatten_layers(include_self=False)):
+                return node
+        return None
+
+    def reaches(self, name, points):
+        """Where the backward signal of layer ``name``'s output comes from.
+
+        Returns ``(points, loss)``: the feedback points among ``points`` that its output
+        reaches without crossing another point, and whether it reaches the model output
+        that way. A point's own layer is fed by its own point alone.
+        """
+        if name in points:
+            return [name], False
+        node = self.owner_node(name)
+        if node is None:
+            return [], False
+        if node.layer.name in points:  # inside a composite that carries a point
+            return [node.layer.name], False
+        point_out = {}
+        for p in points:
+            for t in tf.nest.flatten(self.node(p).output_tensor):
+                point_out[t.name] = p
+        outputs = {t.name for t in self._outputs}
+        start = {t.name for t in tf.nest.flatten(node.output_tensor)}
+        found, loss, seen = set(), False, set()
+        stack = [t for t in tf.nest.flatten(node.output_tensor)]
+        while stack:
+            t = stack.pop()
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            if t.name in point_out and t.name not in start:
+                found.add(point_out[t.name])
+                continue
+            if t.name in outputs:
+                loss = True
+            for op in t.consumers():
+                if op.type not in _NO_GRADIENT_OPS:
+                    stack.extend(op.outputs)
+        if any(p in start for p in point_out) and name not in points:
+            found.update(point_out[t] for t in start if t in point_out)
+        return self.order(found), loss
+
+    def is_chain(self):
+        """Whether the blocks form one chain: each feeds only the next, no merges."""
+        units = self.units
+        block_of = {n.index: b.index for b in self.blocks for n in b.nodes}
+        for node in units:
+            if node.index not in block_of:
+                return False
+            if len(node.upstream) > 1 or node.inputs != 1:
+                return False
+        for b, nxt in zip(self.blocks, self.blocks[1:]):
+            if nxt.nodes[0].upstream != {b.nodes[-1].index}:
+                return False
+        return not self.blocks[0].nodes[0].upstream if self.blocks else False
+
+    def __repr__(self):
+        return f"Graph({self.model.name}: {len(self.units)} units, {self.blocks})"
+
+    # -- analysis ----------------------------------------------------------------------
+
+    def _inside_recurrent(self, layer):
+        return self._inner.get(layer.name) == "recurrent"
+
+    def _producers(self, tensor):
+        """(unit node indices, reaches the model input) behind ``tensor``."""
+        key = tensor.name
+        if key not in self._memo:
+            nodes, from_input, seen, stack = set(), False, set(), [tensor]
+            while stack:
+                t = stack.pop()
+                if t.name in seen:
+                    continue
+                seen.add(t.name)
+                if t.name in self._producer:
+                    nodes.add(self._producer[t.name])
+                elif t.name in self._inputs:
+                    from_input = True
+                elif t.op.type not in _NO_GRADIENT_OPS:
+                    stack.extend(i for i in t.op.inputs if _differentiable(i))
+            self._memo[key] = (frozenset(nodes), from_input)
+        return self._memo[key]
+
+    def _connect_units(self):
+        for node in self.nodes:
+            if not node.unit:
+                continue
+            for t in node.input_tensors:
+                nodes, from_input = self._producers(t)
+                node.upstream |= set(nodes)
+                node.from_input |= from_input
+        self._consumers = {n.index: [] for n in self.nodes if n.unit}
+        for node in self.nodes:
+            if node.unit:
+                for u in node.upstream:
+                    self._consumers[u].append(node.index)
+        self._output_producers = set()
+        for t in self._outputs:
+            nodes, _ = self._producers(t)
+            self._output_producers |= set(nodes)
+
+    def _weighted_unit(self, layer):
+        if isinstance(layer, NORMALIZATION):
+            return False
+        return (transports.supports(layer) or isinstance(layer, COMPOSITE + (_L.Embedding,))
+                or bool(layer.trainable_weights))
+
+    def _cut_blocks(self):
+        by_index = {n.index: n for n in self.nodes}
+        block_of = {}
+        blocks = []
+        for node in self.units:
+            if self._weighted_unit(node.layer):
+                block = Block(len(blocks), [node])
+                blocks.append(block)
+                block_of[node.index] = block
+                continue
+            if len(node.upstream) != 1 or node.from_input or node.inputs != 1:
+                continue
+            (prev,) = node.upstream
+            block = block_of.get(prev)
+            if (block is None or block.nodes[-1].index != prev
+                    or self._consumers[prev] != [node.index]
+                    or prev in self._output_producers):
+                continue
+            block.nodes.append(node)
+            block_of[node.index] = block
+        # Output blocks: reached from the model output through parameter-free layers.
+        stack, seen = list(self._output_producers), set()
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            if i in block_of:
+                block_of[i].is_output = True
+                continue
+            stack.extend(by_index[i].upstream)
+        self.blocks = blocks
+
+    def _find_logits(self):
+        if len(self._outputs) != 1 or len(self._output_producers) != 1:
+            self.logits = ("output", None)
+            return
+        (i,) = self._output_producers
+        node = next(n for n in self.nodes if n.index == i)
+        if not any(t.name == self._outputs[0].name for t in tf.nest.flatten(node.output_tensor)):
+            self.logits = ("output", None)
+            return
+        layer = node.layer
+        if isinstance(layer, _L.Softmax) or (
+                isinstance(layer, _L.Activation) and _squashing(layer.activation)):
+            self.logits = ("input", layer.name)
+        elif _squashing(getattr(layer, "activation", None)):
+            self.logits = ("activation", layer.name)
+        else:
+            self.logits = ("output", None)
+
+
+def _own_weights(layer):
+    inner = {id(w) for sub in compat.sublayers(layer) for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def _squashing(fn):
+    return getattr(fn, "__name__", None) in ("softmax", "sigmoid")
+
+
+def _differentiable(t):
+    return t.dtype.is_floating or t.dtype.is_complex or t.dtype.is_integer
+
+
+def _shape(t):
+    if t.shape.rank is None:
+        return None
+    return tuple(t.shape[1:])
+
+
+def _size(shape):
+    size = 1
+    for d in shape or ():
+        if d is None:
+            raise GraphError(f"a feedback point's output shape {shape} has an unknown "
+                             "dimension; credit needs fixed shapes (without the batch axis) "
+                             "at feedback points. Fix the input length (keras.Input(shape=("
+                             "T, ...))) or choose another point.")
+        size *= int(d)
+    return size
+
+
+def walk(model):
+    """The layers of ``model``: (units, containers, inner) with ``inner`` a dict from name
+    to ``"recurrent"`` or ``"composite"`` for layers inside composites."""
+    units, containers, inner, seen = [], [], {}, set()
+
+    def visit(layer):
+        for sub in compat.sublayers(layer):
+            if id(sub) in seen or isinstance(sub, _L.InputLayer):
+                continue
+            seen.add(id(sub))
+            if isinstance(sub, COMPOSITE):
+                units.append(sub)
+                kind = "recurrent" if isinstance(sub, RECURRENT) else "composite"
+                for deep in sub._flatten_layers(include_self=False, recursive=True):
+                    inner[deep.name] = kind
+                    if kind == "composite":
+                        inner_layers.append(deep)
+            elif compat.sublayers(sub):
+                containers.append(sub)
+                visit(sub)
+            else:
+                units.append(sub)
+
+    inner_layers = []
+    visit(model)
+    return units, containers, inner, inner_layers
+
+
+def analyse(model, input_spec):
+    """Run ``model`` once symbolically on ``input_spec`` and return its :class:`Graph`.
+
+    Args:
+        model: a built Keras model.
+        input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None.
+    """
+    units, containers, inner, inner_layers = walk(model)
+    records = []
+    recorder = _ProbeRecorder(records, {id(l) for l in units})
+    flat_spec = tf.nest.flatten(input_spec)
+    captured = {}
+
+    def forward(*flat):
+        x = tf.nest.pack_sequence_as(input_spec, list(flat))
+        captured["inputs"] = list(flat)
+        outputs = model(x, training=True)
+        captured["outputs"] = [t for t in tf.nest.flatten(outputs) if t is not None]
+        return captured["outputs"]
+
+    with Hooks(units + containers, recorder):
+        tf.function(forward, autograph=False).get_concrete_function(*flat_spec)
+    nodes = []
+    for i, (layer, args, output) in enumerate(records):
+        inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor)]
+        flat = tf.nest.flatten(output)
+        shape = _shape(flat[0]) if len(flat) == 1 and isinstance(flat[0], tf.Tensor) else None
+        nodes.append(Node(i, layer, id(layer) in recorder.units, inputs, output, shape))
+    layers = {}
+    for layer in units + containers + inner_layers + [
+            l for l in model._flatten_layers(include_self=False, recursive=True)
+            if not isinstance(l, _L.InputLayer)]:
+        layers.setdefault(layer.name, layer)
+    return Graph(model, nodes, {t.name for t in captured["inputs"]}, captured["outputs"],
+                 layers, inner)
+
+
+# --------------------------------------------------------------------------------------
+# Hooks
+
+_local = threading.local()
+_lock = threading.RLock()
+_installed = {}  # id(layer) -> [count, layer, saved instance attributes]
+_MISSING = object()
+
+
+def _recorder():
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+def _call_wrapper(layer, original):
+    def call(*args, **kwargs):
+        recorder = _recorder()
+        if recorder is None:
+            return original(*args, **kwargs)
+        return recorder.on_call(layer, original, args, kwargs)
+
+    call.__wrapped__ = original
+    return call
+
+
+def _activation_wrapper(layer, original):
+    def activation(a, *args, **kwargs):
+        recorder = _recorder()
+        if recorder is None:
+            return original(a, *args, **kwargs)
+        return recorder.on_activation(layer, lambda v: original(v, *args, **kwargs), a)
+
+    activation.__name__ = getattr(original, "__name__", "activation")
+    activation.__wrapped__ = original
+    return activation
+
+
+def _install(layer):
+    entry = _installed.get(id(layer))
+    if entry is None:
+        saved = {name: layer.__dict__.get(name, _MISSING) for name in ("call", "activation")}
+        object.__setattr__(layer, "call", _call_wrapper(layer, layer.call))
+        # Only a plain attribute (recurrent layers expose their cell's as a property).
+        if callable(layer.__dict__.get("activation")):
+            object.__setattr__(layer, "activation",
+                               _activation_wrapper(layer, layer.activation))
+        entry = _installed[id(layer)] = [0, layer, saved]
+    entry[0] += 1
+
+
+def _uninstall(layer):
+    entry = _installed[id(layer)]
+    entry[0] -= 1
+    if entry[0]:
+        return
+    del _installed[id(layer)]
+    for name, value in entry[2].items():
+        if value is _MISSING:
+            layer.__dict__.pop(name, None)
+        else:
+            object.__setattr__(layer, name, value)
+
+
+class Hooks:
+    """Context manager: wrap ``layers`` and make ``recorder`` this thread's recorder.
+
+    Installation is counted per layer, so that nested or concurrent uses (replicas of a
+    ``tf.distribute`` strategy tracing in threads) share the wrappers; the last one out
+    restores the layers.
+    """
+
+    def __init__(self, layers, recorder):
+        unique = {id(l): l for l in layers}
+        self.layers = list(unique.values())
+        self.recorder = recorder
+
+    def __enter__(self):
+        with _lock:
+            for layer in self.layers:
+                _install(layer)
+        if not hasattr(_local, "stack"):
+            _local.stack = []
+        _local.stack.append(self.recorder)
+        return self.recorder
+
+    def __exit__(self, *exc):
+        _local.stack.pop()
+        with _lock:
+            for layer in self.layers:
+                _uninstall(layer)
+        return False
+
+
+class _ProbeRecorder:
+    """Records every call of the hooked layers (for :func:`analyse`)."""
+
+    def __init__(self, records, units):
+        self.records = records
+        self.units = units
+
+    def on_call(self, layer, original, args, kwargs):
+        output = original(*args, **kwargs)
+        self.records.append((layer, (args, kwargs), output))
+        return output
+
+    def on_activation(self, layer, original, a):
+        return original(a)
+
+
+def gate(a, x, adjoint):
+    """Identity on ``a``; its gradient goes to ``a`` unchanged and to ``x`` as ``adjoint(g)``.
+
+    Put at a weighted layer's pre-activation ``a``, with the layer run on a stop-gradient
+    copy of its input ``x``: the layer's weights get their true local gradient from
+    ``a``, and ``x`` gets the transport's adjoint instead of the true input gradient.
+    """
+
+    @tf.custom_gradient
+    def _gate(a, x):
+        def grad(g):
+            return g, adjoint(g)
+
+        return tf.identity(a), grad
+
+    return _gate(a, x)
+
+
+class StepRecorder:
+    """The recorder of one training step: applies transports, records and cuts points.
+
+    Args:
+        plan: the bound method's :class:`Plan`.
+        transport: ``transport(layer, kernels) -> feedback kernels or None`` (the method's).
+        tape: the step's tape (stop-gradient copies at points are watched on it).
+        stop: cut the backward pass at points (False: only record their outputs).
+        use_transports: apply the method's transports (False: true gradients).
+    """
+
+    def __init__(self, plan, transport, tape, stop=True, use_transports=True):
+        self.plan = plan
+        self.transport = transport
+        self.tape = tape
+        self.stop = stop
+        self.use_transports = use_transports
+        self.frames = {}
+        self.outputs = {}
+        self.stops = {}
+        self.logits = None
+
+    def _set_logits(self, t):
+        self.logits = t
+
+    def on_call(self, layer, original, args, kwargs):
+        key = id(layer)
+        plan = self.plan
+        if plan.logits_kind == "input" and key == plan.logits_id:
+            self._set_logits(args[0])
+        if self.use_transports and key in plan.transported:
+            x = args[0]
+            feedback = self.transport(layer, transports.kernels(layer))
+            if feedback is None:
+                output = original(*args, **kwargs)
+            else:
+                frame = {"x": x, "feedback": tuple(feedback), "used": False}
+                self.frames.setdefault(key, []).append(frame)
+                try:
+                    output = original(tf.stop_gradient(x), *args[1:], **kwargs)
+                finally:
+                    self.frames[key].pop()
+                if not frame["used"]:  # a layer without an activation function
+                    output = gate(output, x, _adjoint(layer, x, frame["feedback"]))
+        else:
+            output = original(*args, **kwargs)
+        if key in plan.points:
+            output = self._point(layer, plan.points[key], output)
+        return output
+
+    def on_activation(self, layer, original, a):
+        key = id(layer)
+        frames = self.frames.get(key)
+        if frames and not frames[-1]["used"]:
+            frame = frames[-1]
+            frame["used"] = True
+            a = gate(a, frame["x"], _adjoint(layer, frame["x"], frame["feedback"]))
+        if self.plan.logits_kind == "activation" and key == self.plan.logits_id:
+            self._set_logits(a)
+        return original(a)
+
+    def _point(self, layer, name, output):
+        if name in self.outputs:
+            raise GraphError(f"the feedback point at layer {name!r} was reached twice in one "
+                             "forward pass; points need layers called once.")
+        if not isinstance(output, tf.Tensor):
+            raise GraphError(f"layer {name!r} returned {type(output).__name__}; a feedback "
+                             "point needs a layer with one output tensor.")
+        self.outputs[name] = output
+        if not self.stop or name in self.plan.no_stop:
+            self.stops[name] = None
+            return output
+        cut = tf.stop_gradient(output)
+        compat.set_mask(cut, compat.get_mask(output))
+        self.tape.watch(cut)
+        self.stops[name] = cut
+        regularizer = getattr(layer, "activity_regularizer", None)
+        if regularizer is not None:
+            # Keras applies the activity penalty to what call returns, here the cut
+            # copy, so its gradient would not reach the layer. Add a term worth zero
+            # whose gradient is the penalty's, taken on the layer's own output (with
+            # Keras's normalisation by the batch size).
+            penalty = regularizer(output)
+            if output.shape.rank:
+                penalty = penalty / tf.cast(tf.shape(output)[0], penalty.dtype)
+            layer.add_loss(penalty - tf.stop_gradient(penalty))
+        return cut
+
+    def on_activation_passthrough(self, layer, original, a):
+        return original(a)
+
+
+def _adjoint(layer, x, feedback):
+    return lambda g: transports.adjoint(layer, g, x, feedback)
+
+
+class Plan:
+    """What a bound method does to a model, resolved to layers: built by ``bind``.
+
+    Attributes:
+        graph: the model's :class:`Graph`.
+        transported: dict from ``id(layer)`` to layer, the layers crossed by a transport.
+        points: dict from ``id(layer)`` to point name (the layer's name).
+        order: point names in topological order.
+        below, above: point -> points directly below / above it.
+        to_output: points connected to the model output without another point between.
+        no_stop: points whose output is a model output (not cut: the loss reads it).
+        output_point: whether some point is a model output.
+    """
+
+    def __init__(self, graph, points, transported):
+        self.graph = graph
+        layers = graph.layers
+        self.points = {id(layers[p]): p for p in points}
+        self.order = tuple(graph.order(points)) if points else ()
+        self.transported = {id(layers[t]): layers[t] for t in transported}
+        connectivity = graph.connect(self.order) if points else {
+            "below": {}, "above": {}, "to_output": []}
+        self.below = connectivity["below"]
+        self.above = connectivity["above"]
+        self.to_output = tuple(connectivity["to_output"])
+        self.no_stop = {p for p in self.order if graph.is_output(p)}
+        self.output_point = bool(self.no_stop)
+        kind, name = graph.logits
+        self.logits_kind = kind
+        self.logits_id = id(layers[name]) if name is not None else None
+        hooked = list(self.transported.values()) + [layers[p] for p in self.order]
+        if name is not None:
+            hooked.append(layers[name])
+        self.hooked = hooked
+
+    def recorder(self, transport, tape, stop=True, use_transports=True):
+        return StepRecorder(self, transport, tape, stop, use_transports)

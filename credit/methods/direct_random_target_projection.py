@@ -1,0 +1,99 @@
+"""Direct random target projection: the target, not the error, sent to every hidden block."""
+
+import numpy as np
+import tensorflow as tf
+
+from credit.graph import GraphError
+from credit.methods import _sign
+from credit.registry import register
+from credit.signal import ErrorSignal, hidden_points
+
+
+@register
+class DirectRandomTargetProjection(ErrorSignal):
+    """Direct random target projection, DRTP (Frenkel, Lefebvre & Bol 2021, "Learning
+    Without Feedback: Fixed Random Learning Signals Allow for Feedforward Training of
+    Deep Neural Networks", Frontiers in Neuroscience 15:629892).
+
+    ``delta_p = y B_p`` at each feedback point p, with ``y`` the target of the batch as
+    a ``(batch, units of the output)`` matrix -- integer class labels one-hot encoded,
+    a target shaped like the output (one-hot labels, a regression target) used as it
+    is -- and ``B_p`` a fixed random matrix of shape ``(units of the output, units of
+    h_p)``; the result is reshaped to ``h_p``'s shape. The signal does not depend on the
+    network's output, so a block can update as soon as its own forward pass is done: no
+    backward locking, and no wait for the error. A block's weights learn from its own
+    point's signal, pushed through its own nonlinearity; the output block gets the true
+    loss gradient.
+
+    As in the authors' code (``function.py``, ``labels.mm(B)``), the signal is not
+    divided by the batch size, while the loss (and so the output block's gradient) is
+    a mean over the batch: the hidden blocks' gradients are sums over the batch and
+    grow with it. Choose the learning rate accordingly.
+
+    ``B_p`` is initialised as in the authors' code, ``torch.nn.init.kaiming_uniform_``
+    with its defaults on a tensor of shape ``(units of y, units of h_p)``: uniform in
+    ``±sqrt(6 / fan_in)`` where PyTorch's ``fan_in`` is that tensor's ``size(1)``
+    times the sizes of the dimensions after it, i.e. the number of units at the point
+    (``units`` of a Dense block; channels x height x width of a convolutional one).
+
+    Args:
+        seed: seed of the feedback matrices (None: drawn from numpy's global state).
+        scale: the matrices are uniform in ``±scale`` (default ``sqrt(6 / units of
+            h_p)``, see above).
+        at: where the points go: layer names or block indices (default: the output of
+            every hidden block, see ``credit.summary``). The authors' convolutional
+            blocks put the point after the activation, before max-pooling; credit's
+            default is the block's output (after pooling): pass the activation layer's
+            name to follow them.
+
+    Attributes:
+        feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.
+
+    Example:
+        >>> model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+        ...               method="drtp")                              # doctest: +SKIP
+    """
+
+    name = "direct_random_target_projection"
+    aliases = ("drtp",)
+    point_rule = "y B_p (fixed random projection of the target)"
+
+    def __init__(self, seed=None, scale=None, at=None):
+        super().__init__(seed=seed)
+        self.scale = _sign.check_scale(scale)
+        if at is not None and (isinstance(at, (str, int)) and not isinstance(at, bool)):
+            at = [at]
+        self.at = None if at is None else list(at)
+        self.feedback_matrices = None
+
+    def build(self, graph):
+        if len(graph.output_shapes) != 1:
+            raise GraphError(
+                f"direct random target projection projects the target of the model's one "
+                f"output; model {graph.model.name!r} has {len(graph.output_shapes)} "
+                "outputs. Use a method that does not read the target or the output error "
+                "(feedback alignment and its sign variants, Kolen-Pollack, unconditioned "
+                "synthetic gradients).")
+        d_y = int(np.prod(graph.output_shapes[0]))
+        self.points = hidden_points(graph, self.at, "at")
+        self.feedback_matrices = {}
+        for i, name in enumerate(self.points):
+            units = int(np.prod(graph.point_shape(name)))
+            bound = np.sqrt(6.0 / units) if self.scale is None else self.scale
+            value = self.seed_for(i).uniform(-bound, bound, size=(d_y, units))
+            self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
+
+    def transport(self, layer, kernels):
+        return None
+
+    def signals(self, trace):
+        y = trace.labels()
+        deltas = {}
+        for name in trace.points:
+            h = trace.outputs[name]
+            delta = tf.matmul(y, tf.cast(self.feedback_matrices[name], y.dtype))
+            deltas[name] = tf.reshape(delta, tf.shape(h))
+        return deltas
+
+    def update(self, trace, signals):
+        return {}

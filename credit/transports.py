@@ -1,0 +1,159 @@
+"""Transports: how the backward pass crosses a weighted layer's linear op.
+
+For each weighted layer type there is one linear op ``a = L(x; K) (+ bias)`` and one
+adjoint, the vector-Jacobian product of ``L`` with respect to its input ``x``,
+``VJP_x[L(.; K)](g)``. Backprop crosses a layer with its own kernel ``W``; feedback
+alignment with a fixed random ``B`` shaped like ``W``; sign symmetry with ``sign(W)``. The
+layer's *weight* gradient is always its own local one (its input times the signal at
+its pre-activation); only the input gradient changes.
+
+The forward pass always runs the layer itself (``layer.call``); the functions here are
+used for the backward product only. Given ``K = W`` each adjoint equals TensorFlow's own
+VJP of the layer's call with respect to its input (the tests check this for every layer
+type, padding and dilation).
+
+Supported: Dense, EinsumDense, Conv1D/2D/3D (every padding, causal included, and
+dilation), Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, SeparableConv1D/2D.
+
+Example:
+    >>> layer = keras.layers.Conv1D(4, 3, padding="causal")     # doctest: +SKIP
+    >>> credit.transports.adjoint(layer, g, x, (B,))           # g B^T for a convolution
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+_L = keras.layers
+_CONV = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
+_CONV_TRANSPOSE = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
+_DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
+_SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
+
+#: Layer types with an adjoint, and the names of their kernels (in the order the
+#: adjoint takes them).
+KERNELS = (
+    (_SEPARABLE, ("depthwise_kernel", "pointwise_kernel")),
+    (_DEPTHWISE, ("kernel",)),
+    (_CONV_TRANSPOSE, ("kernel",)),
+    (_CONV, ("kernel",)),
+    ((_L.EinsumDense,), ("kernel",)),
+    ((_L.Dense,), ("kernel",)),
+)
+
+#: Every layer type with a transport.
+TYPES = tuple(t for types, _ in KERNELS for t in types)
+
+
+def supports(layer):
+    """Whether ``layer`` is of a type with an adjoint (a transport can replace its kernel)."""
+    return isinstance(layer, TYPES)
+
+
+def kernel_names(layer):
+    """The names of the kernels the transport of ``layer`` replaces, e.g. ``("kernel",)``."""
+    for types, names in KERNELS:
+        if isinstance(layer, types):
+            return names
+    raise TypeError(
+        f"layer {layer.name!r} ({type(layer).__name__}) has no transport: credit has "
+        f"adjoints for {', '.join(sorted({t.__name__ for t in TYPES}))}. Its input "
+        "gradient is the true one; do not ask for a transport on it.")
+
+
+def kernels(layer):
+    """The layer's current kernels (with LoRA, the effective kernels), as a tuple."""
+    return tuple(getattr(layer, name) for name in kernel_names(layer))
+
+
+def fan_in(layer, kernel_index=0):
+    """How many terms one entry of the adjoint sums over (output units or filters x taps)."""
+    shape = tuple(kernels(layer)[kernel_index].shape)
+    if isinstance(layer, _L.Dense):
+        return int(shape[-1])
+    if isinstance(layer, _L.EinsumDense):
+        # The kernel's axes that also appear in the output are summed over by the adjoint.
+        eq = layer.equation.replace(" ", "")
+        inputs, output = eq.split("->")
+        kernel_axes = inputs.split(",")[1]
+        size = 1
+        for axis, dim in zip(kernel_axes, shape):
+            if axis in output and axis not in inputs.split(",")[0]:
+                size *= int(dim)
+        return max(size, 1)
+    if isinstance(layer, _SEPARABLE) and kernel_index == 1:
+        return int(shape[-1])
+    if isinstance(layer, _CONV_TRANSPOSE):
+        # kernel (..., filters, in_channels): the adjoint is a convolution over the
+        # spatial taps and the filters.
+        size = 1
+        for dim in shape[:-1]:
+            size *= int(dim)
+        return size
+    # Convolutions: spatial taps x output channels (x depth multiplier).
+    taps = 1
+    for dim in shape[:-2]:
+        taps *= int(dim)
+    return taps * int(shape[-1])
+
+
+def _causal_padding(layer):
+    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+    if layer.data_format == "channels_last":
+        return [[0, 0], [left, 0], [0, 0]]
+    return [[0, 0], [0, 0], [left, 0]]
+
+
+def linear(layer, x, kernels_):
+    """The layer's linear op on ``x`` with ``kernels_`` in place of its own (no bias).
+
+    This mirrors the first line of each layer type's ``call``, with the layer's own
+    strides, padding, dilation and data format.
+    """
+    if isinstance(layer, _L.Dense):
+        return ops.matmul(x, kernels_[0])
+    if isinstance(layer, _L.EinsumDense):
+        return ops.einsum(layer.equation, x, kernels_[0])
+    if isinstance(layer, _SEPARABLE):
+        return ops.separable_conv(x, kernels_[0], kernels_[1], strides=layer.strides,
+                                  padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                  data_format=layer.data_format)
+    if isinstance(layer, _DEPTHWISE):
+        return ops.depthwise_conv(x, kernels_[0], strides=layer.strides,
+                                  padding=layer.padding, dilation_rate=layer.dilation_rate,
+                                  data_format=layer.data_format)
+    if isinstance(layer, _CONV_TRANSPOSE):
+        return ops.conv_transpose(x, kernels_[0], strides=list(layer.strides),
+                                  padding=layer.padding, output_padding=layer.output_padding,
+                                  dilation_rate=layer.dilation_rate,
+                                  data_format=layer.data_format)
+    if isinstance(layer, _CONV):
+        padding = layer.padding
+        if padding == "causal":
+            x = ops.pad(x, _causal_padding(layer))
+            padding = "valid"
+        return ops.conv(x, kernels_[0], strides=list(layer.strides), padding=padding,
+                        dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    kernel_names(layer)  # raises the explanatory TypeError
+    raise AssertionError("unreachable")
+
+
+def adjoint(layer, g, x, kernels_):
+    """``VJP_x[L(.; kernels_)](g)``: the signal ``g`` at the pre-activation carried to the input.
+
+    Args:
+        layer: the weighted layer (its type and configuration fix ``L``).
+        g: the signal at the layer's pre-activation, shaped like its output.
+        x: the layer's input (only its shape and dtype are used).
+        kernels_: the kernels to cross with, shaped like the layer's own.
+    """
+    kernels_ = tuple(tf.cast(k, g.dtype) for k in kernels_)
+    if isinstance(layer, _L.Dense):
+        return tf.tensordot(g, kernels_[0], [[-1], [1]])
+    # The VJP of a linear op does not depend on where it is taken: take it at zero, so
+    # that nothing of the forward computation is needed (graph mode prunes it).
+    x0 = tf.zeros(tf.shape(x), g.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x0)
+        a = linear(layer, x0, kernels_)
+    return tape.gradient(a, x0, output_gradients=g)
