@@ -13,9 +13,8 @@ batch order) with its interval; ``*`` marks a difference whose interval excludes
 
 Defaults: every registered method (``credit.available()``) on the MNIST sample, sklearn
 digits and the diabetes regression, MLPs, 3 seeds. A method that does not apply is
-listed with ``n/a (not applicable: ...)`` (kickback needs one scalar output, so it runs
-on diabetes only; with the current engine, the methods other than backprop cannot
-train residual, attention or recurrent models).
+listed with ``n/a (not applicable: ...)`` with the engine's reason (kickback needs one
+scalar output, so it runs on diabetes only).
 
 Models (``--models``; all trained with Adam):
 
@@ -29,8 +28,10 @@ Models (``--models``; all trained with Adam):
 
 Images and sequences come from the image data sets: ``mnist`` as 28x28x1 images or
 read row by row as 28 steps of 28 features, ``digits`` as 8x8x1 or 8 steps of 8
-(reshaped by the runner's data step, ``experiments.runner.data``). A model that cannot
-read a data set (cnn on diabetes) is listed as not applicable.
+(reshaped by the runner's data step, ``experiments.runner.data``); ``mnist_images``,
+``digits_images``, ``sequential_mnist`` and ``cifar10`` (Keras cache) can be named with
+--datasets as they are. A model that cannot read a data set (cnn on diabetes) is listed
+as not applicable.
 
 Usage:
     python -m experiments.compare                   # full: 3 seeds, about 15 minutes
@@ -113,11 +114,11 @@ def _mlp(hidden):
 #: Per data set: the run settings, the quick settings and the convergence target.
 SETTINGS = {
     "mnist": {"run": {"model": _mlp([256, 256]), "batch_size": 64, "epochs": 20},
-              "quick": {"epochs": 5, "n_train": 2000}, "target": 0.9},
+              "quick": {"epochs": 3, "n_train": 2000}, "target": 0.9},
     "digits": {"run": {"model": _mlp([64, 64]), "batch_size": 32, "epochs": 40},
-               "quick": {"epochs": 8}, "target": 0.9},
+               "quick": {"epochs": 5}, "target": 0.9},
     "diabetes": {"run": {"model": _mlp([32, 32]), "batch_size": 32, "epochs": 50},
-                 "quick": {"epochs": 15}, "target": 0.65},
+                 "quick": {"epochs": 10}, "target": 0.65},
 }
 GENERIC = {
     "classification": {"run": {"model": _mlp([64, 64]), "batch_size": 32, "epochs": 20},
