@@ -118,7 +118,7 @@ SETTINGS = {
     "digits": {"run": {"model": _mlp([64, 64]), "batch_size": 32, "epochs": 40},
                "quick": {"epochs": 5}, "target": 0.9},
     "diabetes": {"run": {"model": _mlp([32, 32]), "batch_size": 32, "epochs": 50},
-                 "quick": {"epochs": 10}, "target": 0.65},
+                 "quick": {"epochs": 6}, "target": 0.65},
 }
 GENERIC = {
     "classification": {"run": {"model": _mlp([64, 64]), "batch_size": 32, "epochs": 20},
