@@ -19,13 +19,20 @@ config; a run whose owner died (a killed worker) is redone by the next worker or
 that reaches it. Hooks (``callbacks``, ``after_fit``) must then be picklable (module-level
 functions).
 
-Speed (``python -m experiments.compare --quick``: 16 runs of 2-10 s on a 2-core machine
-shared with other jobs, wall clock of the whole command): one process 104 s and
-``--workers 2`` 135 s while other jobs started (load 1.3 rising to 4.1); 152 / 143 s
-against 152 / 162 s with two or three other jobs running throughout (load about 4).
-A worker pays TensorFlow's import and its own tracing of every model (about 20 CPU
-seconds more in all), and two processes share the same two cores; on these short runs
-that cancels the gain. Workers pay off with longer runs and more free cores.
+Speed, measured on ``python -m experiments.compare --quick`` (wall clock of the whole
+command, a 2-core machine shared with other engineers' jobs):
+
+- 6 methods, 16 runs: one process 104 s, ``--workers 2`` 135 s, while other jobs
+  started (load 1.3 rising to 4.1); then with two or three other jobs throughout (load
+  about 4): 152 and 143 s against 152 and 162 s. No gain.
+- 11 methods, 31 runs, four other jobs throughout (load 6 to 7): one process 438 s
+  (159 CPU seconds), ``--workers 2`` 348 s (171 CPU seconds): 1.26 x, largely because
+  two processes get a larger share of a contended machine.
+
+A worker pays TensorFlow's import and its own tracing of every model (about 10% more
+CPU in all), and on two cores two workers share what one process already half-uses;
+with runs of a few seconds that cancels most of the gain. Workers pay off with longer
+runs and more free cores.
 
 Example:
     >>> configs = grid(methods=["backprop", "dfa"], datasets=["digits"], seeds=[0, 1],
