@@ -1,19 +1,32 @@
-"""Run records -> pandas tables of accuracy and convergence, and plots.
+"""Run records -> pandas tables of accuracy, convergence and paired statistics; plots.
 
 The experiment runner writes one folder per run::
 
-    <out>/<hash>/config.json   # "method", "dataset", "model", "seed", ... (+ optional "status")
-    <out>/<hash>/history.csv   # one row per epoch: epoch, step, wall_time, loss, ...
-    <out>/<hash>/done          # marker, written last
-    <out>/<hash>/diverged      # optional marker
+    <out>/runs/<hash>/config.json   # "method", "dataset", "model", "seed", ... (+ "status")
+    <out>/runs/<hash>/history.csv   # one row per epoch: epoch, step, wall_time, loss, ...
+    <out>/runs/<hash>/done          # marker, written last
+    <out>/runs/<hash>/diverged      # optional marker
 
-In ``history.csv``, ``val_*`` columns hold the held-out **test** metrics, ``step``
-and ``wall_time`` are cumulative (optimizer steps and seconds since the start
+In ``history.csv``, ``val_*`` columns hold the metrics on the **validation** split (carved
+from the training data; the best epoch and the hyperparameter choice read it) and
+``test_*`` columns the metrics on the **test** split (recorded, never selected on);
+``step`` and ``wall_time`` are cumulative (optimizer steps and seconds since the start
 of training, at the end of the epoch).
+
+*Runs written before the validation split existed* (their ``config.json`` has no
+``val_fraction``) evaluated the test split under the name ``val_*``: :func:`load_runs`
+renames those columns ``test_*``, so that every table shows the split it says; such runs
+have no validation metric and no best epoch.
+
+Statistics (:func:`mean_ci`, :func:`paired_differences`): means over seeds with a
+95% Student-t confidence interval, and the difference of each method to a baseline
+(backprop) on the same seed -- same initial weights where the models match, same
+validation split, same batches in the same order -- with its own t-interval; a
+difference whose interval excludes zero is marked ``significant``.
 
 Typical use:
 
-    >>> df = load_runs("runs")                                  # doctest: +SKIP
+    >>> df = load_runs("results/compare")                       # doctest: +SKIP
     >>> print(to_markdown(accuracy_table(df)))                  # doctest: +SKIP
     >>> print(to_markdown(convergence_table(df, target=0.9)))   # doctest: +SKIP
     >>> plot_curves(df, "results/curves.png")                   # doctest: +SKIP
@@ -23,6 +36,7 @@ separate formatting step.
 """
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -33,16 +47,22 @@ import pandas as pd
 __all__ = [
     "RUN_COLUMNS",
     "load_runs",
+    "run_table",
+    "mean_ci",
+    "mean_std",
+    "paired_differences",
     "accuracy_table",
     "convergence_table",
     "to_markdown",
     "plot_curves",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Columns that identify a run, first in every frame returned by :func:`load_runs`.
 RUN_COLUMNS = ["method", "dataset", "model", "seed", "run", "status"]
 _HISTORY_COLUMNS = ["epoch", "step", "wall_time", "loss"]
-_STATUSES = ("done", "diverged", "incomplete")
+_STATUSES = ("done", "diverged", "incomplete", "not_applicable")
 
 
 # ---------------------------------------------------------------------------
@@ -67,7 +87,9 @@ def _read_run(folder):
             f"{config_path} lacks the key(s) {missing}; every run's config.json "
             "needs 'method', 'dataset', 'model' and 'seed'."
         )
-    if (folder / "diverged").exists() or config.get("status") == "diverged":
+    if config.get("status") == "not_applicable":  # refused by the engine: not a result
+        status = "not_applicable"
+    elif (folder / "diverged").exists() or config.get("status") == "diverged":
         status = "diverged"
     elif (folder / "done").exists():
         status = "done"
@@ -77,16 +99,42 @@ def _read_run(folder):
     history = pd.DataFrame()
     if history_path.exists() and history_path.stat().st_size > 0:
         history = pd.read_csv(history_path)
+    if "val_fraction" not in config and not any(c.startswith("test_") for c in history):
+        # Written before the validation split: its val_* columns are the test split.
+        history = history.rename(columns={c: "test_" + c[4:] for c in history
+                                          if c.startswith("val_")})
     return config, status, history
+
+
+def _run_folders(root):
+    """Run folders (holding config.json) under ``root``: its sub-folders, else any
+    folder below it (hidden folders skipped), grouped by parent."""
+    direct = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    if direct:
+        return direct
+    found = []
+    for path in sorted(root.rglob("config.json")):
+        folder = path.parent
+        if folder == root or any(part.startswith(".") for part in folder.relative_to(root).parts):
+            continue
+        found.append(folder)
+    return found
 
 
 def load_runs(path, include_incomplete=False):
     """Load every run under ``path`` into one tidy DataFrame.
 
-    A run is a sub-folder holding a ``config.json``; other entries are ignored.
-    Its status is ``"diverged"`` if it has a ``diverged`` marker or
+    ``path`` may be the folder of the run folders (``OUT/compare/runs``) or any folder
+    above it (``OUT/compare``, as ``python -m experiments.compare --out`` names it, or
+    ``OUT``): when ``path`` has no run sub-folder, every folder below it that holds a
+    ``config.json`` is a run. What was found is logged (logger ``credit.results``,
+    level INFO), and a warning is logged when nothing was.
+
+    A run's status is ``"diverged"`` if it has a ``diverged`` marker or
     ``config["status"] == "diverged"``, else ``"done"`` if it has a ``done``
-    marker, else ``"incomplete"`` (still running or killed).
+    marker, else ``"incomplete"`` (still running or killed). A run whose
+    ``config["status"]`` is ``"not_applicable"`` (the engine refused the model) is
+    counted in the log line and left out.
 
     Args:
         path: Output folder of the experiment runner.
@@ -99,16 +147,16 @@ def load_runs(path, include_incomplete=False):
         other scalar config keys (lists and dicts as JSON strings; a config key
         that clashes with a history column is renamed ``config_<key>``). A
         selected run whose history is missing or empty still appears, as one
-        row with NaN history values, so that it is counted. If the folder
-        exists but holds no runs, the frame is empty with columns
-        ``RUN_COLUMNS + ["epoch", "step", "wall_time", "loss"]``.
+        row with NaN history values, so that it is counted. With no runs, the
+        frame is empty with columns ``RUN_COLUMNS + ["epoch", "step", "wall_time",
+        "loss"]``.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist or is not a folder.
         ValueError: If a ``config.json`` lacks method, dataset, model or seed.
 
     Example:
-        >>> df = load_runs("runs")  # doctest: +SKIP
+        >>> df = load_runs("results/compare")  # doctest: +SKIP
         >>> df.groupby(["method", "dataset"]).run.nunique()  # doctest: +SKIP
     """
     root = pathlib.Path(path)
@@ -117,10 +165,12 @@ def load_runs(path, include_incomplete=False):
             f"No runs folder at {os.fspath(path)!r}; pass the output folder of the "
             "experiment runner (one sub-folder per run, each with config.json)."
         )
-    frames = []
-    for folder in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+    frames, counts = [], {}
+    for folder in _run_folders(root):
         config, status, history = _read_run(folder)
-        if status == "incomplete" and not include_incomplete:
+        count = counts.setdefault(folder.parent, dict.fromkeys(_STATUSES, 0))
+        count[status] += 1
+        if status == "not_applicable" or (status == "incomplete" and not include_incomplete):
             continue
         frame = history.copy() if len(history) else pd.DataFrame({c: [np.nan] for c in _HISTORY_COLUMNS})
         ident = {
@@ -140,6 +190,17 @@ def load_runs(path, include_incomplete=False):
             column = key if key not in frame.columns else f"config_{key}"
             frame[column] = _config_value(value)
         frames.append(frame)
+    if not counts:
+        logger.warning("load_runs: no runs under %s (a run is a folder holding "
+                       "config.json; pass the --out folder of an experiment, or its runs/ "
+                       "folder)", os.fspath(root))
+    for parent, count in counts.items():
+        skipped = "" if include_incomplete or not count["incomplete"] else " (skipped)"
+        refused = (f", {count['not_applicable']} not applicable (skipped)"
+                   if count["not_applicable"] else "")
+        logger.info("load_runs: %d runs in %s: %d done, %d diverged, %d incomplete%s%s",
+                    sum(count.values()), os.fspath(parent), count["done"], count["diverged"],
+                    count["incomplete"], skipped, refused)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in RUN_COLUMNS + _HISTORY_COLUMNS})
     df = pd.concat(frames, ignore_index=True)
@@ -148,7 +209,7 @@ def load_runs(path, include_incomplete=False):
 
 
 # ---------------------------------------------------------------------------
-# Tables
+# Statistics
 
 
 def _check_columns(df, columns, where):
@@ -160,29 +221,46 @@ def _check_columns(df, columns, where):
         )
 
 
-def _classification_datasets(df):
-    """Names of the data sets whose rows have test accuracy values."""
-    if "val_accuracy" not in df.columns:
-        return set()
-    return set(df.loc[df["val_accuracy"].notna(), "dataset"])
-
-
-def _higher_is_better(metric):
-    return any(word in metric for word in ("acc", "alignment", "cos"))
-
-
-def _runs(df):
-    """Yield (method, dataset, run, status, rows sorted by epoch)."""
-    for (method, dataset, run), rows in df.groupby(["method", "dataset", "run"], sort=True):
-        yield method, dataset, run, rows["status"].iloc[0], rows.sort_values("epoch", kind="stable")
-
-
 def _std(values):
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def _mean(values):
     return float(np.mean(values)) if len(values) else math.nan
+
+
+def mean_ci(values, confidence=0.95):
+    """Mean and half-width of the Student-t confidence interval of the mean.
+
+    The interval is ``mean ± t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the
+    sample standard deviation (``ddof=1``). NaNs are dropped; with fewer than two
+    values the half-width is NaN (no interval).
+
+    Args:
+        values: numbers (a list, array or Series).
+        confidence: the coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(mean, half_width)``.
+
+    Example:
+        >>> m, h = mean_ci([0.90, 0.92, 0.94])
+        >>> round(m, 3), round(h, 4)            # t(0.975, 2) = 4.303, s = 0.02
+        (0.92, 0.0497)
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}; e.g. 0.95.")
+    from scipy import stats
+
+    values = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(values.mean())
+    if n < 2:
+        return mean, math.nan
+    t = float(stats.t.ppf((1 + confidence) / 2, n - 1))
+    return mean, t * float(values.std(ddof=1)) / math.sqrt(n)
 
 
 def mean_std(table, keys, columns):
@@ -216,62 +294,217 @@ def mean_std(table, keys, columns):
     return pd.DataFrame(out)
 
 
-def accuracy_table(df):
-    """Final and best test metric per method and data set, over seeds.
+def _classification_datasets(df):
+    """Names of the data sets whose rows have accuracy values (test or validation)."""
+    found = set()
+    for column in ("test_accuracy", "val_accuracy"):
+        if column in df.columns:
+            found |= set(df.loc[df[column].notna(), "dataset"])
+    return found
 
-    For a classification data set (one whose rows have ``val_accuracy``
-    values) the metric is the test accuracy ``val_accuracy``: *final* is its
-    value at the last epoch that has one, *best* its maximum over epochs. For
-    a regression data set the metric is the test loss ``val_loss``: *final* as
-    above, *best* its minimum.
 
-    Means and standard deviations (``ddof=1``; NaN with one run) are over the
-    runs (seeds) that did not diverge. Diverged runs are only counted, in
-    ``diverged``.
+def _higher_is_better(metric):
+    return any(word in metric for word in ("acc", "alignment", "cos"))
+
+
+def _runs(df):
+    """Yield (method, dataset, run, status, rows sorted by epoch)."""
+    for (method, dataset, run), rows in df.groupby(["method", "dataset", "run"], sort=True):
+        yield method, dataset, run, rows["status"].iloc[0], rows.sort_values("epoch", kind="stable")
+
+
+def _column(rows, name):
+    return rows[name] if name in rows else pd.Series(np.nan, index=rows.index)
+
+
+def run_table(df, keep=()):
+    """One row per run: its best epoch on the validation split and its test metric there.
+
+    For a classification data set (rows with accuracy values) the metric is accuracy,
+    else the loss. The **best epoch** is the first epoch with the highest validation
+    accuracy (classification) or the lowest validation loss; ``val`` is the validation
+    metric there and ``test`` the test metric at that same epoch (the test split is
+    read, never used to choose). ``test_final`` is the test metric at the last epoch
+    that has one. Runs without validation values (written before the validation
+    split) have NaN ``best_epoch``, ``val`` and ``test``.
 
     Args:
         df: Output of :func:`load_runs`.
+        keep: other columns to carry over (their value at the run's first row), e.g.
+            ``["learning_rate"]``.
 
     Returns:
-        One row per (method, dataset), sorted by dataset then method, with
-        columns ``method, dataset, metric, final_mean, final_std, best_mean,
-        best_std, n, diverged``: ``metric`` names the column used, ``n`` the
-        number of runs averaged, ``diverged`` the number of diverged runs.
+        Columns ``method, dataset, model, seed, run, status, metric, epochs,
+        best_epoch, val, test, test_final, seconds`` and the ``keep`` columns; ``metric``
+        is "accuracy" or "loss", ``epochs`` the epochs trained, ``seconds`` the training
+        seconds (``wall_time`` at the last epoch). Diverged runs keep NaN numbers.
 
     Example:
-        >>> table = accuracy_table(load_runs("runs"))  # doctest: +SKIP
+        >>> runs = run_table(load_runs("results/compare"), keep=["learning_rate"])  # doctest: +SKIP
+    """
+    _check_columns(df, ["method", "dataset", "run", "status", "epoch"], "run_table")
+    classification = _classification_datasets(df)
+    records = []
+    for method, dataset, run, status, rows in _runs(df):
+        metric = "accuracy" if dataset in classification else "loss"
+        record = {"method": method, "dataset": dataset,
+                  "model": rows["model"].iloc[0] if "model" in rows else None,
+                  "seed": rows["seed"].iloc[0] if "seed" in rows else None,
+                  "run": run, "status": status, "metric": metric,
+                  "epochs": float(rows["epoch"].max()) if rows["epoch"].notna().any() else math.nan,
+                  "best_epoch": math.nan, "val": math.nan, "test": math.nan,
+                  "test_final": math.nan, "seconds": math.nan}
+        if status != "diverged":
+            val, test = _column(rows, f"val_{metric}"), _column(rows, f"test_{metric}")
+            if val.notna().any():
+                best = val.idxmax() if metric == "accuracy" else val.idxmin()  # first best
+                record.update(best_epoch=float(rows.at[best, "epoch"]), val=float(val[best]),
+                              test=float(test[best]))
+            if test.notna().any():
+                record["test_final"] = float(test.dropna().iloc[-1])
+            if "wall_time" in rows and rows["wall_time"].notna().any():
+                record["seconds"] = float(rows["wall_time"].dropna().iloc[-1])
+        for column in keep:
+            record[column] = rows[column].iloc[0] if column in rows else None
+        records.append(record)
+    columns = ["method", "dataset", "model", "seed", "run", "status", "metric", "epochs",
+               "best_epoch", "val", "test", "test_final", "seconds", *keep]
+    return pd.DataFrame(records, columns=columns)
+
+
+def paired_differences(runs, baseline="backprop", value="test", by=("dataset", "model"),
+                       confidence=0.95):
+    """Per method and group, the difference to ``baseline`` on the same seed, with a
+    t-interval.
+
+    For each group of ``by`` and each method other than ``baseline``, the runs are
+    paired with the baseline's run of the same seed (same initial weights where the
+    models match, same validation split and batch order); the differences
+    ``method - baseline`` of ``value`` get a mean and a Student-t interval
+    (:func:`mean_ci`). A pair with a NaN (a diverged run) is left out. A difference is
+    ``significant`` when its interval excludes zero (never with fewer than two pairs).
+    For accuracy a positive difference favours the method; for a loss a negative one.
+
+    Args:
+        runs: Output of :func:`run_table` with one run per (method, group, seed):
+            filter tuning runs out first.
+        baseline: the method every other is compared with.
+        value: the column compared (default ``"test"``: test metric at the best
+            validation epoch).
+        by: the columns that define a group.
+        confidence: coverage of the intervals.
+
+    Returns:
+        Columns ``method, <by...>, n_pairs, diff_mean, diff_ci, diff_low, diff_high,
+        diff_significant``; no rows for the baseline or for groups without it.
+
+    Raises:
+        ValueError: if a (method, group, seed) has more than one run.
+
+    Example:
+        >>> runs = pd.DataFrame({"method": ["bp", "bp", "fa", "fa"], "dataset": "d",
+        ...                      "model": "m", "seed": [0, 1, 0, 1],
+        ...                      "test": [0.9, 0.8, 0.85, 0.76]})
+        >>> d = paired_differences(runs, baseline="bp").iloc[0]
+        >>> round(float(d["diff_mean"]), 3), int(d["n_pairs"])
+        (-0.045, 2)
+    """
+    by = list(by)
+    _check_columns(runs, ["method", "seed", value, *by], "paired_differences")
+    duplicated = runs.duplicated(["method", *by, "seed"], keep=False)
+    if duplicated.any():
+        example = runs.loc[duplicated, ["method", *by, "seed"]].iloc[0].to_dict()
+        raise ValueError(
+            f"paired_differences needs one run per method, group and seed, but {example} "
+            "has several (a tuning grid?); filter the runs to one setting per method first.")
+    records = []
+    for key, group in runs.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        base = group[group["method"] == baseline].set_index("seed")[value]
+        if base.empty:
+            continue
+        for method, rows in group[group["method"] != baseline].groupby("method", sort=True):
+            rows = rows.set_index("seed")[value]
+            common = rows.index.intersection(base.index)
+            diffs = (rows[common] - base[common]).dropna()
+            mean, half = mean_ci(diffs, confidence)
+            significant = bool(math.isfinite(half) and (mean - half > 0 or mean + half < 0))
+            records.append({"method": method, **dict(zip(by, key)), "n_pairs": len(diffs),
+                            "diff_mean": mean, "diff_ci": half, "diff_low": mean - half,
+                            "diff_high": mean + half, "diff_significant": significant})
+    columns = ["method", *by, "n_pairs", "diff_mean", "diff_ci", "diff_low", "diff_high",
+               "diff_significant"]
+    return pd.DataFrame(records, columns=columns).astype({"n_pairs": "int64",
+                                                          "diff_significant": bool})
+
+
+def accuracy_table(df, baseline="backprop", confidence=0.95, keep=()):
+    """Validation and test metric per method, data set and model: mean and 95% CI over
+    seeds, and the paired difference to ``baseline``.
+
+    Per run (:func:`run_table`): the best epoch on the validation split, the test
+    metric at that epoch, and the test metric at the last epoch. Per (dataset, model,
+    method), over the seeds that did not diverge: ``val`` (validation metric at the
+    best epoch), ``test`` (test metric at the best validation epoch, the headline
+    number), ``test_final`` (test metric at the last epoch), each as ``<x>_mean`` and
+    ``<x>_ci`` (half-width of the t-interval, :func:`mean_ci`); ``best_epoch_mean``;
+    and ``diff`` (:func:`paired_differences` of ``test`` to ``baseline``, same seeds),
+    as ``diff_mean``, ``diff_ci``, ``diff_low``, ``diff_high``, ``diff_significant``.
+    Accuracy for classification data sets, the loss otherwise (``metric``).
+
+    Args:
+        df: Output of :func:`load_runs`, one setting per method (filter tuning runs
+            out first).
+        baseline: the method of the paired differences (absent: NaN differences).
+        confidence: coverage of the intervals.
+        keep: config columns to show per row (e.g. the tuned ``learning_rate``); their
+            distinct values are joined with ``/``.
+
+    Returns:
+        One row per (method, dataset, model), sorted by dataset, model, method, with
+        columns ``method, dataset, model, metric, <keep>, val_mean, val_ci, test_mean,
+        test_ci, test_final_mean, test_final_ci, best_epoch_mean, diff_mean, diff_ci,
+        diff_low, diff_high, diff_significant, n, n_pairs, diverged`` (``n``: runs
+        averaged; ``diverged``: diverged runs, left out of every number).
+
+    Example:
+        >>> table = accuracy_table(load_runs("results/compare"))  # doctest: +SKIP
         >>> print(to_markdown(table))  # doctest: +SKIP
     """
     _check_columns(df, ["method", "dataset", "run", "status", "epoch"], "accuracy_table")
-    classification = _classification_datasets(df)
-    cells = {}
-    for method, dataset, _, status, rows in _runs(df):
-        metric = "val_accuracy" if dataset in classification else "val_loss"
-        cell = cells.setdefault((dataset, method), {"metric": metric, "final": [], "best": [], "diverged": 0})
-        if status == "diverged":
-            cell["diverged"] += 1
-            continue
-        values = rows[metric].dropna() if metric in rows else pd.Series(dtype=float)
-        if len(values) == 0:
-            continue
-        cell["final"].append(float(values.iloc[-1]))
-        cell["best"].append(float(values.max() if metric == "val_accuracy" else values.min()))
-    records = [
-        {
-            "method": method,
-            "dataset": dataset,
-            "metric": c["metric"],
-            "final_mean": _mean(c["final"]),
-            "final_std": _std(c["final"]),
-            "best_mean": _mean(c["best"]),
-            "best_std": _std(c["best"]),
-            "n": len(c["final"]),
-            "diverged": c["diverged"],
-        }
-        for (dataset, method), c in sorted(cells.items())
-    ]
-    columns = ["method", "dataset", "metric", "final_mean", "final_std", "best_mean", "best_std", "n", "diverged"]
-    return pd.DataFrame(records, columns=columns).astype({"n": "int64", "diverged": "int64"})
+    runs = run_table(df, keep=keep)
+    if "model" not in df.columns:
+        runs["model"] = ""
+    keys = ["dataset", "model", "method"]
+    records = []
+    for key, group in runs.groupby(keys, sort=True, dropna=False):
+        record = dict(zip(keys, key))
+        record["metric"] = group["metric"].iloc[0]
+        for column in keep:
+            values = [str(v) for v in dict.fromkeys(group[column]) if v is not None]
+            record[column] = "/".join(values) if len(values) != 1 else group[column].iloc[0]
+        ok = group[group["status"] != "diverged"]
+        for column in ("val", "test", "test_final"):
+            record[f"{column}_mean"], record[f"{column}_ci"] = mean_ci(ok[column], confidence)
+        record["best_epoch_mean"] = _mean(ok["best_epoch"].dropna())
+        record["n"] = int((ok["test"].notna() | ok["test_final"].notna()).sum())
+        record["diverged"] = int((group["status"] == "diverged").sum())
+        records.append(record)
+    table = pd.DataFrame(records)
+    diff_columns = ["n_pairs", "diff_mean", "diff_ci", "diff_low", "diff_high",
+                    "diff_significant"]
+    if len(table):
+        pairs = paired_differences(runs[runs["status"] != "diverged"], baseline, "test",
+                                   by=("dataset", "model"), confidence=confidence)
+        table = table.merge(pairs, on=["method", "dataset", "model"], how="left")
+        table["n_pairs"] = table["n_pairs"].fillna(0).astype("int64")
+        table["diff_significant"] = table["diff_significant"].astype("boolean").fillna(False).astype(bool)
+    columns = ["method", "dataset", "model", "metric", *keep, "val_mean", "val_ci",
+               "test_mean", "test_ci", "test_final_mean", "test_final_ci", "best_epoch_mean",
+               *diff_columns[1:], "n", "n_pairs", "diverged"]
+    if not len(table):
+        return pd.DataFrame(columns=columns)
+    return table[columns].astype({"n": "int64", "n_pairs": "int64", "diverged": "int64"})
 
 
 def convergence_table(df, target, metric=None):
@@ -280,9 +513,10 @@ def convergence_table(df, target, metric=None):
     Conventions:
 
     - *Metric and direction.* With ``metric=None`` each data set uses
-      ``val_accuracy`` (test accuracy) if it is a classification data set and
-      ``val_loss`` (test loss) otherwise, so filter ``df`` to one kind of data
-      set when ``target`` only makes sense for one. A metric whose name contains
+      ``test_accuracy`` (test accuracy) if it is a classification data set and
+      ``test_loss`` (test loss) otherwise, so filter ``df`` to one kind of data
+      set when ``target`` only makes sense for one. Convergence is a measurement,
+      not a choice, so it reads the test split. A metric whose name contains
       "acc", "alignment" or "cos" reaches the target when ``value >= target``;
       any other metric (losses, mse, ...) when ``value <= target``.
     - *Time to target.* For each run, the first row (in epoch order) that
@@ -324,7 +558,7 @@ def convergence_table(df, target, metric=None):
     classification = _classification_datasets(df)
     cells = {}
     for method, dataset, _, status, rows in _runs(df):
-        m = metric or ("val_accuracy" if dataset in classification else "val_loss")
+        m = metric or ("test_accuracy" if dataset in classification else "test_loss")
         cell = cells.setdefault(
             (dataset, method), {"metric": m, "epochs": [], "steps": [], "seconds": [], "auc": [], "n": 0, "diverged": 0}
         )
@@ -332,7 +566,7 @@ def convergence_table(df, target, metric=None):
             cell["diverged"] += 1
             continue
         cell["n"] += 1
-        values = rows[m] if m in rows else pd.Series(np.nan, index=rows.index)
+        values = _column(rows, m)
         hit = values >= target if _higher_is_better(m) else values <= target
         if hit.any():
             first = rows[hit].iloc[0]
@@ -386,11 +620,13 @@ def _format_cell(value, floatfmt, missing):
 def to_markdown(table, floatfmt=".3f", missing="n/a"):
     """Format a table as a GitHub markdown table.
 
-    Each pair of columns ``<name>_mean`` and ``<name>_std`` becomes one column
-    ``<name>`` shown as ``"0.912 ± 0.004"`` (just ``"0.912"`` when the std is
-    NaN, e.g. a single seed). Integers are shown as integers, other floats with
-    ``floatfmt``, NaN as ``missing``. Numeric columns are right-aligned. A
-    non-default index is written as leading columns.
+    Each pair of columns ``<name>_mean`` and ``<name>_std`` (or ``<name>_ci``, the
+    half-width of a confidence interval) becomes one column ``<name>`` shown as
+    ``"0.912 ± 0.004"`` (just ``"0.912"`` when the spread is NaN, e.g. a single
+    seed); a boolean ``<name>_significant`` column adds ``" *"`` to the cells where it
+    is true, and ``<name>_low`` / ``<name>_high`` are not shown. Integers are shown as
+    integers, other floats with ``floatfmt``, NaN as ``missing``. Numeric columns are
+    right-aligned. A non-default index is written as leading columns.
 
     Args:
         table: A DataFrame, e.g. from :func:`accuracy_table`.
@@ -410,19 +646,30 @@ def to_markdown(table, floatfmt=".3f", missing="n/a"):
     if not isinstance(table.index, pd.RangeIndex):
         table = table.reset_index()
     columns = []  # (header, function row -> text, right-aligned)
-    for name in table.columns:
-        name = str(name)
-        if name.endswith("_std") and f"{name[:-4]}_mean" in table.columns:
-            continue
-        if name.endswith("_mean") and f"{name[:-5]}_std" in table.columns:
-            base = name[:-5]
+    names = [str(c) for c in table.columns]
 
-            def cell(row, base=base):
+    def spread_of(base):
+        for suffix in ("_std", "_ci"):
+            if f"{base}_mean" in names and f"{base}{suffix}" in names:
+                return f"{base}{suffix}"
+        return None
+
+    for name in names:
+        base, _, suffix = name.rpartition("_")
+        if suffix in ("std", "ci") and spread_of(base) == name:
+            continue
+        if suffix in ("low", "high", "significant") and spread_of(base):
+            continue
+        if suffix == "mean" and spread_of(base):
+            spread, flag = spread_of(base), f"{base}_significant"
+
+            def cell(row, base=base, spread=spread, flag=flag):
                 mean = _format_cell(row[f"{base}_mean"], floatfmt, missing)
-                std = row[f"{base}_std"]
+                std = row[spread]
+                mark = " *" if row.get(flag) is True or row.get(flag) is np.True_ else ""
                 if mean == missing or std is None or (isinstance(std, float) and math.isnan(std)):
-                    return mean
-                return f"{mean} ± {_format_cell(std, floatfmt, missing)}"
+                    return mean + (mark if mean != missing else "")
+                return f"{mean} ± {_format_cell(std, floatfmt, missing)}{mark}"
 
             columns.append((base, cell, True))
         else:
@@ -452,8 +699,8 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False):
     Args:
         df: Output of :func:`load_runs`.
         path: PNG file to write; missing parent folders are created.
-        metric: History column to plot. None means ``"val_accuracy"`` if the
-            frame has any test accuracy values, else ``"val_loss"``.
+        metric: History column to plot. None means ``"test_accuracy"`` if the
+            frame has any test accuracy values, else ``"test_loss"``.
         band: ``"minmax"`` or ``"std"``.
         include_diverged: If False (default), diverged runs are left out.
 
@@ -473,8 +720,8 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False):
     if band not in ("minmax", "std"):
         raise ValueError(f"band must be 'minmax' or 'std', got {band!r}.")
     if metric is None:
-        has_acc = "val_accuracy" in df.columns and df["val_accuracy"].notna().any()
-        metric = "val_accuracy" if has_acc else "val_loss"
+        has_acc = "test_accuracy" in df.columns and df["test_accuracy"].notna().any()
+        metric = "test_accuracy" if has_acc else "test_loss"
     if not include_diverged:
         df = df[df["status"] != "diverged"]
     if metric not in df.columns or not df[metric].notna().any():

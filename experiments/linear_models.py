@@ -71,7 +71,8 @@ import pandas as pd  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic, write_table  # noqa: E402
+from experiments.runner import cli  # noqa: E402
+from experiments.runner.files import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "TASKS", "MODELS", "METHODS", "TRAINING", "Problem", "make_problem", "build_model",
@@ -534,13 +535,9 @@ def _parser():
         description="Synthetic gradients vs backprop on linear and deep linear models "
                     "(Czarnecki et al. 2017); writes tables and figures under "
                     "<out>/linear_models/.")
-    parser.add_argument("--out", default="results",
-                        help="output folder (default: results); files go to "
-                             "<out>/linear_models")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: seed 0, tasks {', '.join(QUICK_TASKS)}, few epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="seeds (default: 0 1 2; quick: 0)")
+    cli.add_common(parser, seeds_default="0 1 2; quick: 0",
+                   quick_help=f"smoke run: seed 0, tasks {', '.join(QUICK_TASKS)}, few epochs",
+                   out_name="linear_models")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for every model (default: linear "
                              f"{TRAINING['linear']['epochs']}, deep_linear "
@@ -575,25 +572,18 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else list(DEFAULT_SEEDS)
-    for seed in args.seeds:
-        if seed < 0:
-            parser.error(f"--seeds: got {seed}; seeds must be integers >= 0. "
-                         "Pass for example --seeds 0 1 2.")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds: got {' '.join(map(str, args.seeds))}, which repeats a "
-                     "seed; give each seed once.")
+    else:
+        args.seeds = cli.seeds(args.seeds, parser)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs: got {args.epochs}; it must be an integer >= 1. "
                      "Pass for example --epochs 20, or leave it out for the defaults.")
-    args.tasks = args.tasks or list(QUICK_TASKS if args.quick else TASKS)
-    args.models = args.models or list(MODELS)
-    args.methods = args.methods or list(METHODS)
+    args.tasks = cli.names(args.tasks) or list(QUICK_TASKS if args.quick else TASKS)
+    args.models = cli.names(args.models) or list(MODELS)
+    args.methods = cli.names(args.methods) or list(METHODS)
     _check_names(parser, "--tasks", args.tasks, TASKS)
     _check_names(parser, "--models", args.models, MODELS)
     _check_names(parser, "--methods", args.methods, METHODS)
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out: got {args.out!r}, which is a file; pass a folder.")
+    cli.check_out(parser, args.out)
     return args
 
 

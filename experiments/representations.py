@@ -83,7 +83,8 @@ from scipy import stats  # noqa: E402
 import credit  # noqa: E402
 from credit import data as data_lib  # noqa: E402
 from credit import results as results_lib  # noqa: E402
-from experiments.sweep import write_atomic, write_table  # noqa: E402
+from experiments.runner import cli  # noqa: E402
+from experiments.runner.files import write_atomic, write_table  # noqa: E402
 
 __all__ = [
     "Settings", "sg_block", "build_model", "stimuli", "rdm", "rdm_similarity",
@@ -300,8 +301,11 @@ def train(method, settings, seed, ds, log=None):
                     callbacks=[keras.callbacks.TerminateOnNaN()])
     seconds = time.perf_counter() - begin
     logs = fit.history
+    # Keras names the metrics of validation_data val_*; here they are the test split
+    # (this experiment selects nothing: fixed epochs, the last one is reported).
     history = [{"method": method, "seed": seed, "epoch": i + 1,
-                **{k: float(v[i]) for k, v in logs.items()}}
+                **{"test_" + k[4:] if k.startswith("val_") else k: float(v[i])
+                   for k, v in logs.items()}}
                for i in range(len(logs["loss"]))]
     diverged = not all(math.isfinite(row["loss"]) for row in history)
     test_loss, test_accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
@@ -500,7 +504,7 @@ def plot_curves(history, settings, path):
     ax = fig.subplots()
     for method in METHODS:
         rows = history[history["method"] == method]
-        stats_ = rows.groupby("epoch")["val_accuracy"].agg(["mean", "min", "max"])
+        stats_ = rows.groupby("epoch")["test_accuracy"].agg(["mean", "min", "max"])
         line = ax.plot(stats_.index, stats_["mean"], label=_label(method, settings))[0]
         ax.fill_between(stats_.index, stats_["min"], stats_["max"], alpha=0.2,
                         color=line.get_color(), linewidth=0)
@@ -566,8 +570,6 @@ def _parser():
                              f"{QUICK['width']})")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"epochs (default {defaults.epochs}; quick {QUICK['epochs']})")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="seeds of the initial weights (default 0 1 2; quick 0)")
     parser.add_argument("--data-seed", type=int, default=defaults.data_seed,
                         help="seed of the MNIST train/test split (default 0)")
     parser.add_argument("--per-class", type=int, default=defaults.per_class,
@@ -575,11 +577,9 @@ def _parser():
     parser.add_argument("--sg", default=defaults.sg,
                         help="the synthesizer: cdni (conditioned on the label, default) "
                              "or dni")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: small network, 1,000 training images, 1 epoch")
-    parser.add_argument("--out", default="results",
-                        help="output folder (default results); files go to "
-                             "<out>/representations")
+    cli.add_common(parser, seeds_default="0 1 2; quick 0",
+                   quick_help="smoke run: small network, 1,000 training images, 1 epoch",
+                   out_name="representations")
     return parser
 
 
@@ -598,7 +598,7 @@ def parse_args(argv=None):
         if value is not None:
             setattr(settings, name, value)
     if args.seeds is not None:
-        settings.seeds = tuple(args.seeds)
+        settings.seeds = tuple(cli.seeds(args.seeds, parser))
     settings.data_seed, settings.per_class = args.data_seed, args.per_class
     settings.sg = args.sg
 
@@ -621,10 +621,7 @@ def parse_args(argv=None):
         fail("--per-class", settings.per_class, "it must be from 2 to 100", 10)
     if settings.sg not in ("cdni", "dni"):
         fail("--sg", repr(settings.sg), "it must be cdni or dni", "cdni")
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out: got {args.out!r}, which is a file; pass a folder.")
-    return settings, out
+    return settings, cli.check_out(parser, args.out)
 
 
 def main(argv=None):

@@ -191,7 +191,15 @@ def test_representations_quick_writes_its_files(representations_quick):
     np.testing.assert_allclose(above["alignment_sg_mean"], 1.0, atol=1e-5)
 
     history = pd.read_csv(folder / "history.csv")
-    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
+    assert {"loss", "accuracy", "test_loss", "test_accuracy"} <= set(history.columns)
+    assert not any(c.startswith("val_") for c in history.columns)  # no validation split
+    # The reported test accuracy is the last epoch's, the mean over one seed is that run.
+    for method in ("backprop", "sg"):
+        last = history[history["method"] == method].iloc[-1]
+        run = runs[runs["method"] == method].iloc[0]
+        assert run["test_accuracy"] == pytest.approx(last["test_accuracy"], abs=1e-6)
+        assert accuracy.loc[accuracy["method"] == method, "test_accuracy_mean"].iloc[0] == (
+            pytest.approx(run["test_accuracy"]))
     assert "sg_loss" in history.columns
 
 
@@ -285,3 +293,17 @@ def test_representations_methods_start_from_the_same_weights():
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
     spec = representations.method_spec("sg", settings, 5)
     assert spec["at"] == [2] and spec["conditioned"]  # after hidden layer 3 of 6
+
+
+def test_scripts_share_the_command_line_convention(tmp_path):
+    """--seeds and list flags take space- or comma-separated values in every script."""
+    args = linear_models.parse_args(["--seeds", "0,2", "5", "--tasks", "mse_2d,log_2d",
+                                     "--methods", "backprop", "cdni", "--out", str(tmp_path)])
+    assert args.seeds == [0, 2, 5] and args.tasks == ["mse_2d", "log_2d"]
+    assert args.methods == ["backprop", "cdni"]
+    settings, out = representations.parse_args(["--seeds", "3,4", "--out", str(tmp_path)])
+    assert settings.seeds == (3, 4) and out == tmp_path
+    (tmp_path / "file").write_text("")
+    for main in (linear_models.main, representations.main):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "file")])

@@ -1,0 +1,401 @@
+"""The sweep: configs -> one folder per run, resumable, in one or many processes.
+
+:func:`run_sweep` validates every config first (nothing is trained if one is bad),
+then trains each config into ``<out>/<run_id>/`` (see
+:mod:`experiments.runner.training` for the files). A folder with ``done`` is skipped;
+a folder without it (an interrupted run) is deleted and the run trained again from
+scratch, so re-running a sweep resumes it. A run whose loss becomes NaN is recorded as
+diverged and the sweep goes on. A config whose model cannot read its data set, or whose
+method's build rejects the model (a ``ValueError`` such as credit's ``CutError``, or
+kickback on a ten-class task), is **not applicable**: it gets no folder and a note in
+the tables, with the reason.
+
+Runs are independent, so they can run in parallel: ``workers=N`` uses N local
+processes (``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start
+method, each with ``cores // N`` TensorFlow threads), ``ray=True`` (or an address)
+runs them as Ray tasks. Every run is **claimed** first (:mod:`experiments.runner.folders`),
+so two workers -- or two sweeps started on the same folder -- never train the same
+config; a run whose owner died (a killed worker) is redone by the next worker or sweep
+that reaches it. Hooks (``callbacks``, ``after_fit``) must then be picklable (module-level
+functions).
+
+Speed, measured on ``python -m experiments.compare --quick`` (wall clock of the whole
+command, a 2-core machine shared with other engineers' jobs):
+
+- 6 methods, 16 runs: one process 104 s, ``--workers 2`` 135 s, while other jobs
+  started (load 1.3 rising to 4.1); then with two or three other jobs throughout (load
+  about 4): 152 and 143 s against 152 and 162 s. No gain.
+- 11 methods, 31 runs, four other jobs throughout (load 6 to 7): one process 438 s
+  (159 CPU seconds), ``--workers 2`` 348 s (171 CPU seconds): 1.26 x, largely because
+  two processes get a larger share of a contended machine.
+
+A worker pays TensorFlow's import and its own tracing of every model (about 10% more
+CPU in all), and on two cores two workers share what one process already half-uses;
+with runs of a few seconds that cancels most of the gain. Workers pay off with longer
+runs and more free cores.
+
+Example:
+    >>> configs = grid(methods=["backprop", "dfa"], datasets=["digits"], seeds=[0, 1],
+    ...                epochs=5)                                        # doctest: +SKIP
+    >>> results = run_sweep(configs, "results/demo/runs", workers=2)    # doctest: +SKIP
+    >>> df = credit.results.load_runs("results/demo/runs")              # doctest: +SKIP
+"""
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import pathlib
+import shutil
+import time
+
+import keras
+from experiments.runner import configs as configs_lib
+from experiments.runner import folders
+from experiments.runner import training
+from experiments.runner.configs import ConfigError, canonical_json, run_id, where
+
+__all__ = ["RunResult", "run_one", "run_sweep", "validate"]
+
+#: Seconds between two looks at a run that another live process is training.
+POLL_SECONDS = 2.0
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run_sweep` did with one config.
+
+    Attributes:
+        config: the completed, canonical config.
+        run: its hash (the folder name), or None when not applicable.
+        folder: the run folder (a :class:`pathlib.Path`), or None when not applicable.
+        status: "done", "diverged", "not_applicable", or "busy" (another live process
+            holds the run; only from :func:`run_one`, never in a sweep's results).
+        cached: True if the run was finished earlier (by an earlier sweep or another
+            worker) and not retrained here.
+        reason: why the config does not apply (status "not_applicable": refused at
+            the check, with no folder, or at the first training step, with a folder
+            that records it), else None.
+        redone: True if the run replaced a dead owner's claim (a killed worker).
+        seconds: training seconds of this process (0 when cached).
+    """
+
+    config: dict
+    run: str | None
+    folder: pathlib.Path | None
+    status: str
+    cached: bool = False
+    reason: str | None = None
+    redone: bool = False
+    seconds: float = 0.0
+
+
+def validate(configs, flags=None):
+    """Check a whole sweep before any training.
+
+    Checks every key of every config, then loads each data set once and builds each
+    (method, model, data set) once to find the configs that do not apply.
+
+    Args:
+        configs: a list of run configs.
+        flags: optional ``{config key: name shown in messages}``, e.g.
+            ``{"epochs": "--epochs"}`` for a command line.
+
+    Returns:
+        ``(completed configs without duplicates, {run_id: reason})`` for the configs
+        that do not apply.
+
+    Raises:
+        ConfigError: listing every problem, one per line, each naming the flag or key,
+            the value received and the fix.
+    """
+    completed = _checked(configs, flags)
+    return completed, _not_applicable(completed, flags)
+
+
+def _checked(configs, flags):
+    """The completed configs, or ConfigError; the cheap half of :func:`validate`."""
+    if isinstance(configs, dict) or not isinstance(configs, (list, tuple)):
+        raise ConfigError(f"configs must be a list of dicts, got {type(configs).__name__}; "
+                          "wrap a single config in a list.")
+    if not configs:
+        raise ConfigError("the sweep has no runs: pass at least one config (method, "
+                          "dataset, seed, epochs).")
+    messages, completed, seen = [], [], set()
+    for config in configs:
+        try:
+            config = configs_lib.complete(config)
+        except TypeError as err:
+            messages.append(f"a run config must be JSON-serialisable: {err}.")
+            continue
+        for _, message in configs_lib.config_problems(config, flags):
+            if message not in messages:
+                messages.append(message)
+        if not messages:
+            key = run_id(config)
+            if key not in seen:
+                seen.add(key)
+                completed.append(config)
+    if messages:
+        raise ConfigError("\n".join(messages))
+    return completed
+
+
+def _not_applicable(completed, flags):
+    """``{run_id: reason}`` of the configs that do not apply (loads data, builds models)."""
+    not_applicable, checked = {}, {}
+    # In reverse, so that the data sets of the first runs are the last loaded (cached).
+    for config in reversed(completed):
+        key = canonical_json({k: config[k] for k in (
+            "method", "method_config", "dataset", "data_options", "model", "loss",
+            "val_fraction", "n_train")})
+        if key not in checked:
+            try:
+                checked[key] = training.applicability(config)
+            except (ConfigError, KeyboardInterrupt):
+                raise
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{where('dataset', flags)}: could not load "
+                                  f"{config['dataset']!r} with data_options "
+                                  f"{config['data_options']!r}: {err}") from err
+            keras.backend.clear_session()
+        if checked[key] is not None:
+            not_applicable[run_id(config)] = checked[key]
+    return not_applicable
+
+
+def _cached(config, key, folder):
+    status, reason = folders.finished(folder)
+    return RunResult(config, key, folder, status, cached=True, reason=reason)
+
+
+def run_one(config, out, callbacks=None, after_fit=None):
+    """Claim and train one completed config into ``out/<run_id>/``.
+
+    Returns a :class:`RunResult`: cached if the run is done, "busy" if another live
+    process holds its claim, else the status of the training (the claim is released
+    afterwards, also when training raises).
+    """
+    out = pathlib.Path(out)
+    key = run_id(config)
+    folder = out / key
+    if folders.is_done(folder):
+        return _cached(config, key, folder)
+    claim = folders.try_claim(out, key)
+    if claim is None:
+        return RunResult(config, key, folder, "busy")
+    try:
+        if folders.is_done(folder):  # finished between the first look and the claim
+            return _cached(config, key, folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        begin = time.perf_counter()
+        try:
+            status = training.train(config, folder, callbacks(config) if callbacks else (),
+                                    after_fit)
+        except Exception as err:
+            err.add_note(f"while training run {key} ({folder}) with config "
+                         f"{canonical_json(config)}")
+            raise
+        reason = folders.finished(folder)[1] if status == folders.STATUS_NA else None
+        return RunResult(config, key, folder, status, redone=claim.stolen is not None,
+                         seconds=time.perf_counter() - begin, reason=reason)
+    finally:
+        claim.release()
+
+
+# ---------------------------------------------------------------------------
+# Executors: one process, a local process pool, Ray
+
+
+def _worker_init(threads):
+    """Limit TensorFlow's thread pools of a worker process (before any TF op; a worker
+    that already ran TensorFlow, such as a reused Ray worker, keeps its pools)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # "cannot be modified after initialization"
+        pass
+
+
+def _threads(workers):
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+class _Serial:
+    def __init__(self):
+        self.pending = []
+
+    def submit(self, config, out, callbacks, after_fit):
+        self.pending.append((config, out, callbacks, after_fit))
+
+    def results(self):
+        while self.pending:
+            yield run_one(*self.pending.pop(0))
+
+    def close(self):
+        pass
+
+
+def _warm():
+    """Import what a run needs (TensorFlow, Keras, credit) in a fresh worker."""
+    from experiments.runner import training  # noqa: F401
+
+    return os.getpid()
+
+
+class _Pool:
+    def __init__(self, workers):
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init, initargs=(_threads(workers),))
+        # Start the workers now: their imports overlap the checks of the sweep.
+        self.futures = set()
+        self.warming = [self.pool.submit(_warm) for _ in range(workers)]
+
+    def submit(self, *args):
+        self.futures.add(self.pool.submit(run_one, *args))
+
+    def results(self):
+        while self.futures:
+            done, self.futures = concurrent.futures.wait(
+                self.futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+    def close(self):
+        for future in self.futures:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_task(threads, *args):
+    _worker_init(threads)
+    return run_one(*args)
+
+
+class _Ray:
+    def __init__(self, address, workers):
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("ray=... needs Ray: pip install -e \".[ray]\" (or pip install "
+                              "ray), or run without --ray.") from err
+        self.ray = ray
+        if not ray.is_initialized():
+            root = str(pathlib.Path(__file__).resolve().parents[2])  # imports experiments
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            options = {"runtime_env": {"env_vars": {"PYTHONPATH": path,
+                                                    "TF_CPP_MIN_LOG_LEVEL": "3"}},
+                       "include_dashboard": False, "log_to_driver": True}
+            if address in (None, True, "", "local"):
+                options["num_cpus"] = os.cpu_count()
+            else:
+                options["address"] = address
+            ray.init(**options)
+        self.threads = _threads(workers) if workers > 1 else 1
+        self.task = ray.remote(num_cpus=1)(_ray_task)
+        self.refs = []
+
+    def submit(self, *args):
+        self.refs.append(self.task.remote(self.threads, *args))
+
+    def results(self):
+        while self.refs:
+            done, self.refs = self.ray.wait(self.refs, num_returns=1)
+            yield self.ray.get(done[0])
+
+    def close(self):
+        for ref in self.refs:
+            self.ray.cancel(ref)
+
+
+def _executor(workers, ray):
+    if ray not in (None, False):
+        return _Ray(ray, workers)
+    if workers > 1:
+        return _Pool(workers)
+    return _Serial()
+
+
+# ---------------------------------------------------------------------------
+# The sweep
+
+
+def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=None,
+              workers=1, ray=None, poll=POLL_SECONDS):
+    """Run every config into ``out/<run_id>/``, skipping finished runs.
+
+    Args:
+        configs: a list of run configs (see :mod:`experiments.runner.configs`).
+        out: the folder of the run folders; created if missing.
+        flags: names of the config keys in error messages (see :func:`validate`).
+        verbose: 1 shows a progress bar over the runs to train, with the time left
+            (``keras.utils.Progbar``); 0 nothing.
+        callbacks: optional ``fn(config) -> list of keras callbacks`` added to each fit.
+        after_fit: optional ``fn(model, data, config, folder)`` called after training,
+            before ``done`` is written: extra files of a run go here (written with
+            :func:`experiments.runner.files.write_atomic`).
+        workers: local processes training runs at the same time (1: this process).
+        ray: None, or True / "local" (a local Ray instance) / an address
+            ("ray://host:10001", "auto"): run the runs as Ray tasks.
+        poll: seconds between looks at a run that another live process is training.
+
+    Returns:
+        One :class:`RunResult` per distinct config, in order.
+
+    Raises:
+        ConfigError: if a config is invalid (before any training).
+        ValueError: if ``workers`` is not an integer >= 1.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}; pass e.g. 2.")
+    completed = _checked(configs, flags)
+    out = pathlib.Path(out)
+    pending = [c for c in completed if not folders.is_done(out / run_id(c))]
+    # Workers start while the sweep's applicability is checked (data loads, model builds).
+    executor = _executor(workers, ray) if pending else None
+    try:
+        not_applicable = _not_applicable(completed, flags)
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    todo = []
+    for config in completed:
+        key = run_id(config)
+        if key in not_applicable:
+            results[key] = RunResult(config, None, None, folders.STATUS_NA,
+                                     reason=not_applicable[key])
+        elif folders.is_done(out / key):
+            results[key] = _cached(config, key, out / key)
+        else:
+            todo.append(config)
+    bar = keras.utils.Progbar(len(todo), unit_name="run", verbose=verbose) if todo else None
+    try:
+        finished = 0
+        while todo:
+            for config in todo:
+                executor.submit(config, out, callbacks, after_fit)
+            busy = []
+            for result in executor.results():
+                if result.status == "busy":
+                    busy.append(result.config)
+                    continue
+                results[result.run] = result
+                finished += 1
+                bar.update(finished)
+            todo = busy
+            if todo:  # held by another live process: wait, then look again
+                time.sleep(poll)
+    finally:
+        if executor is not None:
+            executor.close()
+    return [results[run_id(config)] for config in completed]
+
+

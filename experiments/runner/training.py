@@ -1,0 +1,277 @@
+"""One run: build, compile, fit with the runner's callbacks, write the run folder.
+
+:func:`train` fits a completed config into an (empty) run folder and writes:
+
+- ``config.json``: the config plus bookkeeping keys (``status`` "running", then
+  "done" or "diverged"; ``architecture``, ``model_name``, ``data_source``,
+  ``data_view``, ``train_examples``, ``val_examples``, ``test_examples``,
+  ``seconds``, ``host``, ``pid``; ``alignment``: "measured", or "unavailable: why"
+  when the engine cannot measure it on the model);
+- ``history.csv``: one row per epoch, rewritten (atomically) after every epoch:
+  ``epoch`` (from 1), ``step`` (optimizer steps, cumulative), ``wall_time``
+  (training seconds, cumulative, without the evaluations and the alignment
+  measurement), ``loss`` and the training metrics and method extras (``sg_loss``),
+  ``val_*`` (the **validation** split), ``test_*`` (the **test** split),
+  ``alignment_k`` (cosine of block k's update with backprop's);
+- ``diverged`` when the training loss became NaN or infinite (the run stops);
+- ``done``, last.
+
+If the engine refuses the model at its first training step (a ``ValueError`` such as
+``CutError``, or ``NotImplementedError``, before any epoch ends), the run is recorded as
+not applicable: ``config.json`` gets ``status`` "not_applicable" and the ``reason``,
+then ``done``; tables show it like a refusal at compile time.
+
+The callbacks run in this order, so that a user callback (``keras.callbacks.TensorBoard``)
+sees every scalar: TerminateOnNaN, the clock, the alignment measurement, the test
+evaluation, the user's callbacks, early stopping, the history writer.
+
+Example:
+    >>> status = train(complete(config), folder)                     # doctest: +SKIP
+"""
+
+import math
+import os
+import pathlib
+import socket
+import time
+
+
+import pandas as pd
+
+import credit
+import keras
+from experiments.runner import configs as configs_lib
+from experiments.runner import data as data_lib
+from experiments.runner import folders
+from experiments.runner import models as models_lib
+from experiments.runner.files import write_atomic, write_csv, write_json
+
+__all__ = ["REFUSALS", "applicability", "compiled_model", "selection", "train"]
+
+#: Errors with which the engine refuses a model: at compile time they make a config not
+#: applicable; at the first training step (before any epoch ends) too.
+REFUSALS = (ValueError, NotImplementedError)
+
+
+def selection(task):
+    """``(validation column, mode)`` that the best epoch and tuning read for a task:
+    ``("val_accuracy", "max")`` for classification, ``("val_loss", "min")`` otherwise."""
+    return ("val_accuracy", "max") if task == "classification" else ("val_loss", "min")
+
+
+def _loss_and_metrics(config, data):
+    if data.task == "classification":
+        return config["loss"] or "sparse_categorical_crossentropy", ["accuracy"]
+    return config["loss"] or "mse", ["mse"]
+
+
+def _method(config):
+    return {"name": config["method"], "seed": config["seed"], **config["method_config"]}
+
+
+def compiled_model(config, data):
+    """The config's model, built for ``data`` and compiled with its method."""
+    model = models_lib.build_model(config["model"], data)
+    loss, metrics = _loss_and_metrics(config, data)
+    model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
+                  method=_method(config))
+    return model
+
+
+def applicability(config):
+    """None if the config can be trained, else the reason it does not apply (a string):
+    the model cannot read the data set, or the method's build rejects the model
+    (``ValueError``, e.g. credit's ``CutError`` or kickback's scalar-output check).
+
+    Raises:
+        ConfigError: the model spec cannot be built for other reasons.
+    """
+    try:
+        data = data_lib.load_data(config)
+    except models_lib.NotApplicable as err:
+        return f"model {config['model']['type']!r} on {config['dataset']!r}: {err}"
+    keras.backend.clear_session()
+    try:
+        model = models_lib.build_model(config["model"], data)
+    except models_lib.NotApplicable as err:
+        return str(err)
+    except Exception as err:
+        raise configs_lib.ConfigError(
+            f"the model spec {config['model']!r} could not be built for data set "
+            f"{config['dataset']!r}: {err}") from err
+    loss, metrics = _loss_and_metrics(config, data)
+    try:
+        model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
+                      method=_method(config))
+    except REFUSALS as err:  # the method's build rejected the model (or CutError)
+        return str(err)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Callbacks
+
+
+class _Clock(keras.callbacks.Callback):
+    """Cumulative training seconds, without the validation pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.wall_time = 0.0
+        self.validating = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin, self.validating = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs=None):
+        self.test_begin = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validating += time.perf_counter() - self.test_begin
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.wall_time += time.perf_counter() - self.begin - self.validating
+
+
+def _finite_loss(logs):
+    return math.isfinite(float((logs or {}).get("loss", math.nan)))
+
+
+class _Alignment(credit.AlignmentCallback):
+    """``alignment_k`` in the logs, skipped once the loss is not finite.
+
+    A diagnostic: if the engine cannot measure it on this model (a ``ValueError``
+    such as ``CutError``), the run goes on without it and ``unavailable`` says why.
+    """
+
+    unavailable = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.unavailable is None and _finite_loss(logs):
+            try:
+                super().on_epoch_end(epoch, logs)
+            except (*REFUSALS, TypeError) as err:
+                self.unavailable = f"{type(err).__name__}: {err}"
+
+
+class _TestMetrics(keras.callbacks.Callback):
+    """Evaluates the test split at the end of every epoch: ``test_*`` in the logs."""
+
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not _finite_loss(logs):
+            return
+        values = self.model.evaluate(self.x, self.y, batch_size=max(self.batch_size, 256),
+                                     verbose=0, return_dict=True)
+        for name, value in values.items():
+            logs[f"test_{name}"] = float(value)
+
+
+def _rank(name):
+    """Column order: loss, training metrics, val_*, test_*, alignment_*."""
+    return (name.startswith("alignment_"), name.startswith("test_"), name.startswith("val_"),
+            name not in ("loss", "val_loss", "test_loss"))
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Writes history.csv after every epoch."""
+
+    def __init__(self, folder, clock):
+        super().__init__()
+        self.folder = pathlib.Path(folder)
+        self.clock = clock
+        self.rows = []
+        self.diverged = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if not _finite_loss(logs):
+            self.diverged = True
+        row = {"epoch": epoch + 1, "step": int(self.model.optimizer.iterations.numpy()),
+               "wall_time": self.clock.wall_time}
+        for name in sorted(logs, key=_rank):  # stable: Keras's order within each group
+            if name == "learning_rate":
+                continue
+            row[name] = float(logs[name])
+        self.rows.append(row)
+        write_csv(pd.DataFrame(self.rows), self.folder / "history.csv")
+
+
+# ---------------------------------------------------------------------------
+# One run
+
+
+def train(config, folder, callbacks=(), after_fit=None):
+    """Train one completed config into ``folder`` (which exists and is empty).
+
+    Args:
+        config: a completed config (:func:`experiments.runner.configs.complete`).
+        folder: the run folder.
+        callbacks: extra Keras callbacks (they see ``val_*``, ``test_*``,
+            ``alignment_k`` and the method's extras in the epoch logs).
+        after_fit: optional ``fn(model, data, config, folder)`` called after training,
+            before ``done`` is written.
+
+    Returns:
+        "done" or "diverged".
+    """
+    folder = pathlib.Path(folder)
+    begin = time.perf_counter()
+    data = data_lib.load_data(config)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config["seed"])
+    model = compiled_model(config, data)
+    record = {**config, "status": "running",
+              "architecture": models_lib.architecture(model, config["model"]),
+              "model_name": config["model"]["type"], "data_source": data.source,
+              "data_view": data.view, "train_examples": int(len(data.x_train)),
+              "val_examples": int(len(data.x_val)), "test_examples": int(len(data.x_test)),
+              "host": socket.gethostname(), "pid": os.getpid()}
+    write_json(folder / "config.json", record)
+    clock = _Clock()
+    recorder = _Recorder(folder, clock)
+    chain = [keras.callbacks.TerminateOnNaN(), clock]
+    alignment = None
+    if config["n_align"] > 0:
+        n = min(config["n_align"], len(data.x_train))
+        alignment = _Alignment(data.x_train[:n], data.y_train[:n])
+        chain.append(alignment)
+    chain.append(_TestMetrics(data.x_test, data.y_test, config["batch_size"]))
+    chain += list(callbacks)
+    if config["patience"] is not None:
+        monitor, mode = selection(data.task)
+        chain.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                   patience=config["patience"]))
+    chain.append(recorder)
+    try:
+        model.fit(data_lib.batches(data.x_train, data.y_train, config["batch_size"],
+                                   config["seed"]),
+                  epochs=config["epochs"], validation_data=(data.x_val, data.y_val),
+                  callbacks=chain, shuffle=False, verbose=0)  # batches() shuffles
+    except REFUSALS as err:
+        if recorder.rows:  # it trained: a real failure, not a refusal
+            raise
+        # The engine refused the model at its first step (a method that builds lazily):
+        # recorded, like a refusal at compile time, as not applicable.
+        record.update(status=folders.STATUS_NA, reason=f"{type(err).__name__}: {err}",
+                      seconds=round(time.perf_counter() - begin, 3))
+        write_json(folder / "config.json", record)
+        write_atomic(folder / "done", "")
+        return folders.STATUS_NA
+    status = folders.STATUS_DIVERGED if recorder.diverged else folders.STATUS_DONE
+    if after_fit is not None:
+        after_fit(model, data, config, folder)
+    record.update(status=status, seconds=round(time.perf_counter() - begin, 3))
+    if alignment is not None:
+        record["alignment"] = ("measured" if alignment.unavailable is None else
+                               f"unavailable: {alignment.unavailable}")
+    write_json(folder / "config.json", record)
+    if status == folders.STATUS_DIVERGED:
+        write_atomic(folder / "diverged", "")
+    write_atomic(folder / "done", "")
+    return status
+
+
