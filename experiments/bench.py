@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
-from experiments.sweep import write_atomic  # noqa: E402
+from experiments.runner.files import write_atomic  # noqa: E402
 
 SEED = 0
 NUM_CLASSES = 10
