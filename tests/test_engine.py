@@ -481,7 +481,7 @@ def test_a_multi_output_model_trains_with_fa_and_dfa_names_its_outputs():
                       method="dfa")
 
 
-@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2),
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 3e-2),
                                                ("mixed_bfloat16", 5e-2)])
 def test_mixed_precision_matches_float32_under_every_method(policy, tolerance):
     """One fit step, then the next step's gradients, unscaled, against float32's."""
