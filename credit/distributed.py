@@ -96,18 +96,22 @@ Rules:
   ``DATA`` auto-shard policy every worker reads the whole dataset and keeps its part of
   each batch, so the global batches are those of one process; with ``FILE`` each worker
   reads its own files. Give each epoch the same number of batches on every worker.
-- Callbacks run on every worker (a checkpoint reads variables that all workers must
-  take part in). Only the chief should write to the real paths: pass file names through
-  :func:`worker_path`, which returns the path on the chief and a temporary one on the
-  other workers.
+- Callbacks run on every worker, as TensorFlow's multi-worker guide asks: saving may
+  need every worker, and all workers see the same (all-reduced) logs, so a callback
+  such as ``EarlyStopping`` stops them together. Only the chief should write to the
+  real paths: pass file names through :func:`worker_path`, which returns the path on
+  the chief and a temporary one on the other workers.
+- To resume, load the last ``ModelCheckpoint`` under ``strategy.scope()`` and pass
+  ``initial_epoch``: the method's state (synthesizers, feedback matrices, their
+  optimizers) is saved with the model, and training continues exactly.
+- Each call of ``fit`` traces its step anew: call it once for all epochs.
 
 Not supported: ``steps_per_execution`` (one step per call), numpy arrays or an already
 distributed dataset as input (use a ``tf.data.Dataset``), ``class_weight``,
-``validation_split``, ``BackupAndRestore`` (resume from a ``ModelCheckpoint`` instead:
-the method's state is saved with the model), ``ParameterServerStrategy`` and
-``TPUStrategy`` (untested), stateful recurrent models and synthetic gradients through
-time (their windows must stay in order on one replica). The ``TensorBoard`` callback
-needs the ``tensorboard`` package, which TensorFlow 2.21 no longer installs
+``validation_split``, ``BackupAndRestore``, ``ParameterServerStrategy`` and
+``TPUStrategy``, stateful recurrent models and synthetic gradients through time (their
+windows must stay in order on one replica). The ``TensorBoard`` callback needs the
+``tensorboard`` package, which TensorFlow 2.21 does not install
 (``pip install tensorboard``).
 """
 
