@@ -41,6 +41,7 @@ import keras as _keras  # noqa: E402
 if _keras.config.backend() != "tensorflow":  # keras was imported earlier with another one
     _refuse(_keras.config.backend())
 
+from credit import distributed  # noqa: E402
 from credit import methods  # noqa: E402  (registers the methods)
 from credit import transports  # noqa: E402
 from credit.diagnostics import AlignmentCallback, alignment, summary  # noqa: E402
@@ -62,6 +63,7 @@ __all__ = [
     "alignment",
     "available",
     "compute_gradients",
+    "distributed",
     "get",
     "methods",
     "register",
