@@ -12,7 +12,11 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "mirrored.py")
 
 
 def run_script(script, *args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # This checkout's credit, whatever is installed; oneDNN off for repeatable sums.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
+               TF_ENABLE_ONEDNN_OPTS="0",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
