@@ -14,7 +14,7 @@ from keras.src.models.functional import Functional
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 __all__ = ["Functional", "functional_init_arguments", "get_mask", "inject_functional_class",
-           "input_specs", "set_mask", "sublayers", "unpack_x_y_sample_weight",
+           "input_specs", "inputs_struct", "set_mask", "sublayers", "unpack_x_y_sample_weight",
            "aggregate_additional_loss", "unscale_loss_for_distribution"]
 
 # Keras decides whether `Model(...)` is functional from its arguments; credit.Model must
@@ -29,13 +29,20 @@ unpack_x_y_sample_weight = data_adapter_utils.unpack_x_y_sample_weight
 unscale_loss_for_distribution = loss_module.unscale_loss_for_distribution
 
 
-def sublayers(layer):
-    """The layers that ``layer`` owns directly (not recursively), in creation order.
+def sublayers(layer, recursive=False, include_self=False):
+    """The layers that ``layer`` owns (directly, or at any depth), in creation order.
 
     Keras tracks sublayers of any layer (a custom block, MultiHeadAttention, a nested
-    model) in a private list; only models expose theirs publicly (``model.layers``).
+    model) in a private list; only models expose theirs publicly, and only one level
+    deep (``model.layers``).
     """
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def inputs_struct(model):
+    """The nested structure of a functional model's inputs (a dict, a list, one tensor),
+    or None: a model called on a dict of inputs must be analysed with the same dict."""
+    return getattr(model, "_inputs_struct", None)
 
 
 def get_mask(x):

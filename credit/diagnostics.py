@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import registry, transports
 from credit.model import bind, record
@@ -111,7 +112,7 @@ def _flat(tensors):
 def _own_trainable(layer):
     if isinstance(layer, graph_lib.RECURRENT):
         return layer.trainable_variables
-    inner = {id(w) for sub in layer._flatten_layers(include_self=False) for w in sub.weights}
+    inner = {id(w) for sub in compat.sublayers(layer, recursive=True) for w in sub.weights}
     return [v for v in layer.trainable_variables if id(v) not in inner]
 
 

@@ -208,7 +208,7 @@ class Graph:
             return any(n.upstream for n in nodes)
         for node in self.nodes:  # a layer inside a composite: ask about the composite
             if node.unit and isinstance(node.layer, COMPOSITE) and any(
-                    l.name == name for l in node.layer._flatten_layers(include_self=False)):
+                    l.name == name for l in compat.sublayers(node.layer, recursive=True)):
                 return bool(node.upstream)
         return True
 
@@ -335,7 +335,7 @@ class Graph:
             return nodes[0]
         for node in self.nodes:
             if node.unit and isinstance(node.layer, COMPOSITE) and any(
-                    l.name == name for l in node.layer._flatten_layers(include_self=False)):
+                    l.name == name for l in compat.sublayers(node.layer, recursive=True)):
                 return node
         return None
 
@@ -539,7 +539,7 @@ def walk(model):
             if isinstance(sub, COMPOSITE):
                 units.append(sub)
                 kind = "recurrent" if isinstance(sub, RECURRENT) else "composite"
-                for deep in sub._flatten_layers(include_self=False, recursive=True):
+                for deep in compat.sublayers(sub, recursive=True):
                     inner[deep.name] = kind
                     if kind == "composite":
                         inner_layers.append(deep)
@@ -584,7 +584,7 @@ def analyse(model, input_spec):
         nodes.append(Node(i, layer, id(layer) in recorder.units, inputs, output, shape))
     layers = {}
     for layer in units + containers + inner_layers + [
-            l for l in model._flatten_layers(include_self=False, recursive=True)
+            l for l in compat.sublayers(model, recursive=True)
             if not isinstance(l, _L.InputLayer)]:
         layers.setdefault(layer.name, layer)
     return Graph(model, nodes, {t.name for t in captured["inputs"]}, captured["outputs"],

@@ -100,7 +100,7 @@ def _check_transported(graph, method):
 
 def _stateful(model):
     return any(getattr(layer, "stateful", False)
-               for layer in model._flatten_layers(include_self=False))
+               for layer in compat.sublayers(model, recursive=True))
 
 
 def _input_spec(model, inputs):
@@ -118,7 +118,7 @@ def _input_spec(model, inputs):
     known = compat.input_specs(model)
     if known is not None:
         specs = [tf.TensorSpec(tuple(t.shape), tf.as_dtype(t.dtype)) for t in known]
-        struct = getattr(model, "_inputs_struct", None)
+        struct = compat.inputs_struct(model)
         if struct is not None:
             try:
                 return tf.nest.pack_sequence_as(struct, specs)
@@ -134,12 +134,17 @@ def _input_spec(model, inputs):
                      "a keras.Input, build it, or train one step first.")
 
 
+def _all_built(model):
+    return all(layer.built for layer in compat.sublayers(model, recursive=True,
+                                                         include_self=True))
+
+
 def _ensure_built(model, spec):
-    if model.built and all(layer.built for layer in model._flatten_layers()):
+    if model.built and _all_built(model):
         return
     if isinstance(model, keras.Sequential) and not isinstance(spec, (list, tuple, dict)):
         model.build(tuple(spec.shape))
-        if all(layer.built for layer in model._flatten_layers()):
+        if _all_built(model):
             return
     # A subclassed model builds its layers by being called.
     def zeros(s):

@@ -336,12 +336,19 @@ METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment",
 
 @pytest.mark.parametrize("kind", ["resnet", "transformer", "gru"])
 def test_every_weight_moves_under_every_method(kind):
-    x, y = data(kind, n=24)
+    x, y = data(kind, n=8)
     for name in [m for m in credit.available() if m != "kickback"]:
         model = compiled(kind, {"name": name, "seed": 1}, optimizer="adam")
+        # Eagerly: the same train_step without tracing a graph per method; the traced
+        # step is checked by the other tests.
+        model.run_eagerly = True
         before = [v.numpy() for v in model.trainable_variables]
-        # Synthesizers start at zero: a few steps let them speak.
-        model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+        # One step moves every weight under a method whose signals exist from the
+        # start. Synthesizers start at zero and learn top down (a bootstrapped target
+        # is the synthetic signal of the boundary above), so the lowest blocks move
+        # after one step per boundary: five steps for these models.
+        steps = 5 if model.method.name == "synthetic_gradients" else 1
+        model.fit(x, y, epochs=steps, batch_size=8, verbose=0)
         stuck = [v.path for v, b in zip(model.trainable_variables, before)
                  if np.array_equal(v.numpy(), b)
                  # The key projection's bias never gets a gradient: softmax over the
@@ -481,52 +488,95 @@ def test_a_multi_output_model_trains_with_fa_and_dfa_names_its_outputs():
                       method="dfa")
 
 
-@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 3e-2),
-                                               ("mixed_bfloat16", 5e-2)])
-def test_mixed_precision_matches_float32_under_every_method(policy, tolerance):
-    """One fit step, then the next step's gradients, unscaled, against float32's."""
+# Unit roundoff of the compute dtype: float16 keeps 11 significant bits, bfloat16 8.
+UNIT_ROUNDOFF = {"mixed_float16": 2.0**-11, "mixed_bfloat16": 2.0**-8}
+_FLOAT32_GRADIENTS = {}  # the float32 reference, computed once for both policies
+
+
+def _step_gradients(name, policy):
+    """One fit step of the TCN under ``policy``, then the next step's gradients,
+    unscaled, flattened. Eager: the same train_step without tracing a graph per method
+    and policy (the traced step is checked by the XLA test)."""
     x, y = data("tcn", n=16)
-    names = [m for m in credit.available() if m != "kickback"]
-    results = {}
+    keras.mixed_precision.set_global_policy(policy)
     try:
-        for mode in ("float32", policy):
-            keras.mixed_precision.set_global_policy(mode)
-            for name in names:
-                keras.utils.set_random_seed(0)
-                model = tcn()
-                optimizer = keras.optimizers.SGD(0.05)
-                if mode == "mixed_float16":
-                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer,
-                                                                    initial_scale=2.0**6)
-                model.compile(optimizer, "sparse_categorical_crossentropy",
-                              method={"name": name, "seed": 1})
-                model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-                out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
-                scale = float(model.optimizer.scale_loss(tf.constant(1.0)))
-                flat = np.concatenate([dense(g).ravel() for g in out.gradients]) / scale
-                assert np.isfinite(flat).all(), (mode, name)
-                results[mode, name] = flat
-                if mode != "float32":
-                    assert model.layers[1].compute_dtype != "float32"
+        keras.utils.set_random_seed(0)
+        model = tcn()
+        optimizer = keras.optimizers.SGD(0.05)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**6)
+        model.compile(optimizer, "sparse_categorical_crossentropy",
+                      method={"name": name, "seed": 1}, run_eagerly=True)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+        scale = float(model.optimizer.scale_loss(tf.constant(1.0)))
+        flat = np.concatenate([dense(g).ravel() for g in out.gradients]) / scale
+        assert np.isfinite(flat).all(), (policy, name)
+        if policy != "float32":
+            assert model.layers[1].compute_dtype != "float32"
+        return flat
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    for name in names:
-        a, b = results["float32", name], results[policy, name]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_matches_float32_under_every_method(policy):
+    """One fit step, then the next step's gradients, unscaled, against float32's.
+
+    The bound is 64 units of roundoff of the compute dtype (3% for float16, 25% for
+    bfloat16). Measured on this ReLU TCN: backprop's own gradients under Keras's mixed
+    precision differ from float32's by 0.1% (float16) and 2-3% (bfloat16), the other
+    methods by up to 1.9% and 7% (DRTP's batch-summed signals take the largest first
+    step). A wrong or missing loss-scale unscaling, or a dropped signal, gives errors
+    of 100% and more.
+    """
+    tolerance = 64 * UNIT_ROUNDOFF[policy]
+    for name in [m for m in credit.available() if m != "kickback"]:
+        if name not in _FLOAT32_GRADIENTS:
+            _FLOAT32_GRADIENTS[name] = _step_gradients(name, "float32")
+        a, b = _FLOAT32_GRADIENTS[name], _step_gradients(name, policy)
         error = np.linalg.norm(a - b) / np.linalg.norm(a)
         assert error < tolerance, f"{name} under {policy}: relative error {error:.3g}"
 
 
-@pytest.mark.parametrize("name", ["feedback_alignment", "direct_feedback_alignment",
-                                  "synthetic_gradients"])
+def _fit_weights(build, x, y, loss, method, jit):
+    keras.utils.set_random_seed(0)
+    model = build()
+    model.compile("sgd", loss, method={"name": method, "seed": 1}, jit_compile=jit)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def _scalar_chain():
+    return credit.Sequential([keras.Input((12, 3)), L.Conv1D(4, 3, activation="tanh"),
+                              L.Flatten(), L.Dense(6, activation="tanh"), L.Dense(1)])
+
+
+@pytest.mark.parametrize("name", credit.available())
 def test_xla_compiled_step_matches_the_plain_one(name):
-    x, y = data("gru", n=8)
-    results = []
-    for jit in (False, True):
-        keras.utils.set_random_seed(0)
-        model = gru()
-        model.compile("sgd", "sparse_categorical_crossentropy",
-                      method={"name": name, "seed": 1}, jit_compile=jit)
-        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
-        results.append(model.get_weights())
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    """Two steps with jit_compile=True against the plain graph: the causal TCN (the
+    scalar-output chain for kickback), and the GRU classifier for synthetic gradients.
+
+    brSF draws its magnitudes with TensorFlow's stateless generator, whose XLA kernel
+    gives other numbers than its CPU kernel for the same seed (for every algorithm):
+    under XLA brSF trains with other, identically distributed, draws. For it the test
+    checks that XLA runs repeat exactly and stay within the spread of the draws.
+    """
+    x, y = data("tcn", n=8)
+    cases = [(tcn, x, y, "sparse_categorical_crossentropy")]
+    if name == "kickback":
+        cases = [(_scalar_chain, x, y[:, None].astype("float32"), "mse")]
+    if name == "synthetic_gradients":
+        cases.append((gru, *data("gru", n=8), "sparse_categorical_crossentropy"))
+    for build, inputs, targets, loss in cases:
+        plain, compiled_ = (_fit_weights(build, inputs, targets, loss, name, jit)
+                            for jit in (False, True))
+        if name == "batchwise_random_sign_feedback":
+            again = _fit_weights(build, inputs, targets, loss, name, True)
+            for a, b in zip(compiled_, again):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(plain, compiled_):
+                np.testing.assert_allclose(a, b, atol=5e-3)
+            continue
+        for a, b in zip(plain, compiled_):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -62,7 +62,11 @@ def pair(method, data, metrics=("accuracy",)):
         model = build(1 if scalar else 3)
         if models:
             model.set_weights(models[0].get_weights())
-        model.compile("adam", loss, metrics=[] if scalar else list(metrics),
+        # SGD with momentum, not Adam: two different traced graphs of the same step may
+        # round differently (oneDNN picks kernels per graph), and Adam's division by
+        # sqrt(v) blows a rounding difference in a near-zero gradient up to a full step.
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss,
+                      metrics=[] if scalar else list(metrics),
                       method={"name": method, "seed": 1})
         models.append(model)
     return models, tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
@@ -84,10 +88,11 @@ def test_fit_equals_keras_fit_under_the_default_strategy(method, data):
     init = one.get_weights()
     h1 = one.fit(dataset, epochs=2, verbose=0, validation_data=dataset)
     h2 = credit.distributed.fit(two, dataset, epochs=2, verbose=0, validation_data=dataset)
-    assert max_diff(one.get_weights(), two.get_weights()) == 0.0
-    assert max_diff(init, two.get_weights()) > 1e-4
+    # Equal up to float32 rounding: the two loops trace different graphs.
+    assert max_diff(one.get_weights(), two.get_weights()) < 1e-6
+    assert max_diff(init, two.get_weights()) > 1e-3
     if one.method.state is not None and one.method.state.weights:
-        assert max_diff(one.method.state.get_weights(), two.method.state.get_weights()) == 0.0
+        assert max_diff(one.method.state.get_weights(), two.method.state.get_weights()) < 1e-6
     assert h1.history.keys() == h2.history.keys()
     for key, values in h1.history.items():
         np.testing.assert_allclose(h2.history[key], values, rtol=0, atol=1e-7, err_msg=key)
@@ -196,8 +201,8 @@ def test_early_stopping_and_steps_per_epoch(data):
     one.fit(repeated, epochs=3, steps_per_epoch=3, verbose=0, callbacks=[halve()])
     credit.distributed.fit(two, repeated, epochs=3, steps_per_epoch=3, verbose=0,
                            callbacks=[halve()])
-    assert max_diff(one.get_weights(), two.get_weights()) == 0.0
-    assert float(two.optimizer.learning_rate) == pytest.approx(0.001 / 8)
+    assert max_diff(one.get_weights(), two.get_weights()) < 1e-6
+    assert float(two.optimizer.learning_rate) == pytest.approx(0.05 / 8)
 
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
     history = credit.distributed.fit(two, dataset, epochs=10, verbose=0, callbacks=[stop])

@@ -158,7 +158,7 @@ def _not_applicable(completed, flags):
                 raise ConfigError(f"{where('dataset', flags)}: could not load "
                                   f"{config['dataset']!r} with data_options "
                                   f"{config['data_options']!r}: {err}") from err
-            keras.backend.clear_session()
+            keras.backend.clear_session(free_memory=False)
         if checked[key] is not None:
             not_applicable[run_id(config)] = checked[key]
     return not_applicable

@@ -90,7 +90,9 @@ def applicability(config):
         data = data_lib.load_data(config)
     except models_lib.NotApplicable as err:
         return f"model {config['model']['type']!r} on {config['dataset']!r}: {err}"
-    keras.backend.clear_session()
+    # Only the name space: a garbage collection per check would cost more than the
+    # check itself in a long sweep (train() collects once per run).
+    keras.backend.clear_session(free_memory=False)
     try:
         model = models_lib.build_model(config["model"], data)
     except models_lib.NotApplicable as err:
