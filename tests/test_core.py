@@ -607,6 +607,47 @@ def test_method_instance_cannot_serve_two_models():
         mlp().compile(loss="mse", method=method)
 
 
+def _cosine(a, b):
+    a, b = np.concatenate([np.ravel(t) for t in a]), np.concatenate([np.ravel(t) for t in b])
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def test_alignment_equals_a_hand_computation(classification_data):
+    """DFA's cosines and norm ratios, and FA's angles between W and B, from numpy."""
+    x, y = classification_data
+    model = mlp(hidden=(16, 8))
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "dfa", "seed": 5})
+    B1, B2 = [model.method.feedback_matrices[layer.name].numpy().astype("float64")
+              for layer in model.layers[:2]]
+    x64, h1, h2, e, (w1, w2, w3) = _numpy_forward(model, x, y)
+    g2 = (e @ B2) * (1 - h2**2)
+    dfa = _numpy_update(x64, h1, h2, e, g2, e @ B1)
+    true_delta2 = e @ w3.T
+    true_g2 = true_delta2 * (1 - h2**2)
+    true_delta1 = true_g2 @ w2.T
+    bp = _numpy_update(x64, h1, h2, e, true_g2, true_delta1)
+    table = credit.alignment(model, x, y)
+    for k in range(3):
+        got, want = dfa[2 * k:2 * k + 2], bp[2 * k:2 * k + 2]
+        assert table["update_cosine"][k] == pytest.approx(_cosine(got, want), abs=1e-5)
+        ratio = np.linalg.norm(np.concatenate([np.ravel(t) for t in got])) / np.linalg.norm(
+            np.concatenate([np.ravel(t) for t in want]))
+        assert table["norm_ratio"][k] == pytest.approx(ratio, rel=1e-4)
+    assert table["signal_cosine"][0] == pytest.approx(_cosine([e @ B1], [true_delta1]), abs=1e-5)
+    assert table["signal_cosine"][1] == pytest.approx(_cosine([e @ B2], [true_delta2]), abs=1e-5)
+
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "fa", "seed": 5})
+    table = credit.alignment(model, x, y)
+    for k, layer in enumerate(model.layers):
+        if layer.name not in model.method.feedback_matrices:
+            assert np.isnan(table["feedback_angle"][k])  # the first layer: not crossed
+            continue
+        w = layer.kernel.numpy()
+        b = model.method.feedback_matrices[layer.name].numpy()
+        angle = np.degrees(np.arccos(np.clip(_cosine([w], [b]), -1, 1)))
+        assert table["feedback_angle"][k] == pytest.approx(angle, abs=1e-3)
+
+
 def test_diagnostics_alignment_per_block(classification_data):
     x, y = classification_data
     model = mlp(hidden=(16, 8))
