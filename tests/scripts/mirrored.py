@@ -1,7 +1,12 @@
 """Every method under tf.distribute.MirroredStrategy (2 logical CPUs) against one device.
 
-Run as a script (the logical devices must be configured before TensorFlow starts):
-prints one JSON line per method with the largest weight and method-state differences.
+Run as a script (the logical devices must be configured before TensorFlow starts), with
+method names or JSON configs as arguments; ``--loop NAME ...`` after them names the
+methods also trained with ``credit.distributed.fit`` under the strategy. Prints one JSON
+line per method with the largest differences of the final weights and method state:
+Keras's ``fit`` under the strategy against one device (``weights``, ``state``), and
+``credit.distributed.fit`` against Keras's ``fit`` under the strategy (``loop_*``, with
+the epoch logs, validation included for synthetic gradients).
 """
 
 import json
@@ -32,7 +37,19 @@ def build(outputs):
     return credit.Model(inputs, L.Dense(outputs, activation="softmax")(L.Add()([h1, h2])))
 
 
-def main(methods):
+def max_diff(a, b):
+    return max((float(np.abs(u - v).max()) for u, v in zip(a, b)), default=0.0)
+
+
+def state(model):
+    method_state = model.method.state
+    return method_state.get_weights() if method_state is not None else []
+
+
+def main(argv):
+    methods, loop = argv, []
+    if "--loop" in argv:
+        methods, loop = argv[:argv.index("--loop")], argv[argv.index("--loop") + 1:]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 6)).astype("float32")
     labels = rng.integers(0, 3, size=32)
@@ -43,25 +60,40 @@ def main(methods):
         config = {**config, "seed": 1}
         scalar = credit.get(config).name == "kickback"
         y, loss = (targets, "mse") if scalar else (labels, "sparse_categorical_crossentropy")
+        metrics = [] if scalar else ["accuracy"]
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        # Validation (it does not depend on the method) for synthetic gradients.
+        validation = dataset if credit.get(config).name == "synthetic_gradients" else None
+
+        def trained(scope, train):
+            keras.utils.set_random_seed(0)
+            with scope:
+                model = build(1 if scalar else 3)
+                model.set_weights(init)
+                model.compile("adam", loss, metrics=metrics, method=config)
+            return model, train(model).history
+
         keras.utils.set_random_seed(0)
-        one = build(1 if scalar else 3)
-        init = one.get_weights()
-        one.compile("adam", loss, method=config)
-        one.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        with strategy.scope():
-            two = build(1 if scalar else 3)
-            two.set_weights(init)
-            two.compile("adam", loss, method=config)
-        two.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        weights = max(float(np.abs(a - b).max())
-                      for a, b in zip(one.get_weights(), two.get_weights()))
-        state = 0.0
-        if one.method.state is not None and one.method.state.weights:
-            state = max(float(np.abs(a - b).max()) for a, b in
-                        zip(one.method.state.get_weights(), two.method.state.get_weights()))
-        moved = max(float(np.abs(a - b).max()) for a, b in zip(init, two.get_weights()))
-        print(json.dumps({"method": spec, "weights": weights, "state": state,
-                          "moved": moved}), flush=True)
+        init = build(1 if scalar else 3).get_weights()
+
+        def keras_fit(model):
+            return model.fit(dataset, epochs=2, verbose=0, validation_data=validation)
+
+        one, _ = trained(tf.distribute.get_strategy().scope(), keras_fit)
+        two, logs = trained(strategy.scope(), keras_fit)
+        row = {"method": spec, "weights": max_diff(one.get_weights(), two.get_weights()),
+               "state": max_diff(state(one), state(two)),
+               "moved": max_diff(init, two.get_weights())}
+        if spec in loop:
+            three, loop_logs = trained(strategy.scope(), lambda model: credit.distributed.fit(
+                model, dataset, strategy, epochs=2, verbose=0, validation_data=validation))
+            row.update({
+                "loop_weights": max_diff(two.get_weights(), three.get_weights()),
+                "loop_state": max_diff(state(two), state(three)),
+                "loop_logs": max(float(np.abs(np.subtract(logs[k], loop_logs[k])).max())
+                                 for k in logs),
+                "keys": sorted(logs), "loop_keys": sorted(loop_logs)})
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
