@@ -141,12 +141,13 @@ def _ensure_built(model, spec):
         model.build(tuple(spec.shape))
         if all(layer.built for layer in model._flatten_layers()):
             return
-    # A subclassed model builds its layers by being called.
-    def zeros(s):
-        shape = [1 if d is None else d for d in s.shape]
-        return tf.zeros(shape, s.dtype)
+    # A subclassed model builds its layers by being called. Call it symbolically, as
+    # Keras's fit does: nothing in its call runs (a variable it assigns, a stateful
+    # layer's state), so building leaves the model as it was.
+    def symbolic(s):
+        return keras.KerasTensor(tuple(s.shape), dtype=s.dtype.name)
 
-    model(tf.nest.map_structure(zeros, spec), training=False)
+    model(tf.nest.map_structure(symbolic, spec), training=False)
 
 
 # --------------------------------------------------------------------------------------
