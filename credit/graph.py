@@ -565,7 +565,8 @@ def analyse(model, input_spec):
 
     Args:
         model: a built Keras model.
-        input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None.
+        input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None
+            (None for an optional input the batches leave out).
     """
     units, containers, inner, inner_layers = walk(model)
     records = []
@@ -575,7 +576,7 @@ def analyse(model, input_spec):
 
     def forward(*flat):
         x = tf.nest.pack_sequence_as(input_spec, list(flat))
-        captured["inputs"] = list(flat)
+        captured["inputs"] = [t for t in flat if t is not None]  # optional inputs
         outputs = model(x, training=True)
         captured["outputs"] = [t for t in tf.nest.flatten(outputs) if t is not None]
         return captured["outputs"]
