@@ -138,10 +138,13 @@ class Graph:
         weighted: names of the layers that have weights (units, composites, the
             sublayers of attention layers, normalisation layers).
         output_shapes: shapes of the model outputs without the batch axis.
-        logits: ``(kind, layer name)``: where the output error is read. ``kind`` is
-            ``"activation"`` (the input of the layer's softmax/sigmoid activation),
-            ``"input"`` (the input of a final softmax/sigmoid layer) or ``"output"``
-            (the model output itself).
+        output_logits: one ``(kind, layer name)`` per model output (in the order of
+            ``tf.nest.flatten`` of the outputs): where that output's error is read.
+            ``kind`` is ``"activation"`` (the input of the layer's softmax/sigmoid
+            activation), ``"input"`` (the input of a final softmax/sigmoid layer) or
+            ``"output"`` (the model output itself; the layer name is None).
+        logits: ``output_logits[0]`` for a model with one output, else
+            ``("output", None)``.
     """
 
     def __init__(self, model, nodes, inputs, outputs, layers, inner):
@@ -154,6 +157,7 @@ class Graph:
         self.output_shapes = [_shape(t) for t in outputs]
         self.blocks = []
         self.logits = ("output", None)
+        self.output_logits = []
         self._calls = {}
         for node in nodes:
             self._calls.setdefault(node.layer.name, []).append(node)
@@ -477,22 +481,24 @@ class Graph:
         self.blocks = blocks
 
     def _find_logits(self):
-        if len(self._outputs) != 1 or len(self._output_producers) != 1:
-            self.logits = ("output", None)
-            return
-        (i,) = self._output_producers
+        self.output_logits = [self._logits_of(t) for t in self._outputs]
+        self.logits = self.output_logits[0] if len(self._outputs) == 1 else ("output", None)
+
+    def _logits_of(self, tensor):
+        nodes, _ = self._producers(tensor)
+        if len(nodes) != 1:
+            return ("output", None)
+        (i,) = nodes
         node = next(n for n in self.nodes if n.index == i)
-        if not any(t.name == self._outputs[0].name for t in tf.nest.flatten(node.output_tensor)):
-            self.logits = ("output", None)
-            return
+        if not any(t.name == tensor.name for t in tf.nest.flatten(node.output_tensor)):
+            return ("output", None)
         layer = node.layer
         if isinstance(layer, _L.Softmax) or (
                 isinstance(layer, _L.Activation) and _squashing(layer.activation)):
-            self.logits = ("input", layer.name)
-        elif _squashing(getattr(layer, "activation", None)):
-            self.logits = ("activation", layer.name)
-        else:
-            self.logits = ("output", None)
+            return ("input", layer.name)
+        if _squashing(getattr(layer, "activation", None)):
+            return ("activation", layer.name)
+        return ("output", None)
 
 
 def _own_weights(layer):
@@ -559,7 +565,8 @@ def analyse(model, input_spec):
 
     Args:
         model: a built Keras model.
-        input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None.
+        input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None
+            (None for an optional input the batches leave out).
     """
     units, containers, inner, inner_layers = walk(model)
     records = []
@@ -569,7 +576,7 @@ def analyse(model, input_spec):
 
     def forward(*flat):
         x = tf.nest.pack_sequence_as(input_spec, list(flat))
-        captured["inputs"] = list(flat)
+        captured["inputs"] = [t for t in flat if t is not None]  # optional inputs
         outputs = model(x, training=True)
         captured["outputs"] = [t for t in tf.nest.flatten(outputs) if t is not None]
         return captured["outputs"]
@@ -744,10 +751,7 @@ class StepRecorder:
         self.outputs = {}
         self.stops = {}
         self.records = {}
-        self.logits = None
-
-    def _set_logits(self, t):
-        self.logits = t
+        self.logits = {}  # layer name -> the tensor an output's error is read at
 
     def on_call(self, layer, original, args, kwargs):
         if self.intercept is not None and id(layer) in self.plan.intercepted:
@@ -760,8 +764,9 @@ class StepRecorder:
     def _call(self, layer, original, args, kwargs):
         key = id(layer)
         plan = self.plan
-        if plan.logits_kind == "input" and key == plan.logits_id:
-            self._set_logits(args[0])
+        logits = plan.logits_layers.get(key)
+        if logits is not None and logits[0] == "input":
+            self.logits[logits[1]] = args[0]
         if self.use_transports and key in plan.transported:
             x = args[0]
             feedback = self.transport(layer, transports.kernels(layer))
@@ -789,8 +794,9 @@ class StepRecorder:
             frame = frames[-1]
             frame["used"] = True
             a = gate(a, frame["x"], _adjoint(layer, frame["x"], frame["feedback"]))
-        if self.plan.logits_kind == "activation" and key == self.plan.logits_id:
-            self._set_logits(a)
+        logits = self.plan.logits_layers.get(key)
+        if logits is not None and logits[0] == "activation":
+            self.logits[logits[1]] = a
         return original(a)
 
     def _point(self, layer, name, output):
@@ -839,6 +845,8 @@ class Plan:
         output_point: whether some point is a model output.
         intercepted: dict from ``id(layer)`` to layer, the layers whose calls the method
             intercepts (e.g. a stateful RNN's, for synthetic gradients through time).
+        logits_layers: dict from ``id(layer)`` to ``(kind, name)`` (see
+            ``Graph.output_logits``), the layers where an output's error is read.
     """
 
     def __init__(self, graph, points, transported, intercepted=()):
@@ -855,14 +863,12 @@ class Plan:
         self.to_output = tuple(connectivity["to_output"])
         self.no_stop = {p for p in self.order if graph.is_output(p)}
         self.output_point = bool(self.no_stop)
-        kind, name = graph.logits
-        self.logits_kind = kind
-        self.logits_id = id(layers[name]) if name is not None else None
-        hooked = (list(self.transported.values()) + [layers[p] for p in self.order]
-                  + list(self.intercepted.values()))
-        if name is not None:
-            hooked.append(layers[name])
-        self.hooked = hooked
+        # id(layer) -> (kind, name): the layers where an output's error is read.
+        self.logits_layers = {id(layers[name]): (kind, name)
+                              for kind, name in graph.output_logits if name is not None}
+        self.hooked = (list(self.transported.values()) + [layers[p] for p in self.order]
+                       + list(self.intercepted.values())
+                       + [layers[name] for _, name in self.logits_layers.values()])
 
     def recorder(self, transport, tape, stop=True, use_transports=True, intercept=None):
         return StepRecorder(self, transport, tape, stop, use_transports, intercept)

@@ -107,6 +107,8 @@ def _input_spec(model, inputs):
     keep_batch = _stateful(model)
 
     def from_tensor(t):
+        if t is None:  # an optional input left out (Keras passes it on as None)
+            return None
         t = tf.convert_to_tensor(t) if not isinstance(t, (tf.Tensor, keras.KerasTensor)) else t
         shape = tuple(t.shape)
         if not keep_batch:
@@ -146,12 +148,15 @@ def _ensure_built(model, spec):
         model.build(tuple(spec.shape))
         if _all_built(model):
             return
-    # A subclassed model builds its layers by being called.
-    def zeros(s):
-        shape = [1 if d is None else d for d in s.shape]
-        return tf.zeros(shape, s.dtype)
+    # A subclassed model builds its layers by being called. Call it symbolically, as
+    # Keras's fit does: nothing in its call runs (a variable it assigns, a stateful
+    # layer's state), so building leaves the model as it was.
+    def symbolic(s):
+        if s is None:
+            return None
+        return keras.KerasTensor(tuple(s.shape), dtype=s.dtype.name)
 
-    model(tf.nest.map_structure(zeros, spec), training=False)
+    model(tf.nest.map_structure(symbolic, spec), training=False)
 
 
 # --------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Trace:
         self.training = training
         self.variables = variables
         self.gradients = None
-        self._output_error = None
+        self._output_errors = None
         self._output_gradient = None
         missing = [p for p in self.points if p not in self.outputs]
         if missing:
@@ -100,7 +100,15 @@ class Trace:
     def logits(self):
         """The tensor the output error is read at (the input of a final softmax/sigmoid)."""
         self._single_output("the output error")
-        return self.y_pred if self._logits is None else self._logits
+        return self.output_logits()[0]
+
+    def output_logits(self):
+        """The tensors the output errors are read at, one per model output (in the order
+        of ``tf.nest.flatten(y_pred)``): the input of a final softmax or sigmoid, else the
+        output itself."""
+        outputs = [t for t in tf.nest.flatten(self.y_pred) if t is not None]
+        return [t if name is None else self._logits.get(name, t)
+                for t, (_, name) in zip(outputs, self.graph.output_logits)]
 
     @property
     def output_units(self):
@@ -124,16 +132,43 @@ class Trace:
         """``e = dL/da_N``: the loss gradient at the logits (the model output if none).
 
         Shaped like the logits; with the loss's batch reduction included, so for softmax
-        + cross-entropy it is ``(p - onehot(y)) / batch``. Computed once per step.
+        + cross-entropy it is ``(p - onehot(y)) / batch``. Computed once per step. For a
+        model with several outputs see :meth:`output_errors`.
         """
-        if self._output_error is None:
-            logits = self.logits
-            e = self.tape.gradient(self.loss, logits)
-            if e is None:
+        self._single_output("the output error")
+        return self.output_errors()[0]
+
+    def output_errors(self):
+        """The output error of every model output, a list (see :meth:`output_error`).
+
+        An output the loss does not read (no loss given for it, or not a float tensor)
+        has a zero error.
+        """
+        if self._output_errors is None:
+            logits = self.output_logits()
+            floats = [l for l in logits if l.dtype.is_floating]
+            errors = dict(zip((id(l) for l in floats),
+                              self.tape.gradient(self.loss, floats) if floats else []))
+            if all(e is None for e in errors.values()):
                 raise GraphError("the loss does not depend on the model output; credit "
                                  "cannot compute the output error.")
-            self._output_error = e
-        return self._output_error
+            self._output_errors = [
+                tf.zeros_like(l, dtype=l.dtype if l.dtype.is_floating else "float32")
+                if errors.get(id(l)) is None else errors[id(l)] for l in logits]
+        return self._output_errors
+
+    def flat_output_error(self):
+        """The output errors of all outputs, flattened per example and concatenated.
+
+        A ``(batch, units)`` tensor, ``units`` the sum of the outputs' sizes: the error
+        vector ``e`` of a model with several outputs, as if they were one (DFA's ``e``).
+        """
+        errors = [flat(e) for e in self.output_errors()]
+        if len(errors) == 1:
+            return errors[0]
+        if len({e.dtype for e in errors}) > 1:
+            errors = [tf.cast(e, "float32") for e in errors]
+        return tf.concat(errors, axis=1)
 
     def output_gradient(self):
         """``dL/dh_N`` at the model output, also for a softmax/sigmoid + cross-entropy output.
@@ -485,6 +520,12 @@ def transported_layers(graph, layers=None):
                              f"{graph.transportable}.")
         names.append(name)
     return names
+
+
+def output_error_units(graph):
+    """Units of the output errors of all the model's outputs together (see
+    :meth:`Trace.flat_output_error`)."""
+    return sum(int(np.prod(shape)) for shape in graph.output_shapes)
 
 
 def output_units(graph, method):

@@ -471,7 +471,9 @@ def test_sample_weights_reach_a_custom_loss_function():
                                  loss_fn=lambda t, p: tf.reduce_mean(tf.square(p)))
 
 
-def test_a_multi_output_model_trains_with_fa_and_dfa_names_its_outputs():
+def test_a_multi_output_model_trains_with_fa_and_dfa_and_cdni_names_its_outputs():
+    """DFA's error of a two-headed model: both heads' errors (the softmax head's at its
+    logits), concatenated."""
     inputs = keras.Input((5,))
     h = L.Dense(6, activation="tanh", name="trunk")(inputs)
     a = L.Dense(3, activation="softmax", name="class_head")(h)
@@ -480,12 +482,30 @@ def test_a_multi_output_model_trains_with_fa_and_dfa_names_its_outputs():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 5)).astype("float32")
     ys = [rng.integers(0, 3, size=8), rng.normal(size=(8, 1)).astype("float32")]
-    model.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy", "mse"],
-                  method="fa")
+    losses = ["sparse_categorical_crossentropy", "mse"]
+    model.compile(optimizer="sgd", loss=losses, method="fa")
     model.fit(x, ys, epochs=1, verbose=0)
+
+    model.compile(optimizer="sgd", loss=losses, method="dfa")
+    feedback = model.method.feedback_matrices["trunk"]
+    assert tuple(feedback.shape) == (3 + 1, 6)
+    signal = model.method.signals(credit.model.record(model, x, ys))["trunk"]
+    head = model.get_layer("class_head")
+    with tf.GradientTape() as tape:
+        hidden = model.get_layer("trunk")(x)
+        logits = tf.matmul(hidden, head.kernel) + head.bias
+        value = model.get_layer("value_head")(hidden)
+        tape.watch([logits, value])
+        loss = (keras.losses.SparseCategoricalCrossentropy()(ys[0], tf.nn.softmax(logits))
+                + keras.losses.MeanSquaredError()(ys[1], value))
+    e = tf.concat(tape.gradient(loss, [logits, value]), axis=1)
+    np.testing.assert_allclose(signal.numpy(), (e @ feedback).numpy(), rtol=1e-5, atol=1e-7)
+    before = model.get_layer("trunk").kernel.numpy()
+    model.fit(x, ys, epochs=1, verbose=0)
+    assert not np.allclose(model.get_layer("trunk").kernel.numpy(), before)
+
     with pytest.raises(GraphError, match="one output.*has 2"):
-        model.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy", "mse"],
-                      method="dfa")
+        model.compile(optimizer="sgd", loss=losses, method="cdni")
 
 
 # Unit roundoff of the compute dtype: float16 keeps 11 significant bits, bfloat16 8.

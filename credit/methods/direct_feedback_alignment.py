@@ -1,7 +1,7 @@
 """Direct feedback alignment: the output error sent straight to every hidden block."""
 
 from credit.registry import register
-from credit.signal import (ErrorSignal, flat, hidden_points, output_units, project,
+from credit.signal import (ErrorSignal, hidden_points, output_error_units, project,
                            uniform_feedback)
 
 
@@ -14,10 +14,12 @@ class DirectFeedbackAlignment(ErrorSignal):
     at the model's logits (for softmax + cross-entropy ``(p - onehot(y)) / batch``),
     flattened per example, and ``B_p`` a fixed random matrix of shape
     ``(units of e, units of h_p)``; the result is reshaped to ``h_p``'s shape, so
-    convolutional, recurrent and attention blocks work too. The backward pass is cut at
-    every point: a block's weights learn from its own point's signal, pushed through its
-    own nonlinearity. The output block gets the true loss gradient. Removes weight
-    transport and backward locking.
+    convolutional, recurrent and attention blocks work too. A model with several outputs
+    has one ``e``: the errors of all its outputs, each flattened, concatenated (an output
+    without a loss contributes zeros). The backward pass is cut at every point: a block's
+    weights learn from its own point's signal, pushed through its own nonlinearity. The
+    output blocks get the true loss gradient. Removes weight transport and backward
+    locking.
 
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
@@ -44,7 +46,7 @@ class DirectFeedbackAlignment(ErrorSignal):
         self.feedback_matrices = None
 
     def build(self, graph):
-        d_out = output_units(graph, "direct feedback alignment")
+        d_out = output_error_units(graph)
         self.points = hidden_points(graph, self.at, "at")
         self.feedback_matrices = {}
         for i, name in enumerate(self.points):
@@ -56,7 +58,11 @@ class DirectFeedbackAlignment(ErrorSignal):
         return None
 
     def signals(self, trace):
-        return project(flat(trace.output_error()), self.feedback_matrices, trace)
+        if not trace.points:
+            # No hidden block (e.g. one Dense layer, or no weights at all): nothing to
+            # project, and the output layer trains on its true gradient.
+            return {}
+        return project(trace.flat_output_error(), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         return {}

@@ -86,6 +86,10 @@ class DirectRandomTargetProjection(ErrorSignal):
         return None
 
     def signals(self, trace):
+        if not trace.points:
+            # No hidden block (e.g. one Dense layer, or no weights at all): nothing to
+            # project, and the output layer trains on its true gradient.
+            return {}
         return project(trace.labels(), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
