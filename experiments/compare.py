@@ -50,7 +50,8 @@ Flags:
     --epochs     epochs for every data set (default: per data set, above).
     --patience   early stopping on the validation metric after N epochs without progress.
     --tune KEYS  tune these config keys per method on the validation split, with the
-                 default grids (lr: 3e-4, 1e-3, 3e-3; batch_size: 32, 64, 128).
+                 default grids (lr: 1e-4, 3e-4, 1e-3, 3e-3, 1e-2; batch_size: 32,
+                 64, 128).
     --tune-grid  a grid spec (JSON text or file): {"key": [values], "<method>": {...}};
                  keys are config keys or method_config.<name>.
     --tune-seeds seeds of the tuning runs (default: the first seed).
@@ -88,6 +89,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -375,6 +377,8 @@ def tables(run_results, folder, tuned_keys=(), tuning_table=None):
     shown = tables_lib.display(accuracy, "test_mean").drop(columns=["diff_low",
                                                                     "diff_high", "n_pairs"])
     shown = shown.rename(columns={"best_epoch_mean": "best_epoch"})
+    for key in keep:  # settings, not measurements: 0.0003, not 0.000
+        shown[key] = shown[key].map(_setting)
     accuracy_md = write_table(accuracy, folder, "accuracy", caption=caption,
                               markdown_table=shown).read_text()
     conv_caption = ("First epoch (and optimizer step, training seconds) at which the test "
@@ -390,6 +394,12 @@ def tables(run_results, folder, tuned_keys=(), tuning_table=None):
             "of the accuracy table."), markdown_table=tables_lib.display(tuning_table))
     figures = _figures(df, folder)
     return accuracy_md, convergence_md, figures
+
+
+def _setting(value):
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def _figures(df, folder):

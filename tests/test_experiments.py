@@ -540,15 +540,15 @@ def test_write_atomic_replaces_whole_files(tmp_path):
 def test_tuning_grid_specs():
     grids = tuning.parse_grid(["lr"], '{"batch_size": [16], "dfa": {"learning_rate": [0.1]},'
                                       ' "sg": {"method_config.synthesizer": ["mlp"]}}')
-    assert tuning.grid_for(grids, "backprop") == {"learning_rate": [3e-4, 1e-3, 3e-3],
-                                                  "batch_size": [16]}
+    assert tuning.grid_for(grids, "backprop") == {
+        "learning_rate": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "batch_size": [16]}
     assert tuning.grid_for(grids, "direct_feedback_alignment") == {"learning_rate": [0.1],
                                                                    "batch_size": [16]}
     sg = tuning.grid_for(grids, "dni")
     assert sg["method_config.synthesizer"] == ["mlp"]
     points = tuning.expand({"method": "sg", "method_config": {"at": [0]}}, sg)
-    assert len(points) == 3 and points[0]["method_config"] == {"at": [0], "synthesizer": "mlp"}
-    assert [p["learning_rate"] for p in points] == [3e-4, 1e-3, 3e-3]
+    assert len(points) == 5 and points[0]["method_config"] == {"at": [0], "synthesizer": "mlp"}
+    assert [p["learning_rate"] for p in points] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 
 
 def test_tuning_chooses_on_validation_never_on_test():

@@ -18,7 +18,7 @@ plays no part in the choice.
 Example:
     >>> spec = parse_grid(["lr"], None)
     >>> grid_for(spec, "dfa")
-    {'learning_rate': [0.0003, 0.001, 0.003]}
+    {'learning_rate': [0.0001, 0.0003, 0.001, 0.003, 0.01]}
     >>> [c["learning_rate"] for c in expand({"method": "dfa"}, {"learning_rate": [0.1, 1.0]})]
     [0.1, 1.0]
 """
@@ -37,7 +37,10 @@ __all__ = ["ALIASES", "DEFAULT_GRIDS", "TuneError", "choose", "expand", "grid_fo
            "parse_grid", "point_of", "set_key"]
 
 #: The grid of each key that ``--tune`` may name without a grid spec.
-DEFAULT_GRIDS = {"learning_rate": [3e-4, 1e-3, 3e-3], "batch_size": [32, 64, 128]}
+# Learning rates a factor of about 3 apart over two decades: Adam's usual range, wide
+# enough that a method's best setting is rarely at an edge of the grid.
+DEFAULT_GRIDS = {"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+                 "batch_size": [32, 64, 128]}
 #: Short names accepted by ``--tune``.
 ALIASES = {"lr": "learning_rate", "bs": "batch_size"}
 _FIXED = ("method", "dataset", "seed")
