@@ -69,6 +69,12 @@ class Simulation:
         """Seconds per batch."""
         return self.seconds / self.steps
 
+    @property
+    def parallel_speedup(self):
+        """The same tasks one after the other on one device, over :attr:`seconds`:
+        ``K (1 - idle)``, the gain from running the stages in parallel alone."""
+        return sum(self.busy) / self.seconds if self.seconds else float("nan")
+
 
 class _Task:
     __slots__ = ("key", "device", "duration", "deps", "priority", "remaining", "ready_at",
