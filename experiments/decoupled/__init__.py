@@ -34,10 +34,10 @@ coordinator's calls), ``reference`` (the unsplit model with credit's step),
 Example:
     >>> from experiments.decoupled import Workers, run_decoupled       # doctest: +SKIP
     >>> spec = {"width": 1024, "depth": 8, "input_dim": 784, "classes": 10, "seed": 0}
-    >>> with Workers(2, threads=1) as workers:
+    >>> with Workers(2, threads=1) as workers:                          # doctest: +SKIP
     ...     result = run_decoupled(workers, spec, x, y, schedule="dni", batch_size=128,
     ...                            epochs=1, window=2)
-    >>> result.epoch_seconds
+    >>> result.epoch_seconds                                            # doctest: +SKIP
 """
 
 from experiments.decoupled.runner import (RunResult, piece_times, profile, run_decoupled,

@@ -90,7 +90,12 @@ def train_in_process(model, method, x, y, *, batch_size, epochs=1, seed=0,
 
 
 def evaluate(model, x, y, batch_size=1000):
-    """Accuracy of ``model`` on ``(x, y)`` (inference mode)."""
+    """Accuracy of ``model`` on ``(x, y)`` (inference mode).
+
+    Example:
+        >>> evaluate(model, x_test, y_test)                          # doctest: +SKIP
+        0.92
+    """
     hits = 0
     for i in range(0, len(x), batch_size):
         p = model(x[i:i + batch_size], training=False)

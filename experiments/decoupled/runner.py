@@ -95,6 +95,19 @@ def run_decoupled(workers, spec, x, y, *, schedule, batch_size, epochs=1, seed=0
 
     Raises:
         ValueError: a bad argument; the message names it, its value and the fix.
+
+    References: DNI, Jaderberg et al. 2016, "Decoupled Neural Interfaces using
+    Synthetic Gradients" (ICML 2017); DFA, Nøkland 2016, "Direct Feedback Alignment
+    Provides Learning in Deep Neural Networks" (NeurIPS); GPipe, Huang et al. 2019,
+    "GPipe: Efficient Training of Giant Neural Networks using Pipeline Parallelism"
+    (NeurIPS).
+
+    Example:
+        >>> spec = {"width": 1024, "depth": 8, "input_dim": 784, "classes": 10, "seed": 0}
+        >>> with Workers(2, threads=1) as workers:                  # doctest: +SKIP
+        ...     result = run_decoupled(workers, spec, x, y, schedule="dfa",
+        ...                            batch_size=128, epochs=2, window=2)
+        >>> result.epoch_seconds, result.train_accuracy              # doctest: +SKIP
     """
     check_schedule(schedule)
     for name, value in (("batch_size", batch_size), ("epochs", epochs), ("window", window),
@@ -145,6 +158,11 @@ def run_fused(worker, spec, x, y, *, method, batch_size, epochs=1, seed=0, optim
 
     Same arguments as :func:`run_decoupled` (``method`` is required: a credit method
     config); returns a :class:`RunResult` with ``schedule="fused"`` and ``stages=1``.
+
+    Example:
+        >>> with Workers(1, threads=2) as one:                      # doctest: +SKIP
+        ...     result = run_fused(one, spec, x, y, method={"name": "backprop"},
+        ...                        batch_size=128, epochs=2)
     """
     if worker.count != 1:
         raise ValueError(f"run_fused trains in one process; got Workers({worker.count}). "
@@ -178,6 +196,11 @@ def profile(worker, spec, x, y, *, configs, batch_size, steps=6, warmup=2, seed=
         A dict from each config to its per-stage median seconds of the simulator's
         pieces (:data:`~experiments.decoupled.schedules.PIECES`; GPipe's forward and
         backward per micro-batch, its update per batch).
+
+    Example:
+        >>> with Workers(1, threads=1) as one:                      # doctest: +SKIP
+        ...     times = profile(one, spec, x, y, configs=[(4, "dni", 1)], batch_size=128)
+        >>> simulate("dni", times[(4, "dni", 1)], steps=31).seconds   # doctest: +SKIP
     """
     if worker.count != 1:
         raise ValueError(f"profile times stages on one device; got Workers({worker.count}). "
@@ -222,7 +245,13 @@ def piece_times(timings, schedule, micro_batches=1):
 
 def transfer_times(workers, shapes, repeats=30):
     """Median one-way time of a float32 message of each shape between two workers
-    (half a round trip through their inbox queues), as ``{shape: seconds}``."""
+    (half a round trip through their inbox queues), as ``{shape: seconds}``.
+
+    Example:
+        >>> with Workers(2, threads=1) as pair:                     # doctest: +SKIP
+        ...     transfer_times(pair, [(128, 1024)])
+        {(128, 1024): 0.0004}
+    """
     if workers.count < 2:
         raise ValueError("transfer_times needs two workers (a sender and an echo); got "
                          f"Workers({workers.count}).")

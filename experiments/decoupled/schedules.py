@@ -51,7 +51,7 @@ def batches(n, batch_size, seed, epoch):
 
     Example:
         >>> [b.tolist() for b in batches(5, 2, seed=0, epoch=0)]
-        [[4, 3], [0, 1]]
+        [[2, 4], [3, 0]]
     """
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
     count = int(n) // int(batch_size)
@@ -153,6 +153,11 @@ def run_epoch(stage, links, schedule, epoch_batches, x, y, window=1, micro_batch
         x, y: the training data (``x`` is read only by the first stage).
         window: DFA and DNI: batches a stage may run ahead (1: lock-step).
         micro_batches: GPipe's M.
+
+    Example (in stage k's worker; every stage runs the same call):
+        >>> links = Links(k, inboxes)                               # doctest: +SKIP
+        >>> log = run_epoch(stage, links, "dni", batches(len(y), 128, 0, 0), x, y,
+        ...                 window=2)                                # doctest: +SKIP
     """
     log = EpochLog()
     runner = {"locked": _locked, "gpipe": _gpipe, "dfa": _dfa, "dni": _dni}[schedule]
@@ -310,6 +315,11 @@ def sequential_step(stages, schedule, x, y, step=0, micro_batches=1):
 
     Returns:
         The batch loss (the mean of the micro-batch losses for GPipe).
+
+    Example:
+        >>> stages = [Stage(model, split, k, "dfa", method=dfa, loss=loss)
+        ...           for k in range(split.stages)]                  # doctest: +SKIP
+        >>> sequential_step(stages, "dfa", x[:128], y[:128])         # doctest: +SKIP
     """
     if schedule in ("locked", "dni"):
         fwds, h = [], x

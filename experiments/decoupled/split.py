@@ -5,7 +5,7 @@ A stage is a run of consecutive blocks (a weighted layer and the layers after it
 place where DFA and DNI put their feedback points.
 
 Example:
-    >>> model = build_mlp(width=64, depth=3, input_dim=20, classes=4, seed=0)
+    >>> model = build_mlp(width=64, depth=3, input_dim=20, classes=4, batch_norm=False)
     >>> split = split_model(model, 2)
     >>> [split.stage_layers(k) for k in range(2)]
     [('hidden_0', 'hidden_1'), ('hidden_2', 'output')]
@@ -200,6 +200,11 @@ def split_model(model, stages, costs=None):
     Raises:
         ValueError: K is not between 1 and the number of blocks, or the model is not a
             chain. The message names the argument, the value and the fix.
+
+    Example:
+        >>> split = split_model(build_mlp(width=32, depth=8, input_dim=10), 4)
+        >>> split.ranges, split.boundaries
+        (((0, 2), (2, 4), (4, 6), (6, 9)), (1, 3, 5))
     """
     blocks = chain_blocks(model)
     if costs is None:
@@ -222,6 +227,11 @@ def method_config(schedule, split, seed=0, conditioned=False, synthesizer="linea
 
     Raises:
         ValueError: an unknown schedule, or ``dni`` with one stage (no boundary).
+
+    Example:
+        >>> split = split_model(build_mlp(width=32, depth=3, input_dim=10), 2)
+        >>> method_config("dfa", split, seed=1)
+        {'name': 'direct_feedback_alignment', 'seed': 1}
     """
     check_schedule(schedule)
     name = SCHEDULES[schedule]
