@@ -172,6 +172,23 @@ def test_decoupled_schedules_approach_the_slowest_stage():
         assert locked.seconds >= sim.seconds
 
 
+def test_piece_times_sum_a_schedules_pieces():
+    from experiments.decoupled import piece_times
+
+    timings = [{"forward": [0.3, 0.1, 0.2], "synthesize": [0.05], "backward": [0.4],
+                "apply": [0.1], "synth_train": [0.2, 0.3]}]
+    (dni,) = piece_times(timings, "dni")
+    assert dni == pytest.approx({"forward": 0.2, "backward": 0.45, "update": 0.1,
+                                 "synth": 0.25})
+    assert piece_times(timings, "dni", statistic="min")[0]["forward"] == pytest.approx(0.1)
+    # GPipe accumulates M - 1 times per batch: spread over its M backward passes.
+    (gpipe,) = piece_times([{"forward": [1.0], "backward": [2.0], "accumulate": [0.4],
+                             "apply": [3.0]}], "gpipe", micro_batches=4)
+    assert gpipe == pytest.approx({"forward": 1.0, "backward": 2.3, "update": 3.0})
+    with pytest.raises(ValueError, match="statistic='mean'"):
+        piece_times(timings, "dni", statistic="mean")
+
+
 def test_simulator_errors_name_the_argument():
     times = [{"forward": 1.0, "backward": 1.0, "update": 0.0}] * 2
     with pytest.raises(ValueError, match=r"schedule='pipedream'.*'locked', 'gpipe', 'dfa', 'dni'"):

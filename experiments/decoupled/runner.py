@@ -181,7 +181,7 @@ def run_fused(worker, spec, x, y, *, method, batch_size, epochs=1, seed=0, optim
 
 
 def profile(worker, spec, x, y, *, configs, batch_size, steps=6, warmup=2, seed=0,
-            optimizer=None, conditioned=False):
+            optimizer=None, conditioned=False, statistic="min"):
     """Time every stage's pieces for ``build_mlp(**spec)`` under several configurations,
     in one worker (one piece at a time, the configurations interleaved step by step).
 
@@ -191,11 +191,13 @@ def profile(worker, spec, x, y, *, configs, batch_size, steps=6, warmup=2, seed=
         configs: ``(stages, schedule, micro_batches)`` triples.
         steps, warmup: timed steps and untimed (tracing) steps per configuration.
         conditioned: DNI's synthesizers also see the label (cDNI).
+        statistic: ``"min"`` (default) or ``"median"`` over the timed steps; see
+            :func:`piece_times`.
 
     Returns:
-        A dict from each config to its per-stage median seconds of the simulator's
-        pieces (:data:`~experiments.decoupled.schedules.PIECES`; GPipe's forward and
-        backward per micro-batch, its update per batch).
+        A dict from each config to its per-stage seconds of the simulator's pieces
+        (:data:`~experiments.decoupled.schedules.PIECES`; GPipe's forward and backward
+        per micro-batch, its update per batch).
 
     Example:
         >>> with Workers(1, threads=1) as one:                      # doctest: +SKIP
@@ -217,14 +219,32 @@ def profile(worker, spec, x, y, *, configs, batch_size, steps=6, warmup=2, seed=
             "split": split, "schedule": schedule, "micro_batches": int(m),
             "method": method_config(schedule, split, seed, conditioned=conditioned)})
     (timings,) = worker.ask("profile", [payload])
-    return {tuple(config): piece_times(t, config[1], micro_batches=config[2])
+    return {tuple(config): piece_times(t, config[1], micro_batches=config[2],
+                                       statistic=statistic)
             for config, t in zip(configs, timings)}
 
 
-def piece_times(timings, schedule, micro_batches=1):
-    """Per stage, the median seconds of the simulator's pieces of ``schedule``, from the
+STATISTICS = {"median": statistics.median, "min": min}
+
+
+def piece_times(timings, schedule, micro_batches=1, statistic="median"):
+    """Per stage, the seconds of the simulator's pieces of ``schedule``, from the
     stages' timed pieces (per call; GPipe's accumulate happens M-1 times per batch, and
-    is spread over its M backward passes)."""
+    is spread over its M backward passes).
+
+    Args:
+        timings: per stage, a dict from piece to its durations.
+        schedule, micro_batches: the schedule and GPipe's M.
+        statistic: ``"median"``, the typical duration under the conditions of the
+            measurement; or ``"min"``, the duration without interference. A piece
+            is a fixed computation: other processes on the machine only ever add to
+            its time, and the more so the longer it is (a 60 ms piece is preempted
+            more often than a 10 ms one), so on a loaded machine medians favour
+            splits into short pieces; minima do not.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: choose 'median' or 'min'.")
+    reduce = STATISTICS[statistic]
     out = []
     for stage in timings:
         pieces = {}
@@ -234,10 +254,10 @@ def piece_times(timings, schedule, micro_batches=1):
                 values = stage.get(part, [])
                 if not values:
                     continue
-                median = statistics.median(values)
+                value = reduce(values)
                 if schedule == "gpipe" and part == "accumulate":
-                    median *= (micro_batches - 1) / micro_batches
-                total += median
+                    value *= (micro_batches - 1) / micro_batches
+                total += value
             pieces[piece] = total
         out.append(pieces)
     return out
