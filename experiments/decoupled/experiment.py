@@ -467,7 +467,7 @@ def report(settings, summary, simulated, check, profiled, context):
         "(at load 3 to 5, K = 2 stages summed to 13% less than the same work as one "
         "stage in one profile and to 14% more in another, by medians; by minima, within "
         "1%). "
-        "the simulator plays each schedule for one epoch "
+        "The simulator plays each schedule for one epoch "
         f"({context['steps']} steps) on K devices of one core each. Message time measured "
         "between the two stage processes here (`transfer.json`: "
         + ", ".join(f"{'x'.join(map(str, s))} floats {1e3 * t:.2f} ms"
