@@ -220,7 +220,17 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         gradient = _scale(model, tf.cast(tf.stop_gradient(gradient), "float32"))
         targets.append(tensor)
         output_gradients.append(tf.cast(gradient, tensor.dtype))
-    gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
+    sources = list(trace.extra_sources)
+    gradients = tape.gradient(targets, list(variables) + sources,
+                              output_gradients=output_gradients)
+    if sources:
+        # The gradients at the extra sources come from the same backward pass; undo
+        # the loss scale (mixed precision) that the optimizer undoes for the weights.
+        unscale = 1.0 / _scale(model, tf.constant(1.0))
+        trace.source_gradients = [
+            tf.zeros_like(s) if g is None else g * tf.cast(unscale, g.dtype)
+            for s, g in zip(sources, gradients[len(variables):])]
+        gradients = gradients[:len(variables)]
     trace.gradients = gradients
     logs = method.update(trace, signals) or {}
     del trace.tape, tape
