@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import registry, transports
+from credit import recurrent, registry, transports
 from credit.signal import MethodState, Trace
 
 Gradients = collections.namedtuple("Gradients", ["gradients", "loss", "y_pred", "logs"])
@@ -418,9 +418,16 @@ class Model(keras.Model):
         self._set_method(method)
 
     def fit(self, *args, method=None, **kwargs):
-        """``keras.Model.fit`` with ``method=``: switches the method, and it stays switched."""
+        """``keras.Model.fit`` with ``method=``: switches the method, and it stays switched.
+
+        ``x`` may also be a :class:`credit.data.Windows` (consecutive windows for a
+        stateful recurrent model): it is fed in order, in batches of its rows, with
+        its mask as sample weights and a :class:`credit.recurrent.StatefulWindows`
+        callback (state resets where sequences begin).
+        """
         if method is not None:
             self._set_method(method)
+        args, kwargs = recurrent.fit_arguments(self, args, kwargs)
         return super().fit(*args, **kwargs)
 
     def make_train_function(self, force=False):
