@@ -114,8 +114,8 @@ def test_true_future_gradient_makes_two_truncated_steps_equal_full_bptt():
 # -- the bootstrap target by hand -------------------------------------------------------
 
 
-@pytest.mark.parametrize("warmup", [0, 2])
-def test_bootstrap_target_update_and_gradients_equal_numpy_on_a_linear_rnn(warmup):
+@pytest.mark.parametrize("warmup, normalize", [(0, False), (2, False), (0, True)])
+def test_bootstrap_target_update_and_gradients_equal_numpy_on_a_linear_rnn(warmup, normalize):
     """SimpleRNN without activation: h_t = x_t K + h_{t-1} R + b, y_t = h_t V + c, MSE.
 
     Three windows. Step 1 has no previous window (nothing to train). Step 2's target at
@@ -123,12 +123,23 @@ def test_bootstrap_target_update_and_gradients_equal_numpy_on_a_linear_rnn(warmu
     ``scale * M(s_T) / B`` added at its end; the linear synthesizer ``M(s) = s A + a``
     regresses onto it by one SGD step. Before step 3 row 0 is reset: only rows 1 and 2
     give a target. During warm-up (steps 1 and 2 with ``warmup_steps=2``) nothing is
-    injected into the weights' gradients, but the target is the same.
+    injected into the weights' gradients, but the target is the same. With
+    ``normalize``, M predicts the target over sigma, the running RMS of the targets
+    (sigma = 0 before the first target: nothing injected), and sigma M is injected.
     """
     lr, scale = 0.1, 0.5
     model = rnn("simple", units=2, outputs=1, activation="linear")
     method = through_time(scale=scale, optimizer="sgd", learning_rate=lr,
-                          warmup_steps=warmup)
+                          warmup_steps=warmup, normalize=normalize)
+    decay = 0.99
+    moments = {"power": 0.0, "updates": 0}
+
+    def sigma():
+        if not normalize:
+            return 1.0
+        if not moments["updates"]:
+            return 0.0
+        return np.sqrt(moments["power"] / (1 - decay ** moments["updates"]))
     model.compile("sgd", "mse", method=method)
     layer = model.get_layer("rnn")
     K, R, b = (w.astype("float64") for w in layer.get_weights())
@@ -170,11 +181,16 @@ def test_bootstrap_target_update_and_gradients_equal_numpy_on_a_linear_rnn(warmu
 
     def expected_step(xw, yw, h0, rows, warm=False):
         hs = forward(xw, h0)
-        injected = scale * (hs[-1] @ A + a) / B
+        injected = scale * sigma() * (hs[-1] @ A + a) / B
         g0, grads = backward(xw, yw, h0, hs, injected)
         if warm:
             grads = backward(xw, yw, h0, hs, 0 * injected)[1]
         target = B * g0
+        if normalize:
+            square = (rows * (target ** 2).mean(1)).sum() / rows.sum()
+            moments["power"] += (1 - decay) * (square - moments["power"])
+            moments["updates"] += 1
+            target = target / sigma()
         prediction = h0 @ A + a
         per_row = ((prediction - target) ** 2).mean(1)
         loss = (rows * per_row).sum() / max(rows.sum(), 1)
@@ -301,9 +317,11 @@ def test_fit_on_windows_equals_fit_on_arrays_with_the_callback():
 def test_get_config_round_trips_the_through_time_hyperparameters():
     method = SyntheticGradients(seed=3, synthesizer="mlp", conditioned=True,
                                 at=["lstm"], warmup_steps=5, hidden_units=[16],
-                                through_time=True, scale=0.25, aux_weight=0.1)
+                                through_time=True, scale=0.25, aux_weight=0.1,
+                                normalize=False)
     config = method.get_config()
     assert config["through_time"] is True and config["scale"] == 0.25
+    assert config["normalize"] is False
     assert config["aux_weight"] == 0.1 and config["at"] == ["lstm"]
     again = credit.get(config)
     assert type(again) is SyntheticGradients and again.get_config() == config
@@ -317,6 +335,8 @@ def test_get_config_round_trips_the_through_time_hyperparameters():
     ({"through_time": True, "scale": 0}, ["scale", "0", "positive"]),
     ({"scale": 0.5}, ["scale=0.5", "through_time=True"]),
     ({"aux_weight": 0.1}, ["aux_weight=0.1", "through_time=True"]),
+    ({"normalize": False}, ["normalize=False", "through_time=True"]),
+    ({"through_time": True, "normalize": 1}, ["normalize", "1"]),
     ({"through_time": True, "aux_weight": -1}, ["aux_weight", "-1", ">= 0"]),
     ({"through_time": True, "target": "true"}, ["target='true'", "bootstrap"]),
     ({"through_time": True, "update_probability": 0.5}, ["update_probability=0.5"]),

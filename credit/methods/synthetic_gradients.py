@@ -11,6 +11,8 @@ from credit.registry import register
 from credit.signal import ErrorSignal, hidden_points, output_units
 
 SYNTHESIZERS = ("linear", "mlp")
+#: Decay of the running mean square of the bootstrap targets (``normalize=True``).
+NORMALIZE_DECAY = 0.99
 TARGETS = ("bootstrap", "true")
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 
@@ -119,6 +121,14 @@ class SyntheticGradients(ErrorSignal):
             ``aux_weight``, is backpropagated into the network as well as into the
             head, so the recurrent layer learns features that predict its own future
             gradient. Needs ``return_sequences=True``. Logged as ``aux_loss``.
+        normalize: through time only: the synthesizer predicts the bootstrap target
+            divided by its running root mean square ``sigma`` (decay 0.99, bias
+            corrected, over the rows that give a target), and ``sigma * M(s)`` is
+            what is injected. Keras averages a sequence loss over its time steps and
+            output units, so per-example state gradients are tiny (1e-3 and below)
+            and an Adam-trained synthesizer's steps would swamp them; normalised
+            targets are of order 1 whatever the loss's reduction. ``sg_loss`` is then
+            in units of the targets' mean square (predicting zero scores about 1).
 
     Attributes:
         synthesizers: dict from point (layer name) to its :class:`Synthesizer` (a Keras
@@ -150,7 +160,7 @@ class SyntheticGradients(ErrorSignal):
                  target="bootstrap", at=None, update_probability=1.0, warmup_steps=0,
                  hidden_units=(1024, 1024), hidden_filters=(128, 128), kernel_size=5,
                  activation="relu", optimizer="adam", learning_rate=0.01,
-                 through_time=False, scale=None, aux_weight=0.0):
+                 through_time=False, scale=None, aux_weight=0.0, normalize=True):
         super().__init__(seed=seed)
         if seed is not None and not _is_int(seed):
             raise ValueError(f"seed must be None or an integer; got {seed!r}.")
@@ -214,9 +224,13 @@ class SyntheticGradients(ErrorSignal):
             raise ValueError("aux_weight must be a number >= 0 (the weight of DNI's "
                              f"auxiliary task; 0 turns it off); got {aux_weight!r}.")
         self.aux_weight = float(aux_weight)
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise ValueError(f"normalize must be True or False; got {normalize!r}.")
+        self.normalize = bool(normalize)
         if not self.through_time:
             for name, value, off in (("scale", self.scale, None),
-                                     ("aux_weight", self.aux_weight, 0.0)):
+                                     ("aux_weight", self.aux_weight, 0.0),
+                                     ("normalize", self.normalize, True)):
                 if value != off:
                     raise ValueError(
                         f"{name}={value!r} applies to synthetic gradients through time "
@@ -369,6 +383,13 @@ class SyntheticGradients(ErrorSignal):
             # What the next window brings, set before each step by StatefulWindows.
             self._continues = self.state.add_weight(
                 shape=(batch,), name="continues", trainable=False, initializer="ones")
+            # Running mean square of each layer's targets and its number of updates.
+            self._moments = {name: (
+                self.state.add_weight(shape=(), name=f"target_power_{i}",
+                                      trainable=False, initializer="zeros"),
+                self.state.add_weight(shape=(), name=f"target_updates_{i}",
+                                      trainable=False, initializer="zeros"))
+                for i, name in enumerate(names)}
             self._next_condition = self.state.add_weight(
                 shape=(batch, max(n_cond, 1)), name="next_condition", trainable=False,
                 initializer="zeros")
@@ -460,19 +481,29 @@ class SyntheticGradients(ErrorSignal):
             condition = tf.cast(condition, "float32")
         return self.synthesizers[name](h, condition) / _global_batch(h)
 
+    def target_scale(self, name):
+        """``sigma``: the running RMS of layer ``name``'s bootstrap targets, per example
+        (1 without ``normalize``; 0 before the first target)."""
+        if not self.normalize:
+            return tf.constant(1.0)
+        power, updates = (tf.convert_to_tensor(v) for v in self._moments[name])
+        corrected = power / tf.maximum(1.0 - tf.pow(NORMALIZE_DECAY, updates), 1e-12)
+        return tf.where(updates > 0, tf.sqrt(corrected), 0.0)
+
     def future_gradient(self, name, trace):
         """The gradient injected at the final state of layer ``name``'s window.
 
-        ``scale * M(s_T[, y_next]) / batch_size`` (0 for rows that do not go on), one
-        tensor per part of the state, in the loss's units. An oracle subclass may
-        return the true gradient of the future loss instead.
+        ``scale * sigma * M(s_T[, y_next]) / batch_size`` (0 for rows that do not go
+        on; ``sigma`` from :meth:`target_scale`), one tensor per part of the state, in
+        the loss's units. An oracle subclass may return the true gradient of the
+        future loss instead.
         """
         window = trace.records[name]
         final = tf.concat([tf.cast(tf.stop_gradient(s), "float32") for s in window.final], -1)
         condition = self._next_condition_value() if self.conditioned else None
         predicted = self.synthesizers[name](final, condition)
         scale = 0.1 if self.scale is None else self.scale
-        delta = scale * predicted / _global_batch(final)
+        delta = scale * self.target_scale(name) * predicted / _global_batch(final)
         delta = delta * tf.convert_to_tensor(self._continues)[:, None]
         return self._split(delta, window.final)
 
@@ -538,8 +569,10 @@ class SyntheticGradients(ErrorSignal):
         first output step; its gradient is injected there and kept for the head."""
         first = window.first
         features = tf.cast(tf.stop_gradient(first), "float32")
+        sigma = self.target_scale(name)
         target = tf.stop_gradient(
-            tf.concat([tf.cast(f, "float32") for f in future], -1) * _global_batch(features))
+            tf.concat([tf.cast(f, "float32") for f in future], -1) * _global_batch(features)
+            / tf.where(sigma > 0, sigma, 1.0))
         head = self.aux_heads[name]
         with tf.GradientTape() as tape:
             tape.watch(features)
@@ -548,6 +581,19 @@ class SyntheticGradients(ErrorSignal):
         grads = tape.gradient(weighted, [features] + head.trainable_variables)
         trace.add_target(first, tf.cast(grads[0], first.dtype))
         return {"loss": loss, "grads": grads[1:], "variables": head.trainable_variables}
+
+    def _update_moments(self, name, target, rows):
+        """Fold this step's targets into the running mean square; return ``sigma``."""
+        power, updates = self._moments[name]
+        count = tf.reduce_sum(rows)
+        mean_square = tf.reduce_sum(rows * tf.reduce_mean(tf.square(target), -1)) / \
+            tf.maximum(count, 1.0)
+        given = tf.cast(count > 0, "float32")
+        power.assign(tf.convert_to_tensor(power) + given * (1.0 - NORMALIZE_DECAY) * (
+            mean_square - tf.convert_to_tensor(power)))
+        updates.assign_add(given)
+        sigma = self.target_scale(name)
+        return tf.where(sigma > 0, sigma, 1.0)
 
     def _update_through_time(self, trace):
         pending = self._pending
@@ -570,6 +616,8 @@ class SyntheticGradients(ErrorSignal):
                 # Per-example units, as the synthesizer predicts them.
                 target = tf.stop_gradient(arriving * _global_batch(prediction))
                 rows = entry["rows"]
+                if self.normalize:
+                    target = target / self._update_moments(name, target, rows)
                 per_row = tf.reduce_mean(tf.square(prediction - target), axis=-1)
                 losses.append(tf.reduce_sum(rows * per_row) / tf.maximum(tf.reduce_sum(rows), 1.0))
                 if "aux" in entry:
