@@ -403,3 +403,23 @@ def test_bad_models_and_data_get_errors_that_say_what_to_change():
     with pytest.raises(ValueError, match="a sequence begins inside a window"):
         recurrent.StatefulWindows(data.tbptt_sequence_windows(
             data.copy_task(length=2, n=2 * B, bits=D - 1), window=2, batch_size=B))
+
+
+def test_stacked_stateful_layers_each_get_a_synthesizer_and_summary_says_so():
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([
+        keras.Input(batch_shape=(B, T, D)),
+        keras.layers.GRU(U, stateful=True, return_sequences=True, name="low"),
+        keras.layers.LSTM(U, stateful=True, return_sequences=True, name="high"),
+        keras.layers.Dense(O, name="out"),
+    ])
+    model.compile("sgd", "mse", method=through_time(warmup_steps=1))
+    method = model.method
+    assert list(method.synthesizers) == ["low", "high"] and method.points == ()
+    assert method.synthesizers["high"].shape == (2 * U,)      # h and c
+    x, y = windows(3)
+    history = model.fit(x, y, batch_size=B, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["sg_loss"]).all()
+    rules = credit.summary(model).set_index("layer")["signal"]
+    assert "M(s_T) at each window's final state" in rules["low"]
+    assert "M(s_T)" not in rules["out"]

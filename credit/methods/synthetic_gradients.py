@@ -524,42 +524,50 @@ class SyntheticGradients(ErrorSignal):
 
     def _signals_through_time(self, trace):
         tape = tf.GradientTape()
-        warm = None
-        if self.warmup_steps > 0:
-            warm = tf.convert_to_tensor(self._step) < self.warmup_steps
         pending = {"trace": trace, "tape": tape, "layers": {}}
         condition = None
         if self.conditioned:
             condition = tf.cast(recurrent.encode_targets(
                 trace.y, self.graph.output_shapes[0]), "float32")
+        windows = {name: trace.records[name] for name in self.boundaries}
+        futures = {name: self.future_gradient(name, trace) for name in self.boundaries}
+        carried_back = {name: None for name in self.boundaries}
+        injected = futures
+        if self.warmup_steps > 0:
+            warm = tf.convert_to_tensor(self._step) < self.warmup_steps
+            injected = {name: [tf.where(warm, tf.zeros_like(f), f) for f in future]
+                        for name, future in futures.items()}
+            finals = [s for name in self.boundaries for s in windows[name].final]
+            initials = [s for name in self.boundaries for s in windows[name].initial]
+
+            def back():
+                grads = trace.tape.gradient(
+                    finals, initials,
+                    output_gradients=[f for name in self.boundaries for f in futures[name]],
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return [tf.cast(g, "float32") for g in grads]
+
+            # Nothing is injected while warming up, so the bootstrap targets need the
+            # synthetic gradients carried back separately (through every layer).
+            grads = tf.cond(warm, back, lambda: [tf.zeros_like(s, "float32") for s in initials])
+            for name in self.boundaries:
+                parts = len(windows[name].initial)
+                carried_back[name] = tf.concat(grads[:parts], -1)
+                grads = grads[parts:]
         for name in self.boundaries:
-            window = trace.records[name]
+            window = windows[name]
             initial = tf.concat([tf.cast(s, "float32") for s in window.initial], -1)
             with tape:
                 # The previous window's synthesizer, at this window's initial state.
                 prediction = self.synthesizers[name](tf.stop_gradient(initial), condition)
-            future = self.future_gradient(name, trace)
-            injected = future
-            extra = None
-            if warm is not None:
-                injected = [tf.where(warm, tf.zeros_like(f), f) for f in future]
-
-                def carried_back(window=window, future=future):
-                    grads = trace.tape.gradient(
-                        window.final, window.initial, output_gradients=future,
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    return tf.concat([tf.cast(g, "float32") for g in grads], -1)
-
-                # Nothing is injected while warming up, so the bootstrap target needs
-                # M(s_T) carried back separately.
-                extra = tf.cond(warm, carried_back, lambda: tf.zeros_like(initial))
-            for s, g in zip(window.final, injected):
+            for s, g in zip(window.final, injected[name]):
                 trace.add_target(s, g)
             sources = [trace.add_source(s) for s in window.initial]
-            entry = {"prediction": prediction, "sources": sources, "extra": extra,
+            entry = {"prediction": prediction, "sources": sources,
+                     "extra": carried_back[name],
                      "rows": self.carried[name].carried_rows(window.initial)}
             if self.aux_weight > 0:
-                entry["aux"] = self._auxiliary(name, window, future, trace)
+                entry["aux"] = self._auxiliary(name, window, futures[name], trace)
             pending["layers"][name] = entry
         self._pending = pending
         return {}
