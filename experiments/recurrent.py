@@ -46,11 +46,17 @@ Outputs, under ``<out>/recurrent/``:
     and whether it was solved at every evaluation; text: validation bpc), then
     ``done``. A finished run is not trained again: an interrupted sweep resumes.
     ``summary.csv`` / ``.md``: one row per run: ``task, method, truncation, seed,
-    max_length_solved, bpc`` (empty where not applicable), ``seconds``.
+    max_length_solved, bpc`` (empty where not applicable).
+    ``runs.csv`` / ``.md``: the same runs in more detail: ``solved_at`` (the step at
+    which the longest length was solved), ``next_error`` (the lowest error reached at
+    the next length, in bits per sequence), ``valid_bpc``, ``sg_loss`` (the
+    synthesizer's regression loss over the last tenth of training, in units of its
+    targets' mean square: 1 is what predicting zero scores), ``steps``, ``seconds``.
     ``copy.md``, ``repeat_copy.md``, ``text.md`` (and ``.csv``): per truncation, each
     method's score (mean ± std over seeds) and DNI's and cDNI's difference to BPTT.
-    ``horizon.png``: longest length solved per T; ``bpc.png``: test bpc per T;
-    ``curriculum.png``: the curriculum's length over training, per T.
+    ``horizon.png``: longest length solved per T (copy tasks) and test bpc per T
+    (text); ``curriculum_copy.png``, ``curriculum_repeat_copy.png``: the curriculum's
+    length over training, per T.
 
 Usage:
     python -m experiments.recurrent                       # the full run (~80 min, 1 core)
@@ -93,8 +99,9 @@ TASKS = ("copy", "repeat_copy", "text")
 METHODS = ("bptt", "dni", "cdni")
 TRUNCATIONS = (2, 3, 4, 5, 8)
 DEFAULT_SEEDS = (0,)
-SUMMARY_COLUMNS = ["task", "method", "truncation", "seed", "max_length_solved", "bpc",
-                   "seconds"]
+SUMMARY_COLUMNS = ["task", "method", "truncation", "seed", "max_length_solved", "bpc"]
+RUN_COLUMNS = ["task", "method", "truncation", "seed", "max_length_solved", "solved_at",
+               "next_error", "bpc", "valid_bpc", "sg_loss", "steps", "seconds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,21 +379,50 @@ def run(tasks, methods, truncations, seeds, settings, out, log=print):
 # Tables and figures
 
 
-def summarize(results):
-    """One row per run: ``task, method, truncation, seed, max_length_solved, bpc``."""
-    rows = []
-    for r in results:
-        rows.append({"task": r["task"], "method": r["method"], "truncation": r["truncation"],
-                     "seed": r["seed"], "max_length_solved": r.get("max_length_solved"),
-                     "bpc": r.get("bpc"), "seconds": r.get("seconds")})
-    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    frame["max_length_solved"] = frame["max_length_solved"].astype("Int64")
+def _sorted(frame):
     order = {m: i for i, m in enumerate(METHODS)}
     tasks = {t: i for i, t in enumerate(TASKS)}
     return frame.sort_values(
         ["task", "truncation", "method", "seed"],
         key=lambda c: c.map(tasks) if c.name == "task" else
         c.map(order) if c.name == "method" else c).reset_index(drop=True)
+
+
+def summarize(results):
+    """One row per run: ``task, method, truncation, seed, max_length_solved, bpc``."""
+    rows = [{"task": r["task"], "method": r["method"], "truncation": r["truncation"],
+             "seed": r["seed"], "max_length_solved": r.get("max_length_solved"),
+             "bpc": r.get("bpc")} for r in results]
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["max_length_solved"] = frame["max_length_solved"].astype("Int64")
+    frame["bpc"] = frame["bpc"].astype(float)
+    return _sorted(frame)
+
+
+def run_table(out, configs):
+    """The finished runs of ``configs`` in detail (see the module docstring)."""
+    rows = []
+    for config in configs:
+        folder = pathlib.Path(out) / "runs" / run_key(config)
+        if not folders.is_done(folder):
+            continue
+        result = read_json(folder / "result.json")
+        curve = pd.read_csv(folder / "curve.csv")
+        row = {k: config[k] for k in ("task", "method", "truncation", "seed")}
+        row.update({k: result.get(k) for k in ("max_length_solved", "bpc", "valid_bpc",
+                                               "steps", "seconds")})
+        tail = curve["sg_loss"].iloc[-max(1, len(curve) // 10):] if len(curve) else []
+        row["sg_loss"] = float(np.mean(tail)) if len(tail) else math.nan
+        if config["task"] != "text" and len(curve):
+            solved = curve[curve["solved"].astype(bool)]
+            row["solved_at"] = int(solved["step"].max()) if len(solved) else None
+            after = curve[curve["length"] == result["max_length_solved"] + 1]
+            row["next_error"] = float(after["error"].min()) if len(after) else math.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame["max_length_solved"] = frame["max_length_solved"].astype("Int64")
+    frame["solved_at"] = frame["solved_at"].astype("Int64")
+    return _sorted(frame)
 
 
 def task_table(summary, task):
@@ -472,9 +508,11 @@ def curriculum_frame(out, configs):
 
 
 def write_outputs(summary, out, configs):
-    """Write ``summary`` and the per-task tables (CSV + markdown) and the figures."""
+    """Write ``summary``, the runs in detail, the per-task tables (CSV + markdown) and
+    the figures."""
     out = pathlib.Path(out)
-    written = [write_table(summary, out, "summary", floatfmt=".3f")]
+    written = [write_table(summary, out, "summary", floatfmt=".3f"),
+               write_table(run_table(out, configs), out, "runs", floatfmt=".3f")]
     for task in TASKS:
         if task not in set(summary["task"]):
             continue
@@ -488,9 +526,12 @@ def write_outputs(summary, out, configs):
     if len(summary):
         written.append(plot_scores(summary, out / "horizon.png"))
     curves = curriculum_frame(out, configs)
-    if curves is not None:
-        written.append(results_lib.plot_curves(curves, out / "curriculum.png",
-                                               metric="length"))
+    for task in ("copy", "repeat_copy"):
+        rows = None if curves is None else curves[curves["dataset"].str.startswith(task + " ")]
+        if rows is not None and len(rows):
+            written.append(results_lib.plot_curves(
+                rows, out / f"curriculum_{task}.png", metric="length",
+                xlabel="training step"))
     return written
 
 

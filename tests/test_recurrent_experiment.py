@@ -34,17 +34,21 @@ def test_tiny_run_writes_summary_tables_figures_and_run_folders(tiny):
     folder, summary = tiny
     table = pd.read_csv(folder / "summary.csv")
     assert list(table.columns) == ["task", "method", "truncation", "seed",
-                                   "max_length_solved", "bpc", "seconds"]
+                                   "max_length_solved", "bpc"]
     assert sorted(zip(table["task"], table["method"])) == [
         ("copy", "bptt"), ("copy", "cdni"), ("text", "bptt"), ("text", "cdni")]
     copy, text = table[table["task"] == "copy"], table[table["task"] == "text"]
     assert copy["bpc"].isna().all() and (copy["max_length_solved"] >= 0).all()
     assert text["max_length_solved"].isna().all() and (text["bpc"] > 0).all()
     assert (table["truncation"] == 2).all() and (table["seed"] == 0).all()
-    for name in ("summary.md", "copy.md", "copy.csv", "text.md", "text.csv"):
+    runs_table = pd.read_csv(folder / "runs.csv")
+    assert len(runs_table) == 4 and (runs_table["seconds"] > 0).all()
+    assert runs_table.loc[runs_table["method"] == "cdni", "sg_loss"].notna().all()
+    assert runs_table.loc[runs_table["method"] == "bptt", "sg_loss"].isna().all()
+    for name in ("summary.md", "runs.md", "copy.md", "copy.csv", "text.md", "text.csv"):
         assert (folder / name).is_file(), name
     assert "cdni_minus_bptt" in (folder / "copy.md").read_text()
-    for name in ("horizon.png", "curriculum.png"):
+    for name in ("horizon.png", "curriculum_copy.png"):
         assert (folder / name).read_bytes()[:8] == PNG, name
     runs = sorted(r for r in (folder / "runs").iterdir() if not r.name.startswith("."))
     assert len(runs) == 4 and all((r / "done").is_file() for r in runs)
