@@ -59,8 +59,8 @@ Outputs, under ``<out>/recurrent/``:
     length over training, per T.
 
 Usage:
-    python -m experiments.recurrent                       # the full run (~80 min, 1 core)
-    python -m experiments.recurrent --quick               # smoke run, under 5 minutes
+    python -m experiments.recurrent                       # the full run (~50 min, 1 core)
+    python -m experiments.recurrent --quick               # smoke run, about 1 minute
     python -m experiments.recurrent --tasks copy --truncations 2,8 --seeds 0 1
 """
 
