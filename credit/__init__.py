@@ -43,6 +43,7 @@ if _keras.config.backend() != "tensorflow":  # keras was imported earlier with a
 
 from credit import distributed  # noqa: E402
 from credit import methods  # noqa: E402  (registers the methods)
+from credit import recurrent  # noqa: E402
 from credit import transports  # noqa: E402
 from credit.diagnostics import AlignmentCallback, alignment, summary  # noqa: E402
 from credit.graph import GraphError  # noqa: E402
@@ -66,6 +67,7 @@ __all__ = [
     "distributed",
     "get",
     "methods",
+    "recurrent",
     "register",
     "summary",
     "transports",

@@ -61,6 +61,9 @@ def summary(model, method=None):
             crossing = _transport_rule(graph, method, plan, name, layer)
         if isinstance(layer, graph_lib.RECURRENT):
             crossing = "BPTT inside; " + crossing
+        rule = getattr(method, "intercept_rule", None)
+        if rule and name in method.intercepted:
+            signal = f"{signal}, {rule}"
         rows.append({"layer": name, "type": type(layer).__name__,
                      "block": None if block is None else block.index,
                      "signal": signal, "transport": crossing,

@@ -725,6 +725,25 @@ def gate(a, x, adjoint):
     return _gate(a, x)
 
 
+class Records(dict):
+    """What a method's ``intercept`` keeps during the forward pass (a dict), and the tape.
+
+    A tensor an intercepted call creates from something the tape does not watch (the
+    value of a non-trainable variable, such as a stateful RNN's carried state) has no
+    gradient unless it is watched before it is used: :meth:`watch` does that on the
+    step's tape.
+    """
+
+    def __init__(self, tape):
+        super().__init__()
+        self._tape = tape
+
+    def watch(self, *tensors):
+        """Watch ``tensors`` on the step's tape, so that gradients reach them."""
+        for t in tensors:
+            self._tape.watch(t)
+
+
 class StepRecorder:
     """The recorder of one training step: applies transports, records and cuts points.
 
@@ -736,7 +755,8 @@ class StepRecorder:
         use_transports: apply the method's transports (False: true gradients).
         intercept: ``intercept(layer, call, args, kwargs, records)`` (the method's), run
             in place of the calls of the plan's intercepted layers; ``call`` runs the
-            layer (with its transports and points), ``records`` is the trace's dict.
+            layer (with its transports and points), ``records`` is the trace's
+            :class:`Records` dict.
     """
 
     def __init__(self, plan, transport, tape, stop=True, use_transports=True,
@@ -750,7 +770,7 @@ class StepRecorder:
         self.frames = {}
         self.outputs = {}
         self.stops = {}
-        self.records = {}
+        self.records = Records(tape)
         self.logits = {}  # layer name -> the tensor an output's error is read at
 
     def on_call(self, layer, original, args, kwargs):

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import registry, transports
+from credit import recurrent, registry, transports
 from credit.signal import MethodState, Trace
 
 Gradients = collections.namedtuple("Gradients", ["gradients", "loss", "y_pred", "logs"])
@@ -230,7 +230,17 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         gradient = _scale(model, tf.cast(tf.stop_gradient(gradient), "float32"))
         targets.append(tensor)
         output_gradients.append(tf.cast(gradient, tensor.dtype))
-    gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
+    sources = list(trace.extra_sources)
+    gradients = tape.gradient(targets, list(variables) + sources,
+                              output_gradients=output_gradients)
+    if sources:
+        # The gradients at the extra sources come from the same backward pass; undo
+        # the loss scale (mixed precision) that the optimizer undoes for the weights.
+        unscale = 1.0 / _scale(model, tf.constant(1.0))
+        trace.source_gradients = [
+            tf.zeros_like(s) if g is None else g * tf.cast(unscale, g.dtype)
+            for s, g in zip(sources, gradients[len(variables):])]
+        gradients = gradients[:len(variables)]
     trace.gradients = gradients
     logs = method.update(trace, signals) or {}
     del trace.tape, tape
@@ -418,9 +428,16 @@ class Model(keras.Model):
         self._set_method(method)
 
     def fit(self, *args, method=None, **kwargs):
-        """``keras.Model.fit`` with ``method=``: switches the method, and it stays switched."""
+        """``keras.Model.fit`` with ``method=``: switches the method, and it stays switched.
+
+        ``x`` may also be a :class:`credit.data.Windows` (consecutive windows for a
+        stateful recurrent model): it is fed in order, in batches of its rows, with
+        its mask as sample weights and a :class:`credit.recurrent.StatefulWindows`
+        callback (state resets where sequences begin).
+        """
         if method is not None:
             self._set_method(method)
+        args, kwargs = recurrent.fit_arguments(self, args, kwargs)
         return super().fit(*args, **kwargs)
 
     def make_train_function(self, force=False):

@@ -688,7 +688,8 @@ def to_markdown(table, floatfmt=".3f", missing="n/a"):
 # Plots
 
 
-def plot_curves(df, path, metric=None, band="minmax", include_diverged=False):
+def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
+                xlabel="epoch"):
     """Plot learning curves: one subplot per data set, one line per method.
 
     Each line is the mean over seeds of ``metric`` at each epoch, with a shaded
@@ -703,6 +704,8 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False):
             frame has any test accuracy values, else ``"test_loss"``.
         band: ``"minmax"`` or ``"std"``.
         include_diverged: If False (default), diverged runs are left out.
+        xlabel: Label of the x axis (the ``epoch`` column may count other units, such
+            as training steps).
 
     Returns:
         The path written, as a :class:`pathlib.Path`.
@@ -745,7 +748,7 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False):
                 low, high = stats["mean"] - std, stats["mean"] + std
             ax.fill_between(stats.index, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(dataset)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.legend(fontsize="small")
     path = pathlib.Path(path)

@@ -59,6 +59,10 @@ class Trace:
         records: what the method's ``intercept`` recorded during the forward pass.
         extra_targets: ``(tensor, gradient)`` pairs the backward pass adds (see
             :meth:`add_target`).
+        extra_sources: tensors of the forward pass at which the backward pass also
+            reads the arriving gradient (see :meth:`add_source`).
+        source_gradients: after the backward pass, the gradients at ``extra_sources``
+            (zeros where nothing arrives; unscaled under mixed precision), else None.
 
     The methods return the vector-Jacobian products methods are made of.
     """
@@ -75,6 +79,8 @@ class Trace:
         self._logits = recorder.logits
         self.records = recorder.records
         self.extra_targets = []
+        self.extra_sources = []
+        self.source_gradients = None
         self.x = x
         self.y = y
         self.sample_weight = sample_weight
@@ -231,6 +237,18 @@ class Trace:
         recurrent layer's final state."""
         self.extra_targets.append((tensor, gradient))
 
+    def add_source(self, tensor):
+        """Read the gradient arriving at ``tensor`` in the step's one backward pass.
+
+        ``tensor`` must have been watched on the tape (``records.watch`` in an
+        ``intercept``) or computed from something watched. After the backward pass,
+        ``source_gradients[i]`` is the gradient at the i-th source added: e.g. the
+        gradient reaching a stateful RNN's initial state, the bootstrap target of
+        synthetic gradients through time. Returns the source's index.
+        """
+        self.extra_sources.append(tensor)
+        return len(self.extra_sources) - 1
+
     # -- backward products -----------------------------------------------------------
 
     def gradient(self, signals, sources, objective=True):
@@ -311,7 +329,8 @@ class ErrorSignal(abc.ABC):
 
     Optionally, a method that must act inside a layer's call (synthetic gradients through
     time read a stateful RNN's carried state) names those layers in ``self.intercepted``
-    in :meth:`build` and implements :meth:`intercept`.
+    in :meth:`build` and implements :meth:`intercept`; its ``intercept_rule`` (a short
+    phrase, or None) tells :func:`credit.summary` what it adds to those layers.
 
     Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored on
     the instance under the same names: :meth:`get_config` reads them from there.
@@ -342,6 +361,7 @@ class ErrorSignal(abc.ABC):
     log_names = ()
     transport_rule = None
     point_rule = None
+    intercept_rule = None
 
     def __init__(self, seed=None):
         self.seed = seed

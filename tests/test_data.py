@@ -625,6 +625,24 @@ def test_tbptt_sequence_windows_on_copy_sequences():
     assert aligned.resets.all() and aligned.starts[:, 1:].sum() == 0
 
 
+def test_aligned_sequence_windows_start_each_sequence_at_a_window_and_undo_to_rows():
+    b = data.copy_task(length=2, n=6, bits=3, seed=2)          # 6 sequences of 5 steps
+    w = data.tbptt_sequence_windows(b, window=3, batch_size=3, align=True)
+    # each sequence padded to 6 steps: 2 per row, 4 windows; a start only at windows 0, 2
+    assert w.inputs.shape == (12, 3, 4) and w.starts[:, 1:].sum() == 0
+    assert w.resets.tolist() == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    rows, mask = w.to_rows(w.inputs), w.to_rows(w.mask)
+    for r in range(3):
+        for k in range(2):
+            seq = b.inputs[2 * r + k]
+            np.testing.assert_array_equal(rows[r, 6 * k:6 * k + 5], seq)
+            np.testing.assert_array_equal(mask[r, 6 * k:6 * k + 6], np.r_[b.mask[2 * r + k], 0])
+    assert (rows[:, 5] == 0).all() and (rows[:, 11] == 0).all()
+    np.testing.assert_array_equal(w.to_rows(w.targets)[:, :5], b.targets[::2])
+    with pytest.raises(ValueError, match=r"values must have shape \(12, 3, ...\)"):
+        w.to_rows(w.inputs[:6])
+
+
 def test_tbptt_sequence_windows_of_different_lengths():
     seqs = [np.full((k, 1), k, np.float32) for k in (3, 1, 4, 2)]
     w = data.tbptt_sequence_windows(seqs, window=3, batch_size=2)   # rows: [3, 1] and [4, 2]

@@ -111,6 +111,33 @@ class Windows:
         """
         return self.starts[:, 0].copy()
 
+    def to_rows(self, values):
+        """Undo the layout: per-example values back to one array per row.
+
+        Args:
+            values: Array ``(n_windows * B, window, ...)`` in the order of the
+                examples, e.g. ``model.predict(w.inputs, batch_size=B)`` or
+                ``w.targets``.
+
+        Returns:
+            Array ``(B, n_windows * window, ...)``: row r is the r-th row of the
+            stream (or of the sequences end to end), in time order.
+
+        Example:
+            >>> w = tbptt_windows(np.arange(12), window=2, batch_size=2)
+            >>> w.to_rows(w.inputs).tolist()
+            [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
+        """
+        values = np.asarray(values)
+        b, t = self.batch_size, self.window
+        if values.shape[:2] != (self.n_windows * b, t):
+            raise ValueError(
+                f"values must have shape ({self.n_windows * b}, {t}, ...), one window per "
+                f"example like the inputs; got {values.shape}.")
+        rest = values.shape[2:]
+        out = values.reshape(self.n_windows, b, t, *rest).swapaxes(0, 1)
+        return np.ascontiguousarray(out).reshape(b, self.n_windows * t, *rest)
+
     def check_order(self, window_index, row=None):
         """Check that examples were seen in the order a stateful RNN needs.
 
@@ -269,7 +296,8 @@ def next_step_windows(ids, window, batch_size):
     return tbptt_windows(ids[:-1], window, batch_size, targets=ids[1:])
 
 
-def tbptt_sequence_windows(sequences, window, batch_size, targets=None, mask=None):
+def tbptt_sequence_windows(sequences, window, batch_size, targets=None, mask=None,
+                           align=False):
     """Lay independent sequences end to end as windows for stateful truncated BPTT.
 
     The sequences are dealt to ``batch_size`` rows in contiguous blocks: with
@@ -294,6 +322,11 @@ def tbptt_sequence_windows(sequences, window, batch_size, targets=None, mask=Non
             :class:`SequenceBatch`.
         mask: Per-step weights of the sequences, ``(n, steps)`` or a list of
             ``(steps_k,)``; ignored for a :class:`SequenceBatch`.
+        align: Pad each sequence at its end with zeros (mask 0) to a whole number
+            of windows, so that every sequence begins at a window's first step:
+            the state can then be reset between batches where ``resets`` says
+            (``credit.recurrent.StatefulWindows`` does), and no window mixes two
+            sequences.
 
     Returns:
         A :class:`Windows`; ``dropped`` counts the sequences left out.
@@ -337,6 +370,15 @@ def tbptt_sequence_windows(sequences, window, batch_size, targets=None, mask=Non
     if mask is None:
         mask = [np.ones(k, np.float32) for k in lengths]
     starts = [np.eye(1, k, dtype=bool)[0] for k in lengths]
+    if align:
+        def pad(parts):
+            return [np.concatenate([p, np.zeros((-len(p) % window, *p.shape[1:]), p.dtype)])
+                    for p in parts]
+
+        sequences, starts = pad(sequences), pad(starts)
+        targets = None if targets is None else pad(targets)
+        mask = pad([np.asarray(m, np.float32) for m in mask])
+        lengths = [len(s) for s in sequences]
     row_lengths = [sum(lengths[r * per_row:(r + 1) * per_row]) for r in range(batch_size)]
     length = -(-max(row_lengths) // window) * window     # rounded up to whole windows
     n_windows = length // window

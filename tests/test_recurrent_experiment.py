@@ -1,0 +1,117 @@
+"""experiments.recurrent: a tiny run of the whole pipeline, its files, resuming, flags.
+
+The tiny run trains four models (about 30 s): those tests are marked slow.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from credit import data  # noqa: E402
+from experiments import recurrent  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+ARGS = ["--quick", "--steps", "12", "--tasks", "copy,text", "--methods", "bptt", "cdni",
+        "--truncations", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recurrent")
+    summary = recurrent.main(ARGS + ["--out", str(out)])
+    return out / "recurrent", summary
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_summary_tables_figures_and_run_folders(tiny):
+    folder, summary = tiny
+    table = pd.read_csv(folder / "summary.csv")
+    assert list(table.columns) == ["task", "method", "truncation", "seed",
+                                   "max_length_solved", "bpc"]
+    assert sorted(zip(table["task"], table["method"])) == [
+        ("copy", "bptt"), ("copy", "cdni"), ("text", "bptt"), ("text", "cdni")]
+    copy, text = table[table["task"] == "copy"], table[table["task"] == "text"]
+    assert copy["bpc"].isna().all() and (copy["max_length_solved"] >= 0).all()
+    assert text["max_length_solved"].isna().all() and (text["bpc"] > 0).all()
+    assert (table["truncation"] == 2).all() and (table["seed"] == 0).all()
+    runs_table = pd.read_csv(folder / "runs.csv")
+    assert len(runs_table) == 4 and (runs_table["seconds"] > 0).all()
+    assert runs_table.loc[runs_table["method"] == "cdni", "sg_loss"].notna().all()
+    assert runs_table.loc[runs_table["method"] == "bptt", "sg_loss"].isna().all()
+    for name in ("summary.md", "runs.md", "copy.md", "copy.csv", "text.md", "text.csv"):
+        assert (folder / name).is_file(), name
+    assert "cdni_minus_bptt" in (folder / "copy.md").read_text()
+    for name in ("horizon.png", "curriculum_copy.png"):
+        assert (folder / name).read_bytes()[:8] == PNG, name
+    runs = sorted(r for r in (folder / "runs").iterdir() if not r.name.startswith("."))
+    assert len(runs) == 4 and all((r / "done").is_file() for r in runs)
+    config = json.loads((runs[0] / "config.json").read_text())
+    assert recurrent.run_key(config) == runs[0].name
+    assert not list(folder.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_second_run_reads_the_finished_runs_back(tiny, monkeypatch):
+    folder, summary = tiny
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(recurrent, "train_copy", no_training)
+    monkeypatch.setattr(recurrent, "train_text", no_training)
+    again = recurrent.main(ARGS + ["--out", str(folder.parent)])
+    pd.testing.assert_frame_equal(again, summary)
+
+
+def test_an_interrupted_run_is_trained_again_from_scratch(tmp_path):
+    settings = dataclasses.replace(recurrent.QUICK, steps=4)
+    config = recurrent.run_config("copy", "bptt", 2, 0, settings)
+    runs = tmp_path / "runs"
+    folder = runs / recurrent.run_key(config)
+    folder.mkdir(parents=True)
+    (folder / "stale.txt").write_text("left by a killed run")     # and no done marker
+    result = recurrent.run_one(config, runs, log=lambda line: None)
+    assert (folder / "done").is_file() and not (folder / "stale.txt").exists()
+    assert result["steps"] >= 4 and result["task"] == "copy"
+    assert not (runs / ".claims" / folder.name).exists()          # the claim is released
+
+
+def test_copy_error_scores_each_sequence_once():
+    """The error helper reads predictions back per row and masks the padding."""
+    batch = data.copy_task(length=2, n=3, bits=2, seed=0)
+    windows = data.tbptt_sequence_windows(batch, window=2, batch_size=3, align=True)
+
+    class Perfect:
+        def predict(self, inputs, batch_size, verbose, callbacks):
+            return np.where(windows.targets > 0.5, 30.0, -30.0)
+
+    assert recurrent.copy_error(Perfect(), windows) < 1e-9
+
+    class Coin:
+        def predict(self, inputs, batch_size, verbose, callbacks):
+            return np.zeros_like(windows.targets)
+
+    assert recurrent.copy_error(Coin(), windows) == pytest.approx(2 * 2)   # 2 vectors x 2 bits
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--tasks", "ptb"], ["--tasks", "ptb", "copy"]),
+    (["--methods", "dfa"], ["--methods", "dfa", "bptt"]),
+    (["--truncations", "0"], ["--truncations", "0", ">= 1"]),
+    (["--truncations", "two"], ["--truncations", "two"]),
+    (["--seeds", "-1"], ["--seeds", "-1"]),
+])
+def test_bad_flags_fail_before_training(argv, words, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        recurrent.main(argv + ["--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
