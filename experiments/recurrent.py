@@ -40,7 +40,8 @@ per step), so a larger T sees more data. All runs of a seed start from the same 
 (``keras.utils.set_random_seed(seed)`` before building the model); the seed also seeds
 the curriculum's sequences and the synthesizer. Each run uses one CPU thread.
 
-Outputs, under ``<out>/recurrent/``:
+Outputs, under ``<out>/recurrent/`` (``<out>/recurrent_quick/`` with --quick, so that a quick
+run never overwrites the full tables):
     ``runs/<hash>/``: one folder per run (named by a hash of its config) with
     ``config.json``, ``result.json``, ``curve.csv`` (copy tasks: the length, the error
     and whether it was solved at every evaluation; text: validation bpc), then
@@ -560,7 +561,7 @@ def _parser():
                         help="TensorFlow threads (default 1: one core)")
     cli.add_common(parser, seeds_default="0",
                    quick_help="smoke run: small LSTM, 300 steps, T=3: under 5 minutes",
-                   out_name="recurrent")
+                   out_name="recurrent (recurrent_quick with --quick)")
     return parser
 
 
@@ -598,7 +599,8 @@ def parse_args(argv=None):
                          "lengths are distinct integers >= 1. Pass for example "
                          "--truncations 2 3 4 5 8.")
     seeds = cli.seeds(args.seeds, parser) if args.seeds is not None else list(DEFAULT_SEEDS)
-    out = cli.check_out(parser, args.out) / "recurrent"
+    # A quick run gets a folder of its own, so that it never overwrites the full tables.
+    out = cli.check_out(parser, args.out) / ("recurrent_quick" if args.quick else "recurrent")
     return args, settings, tasks, methods, list(truncations), seeds, out
 
 

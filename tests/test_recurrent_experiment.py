@@ -26,7 +26,7 @@ ARGS = ["--quick", "--steps", "12", "--tasks", "copy,text", "--methods", "bptt",
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("recurrent")
     summary = recurrent.main(ARGS + ["--out", str(out)])
-    return out / "recurrent", summary
+    return out / "recurrent_quick", summary
 
 
 @pytest.mark.slow
