@@ -23,8 +23,8 @@ ingredients as ``fit``: the step is :func:`credit.compute_gradients` inside
 gradients), and the model's compiled loss and metrics, the method's own logs (e.g.
 ``sg_loss``) and Keras callbacks work as in ``fit``.
 
-Multi-host training (paste into the README)
--------------------------------------------
+Multi-host training
+-------------------
 
 Every method trains on several hosts with ``credit.distributed.fit``, a custom training
 loop for ``tf.distribute.MultiWorkerMirroredStrategy`` (Keras 3's own ``fit`` does not
@@ -111,8 +111,7 @@ distributed dataset as input (use a ``tf.data.Dataset``), ``class_weight``,
 ``validation_split``, ``BackupAndRestore``, ``ParameterServerStrategy`` and
 ``TPUStrategy``, stateful recurrent models and synthetic gradients through time (their
 windows must stay in order on one replica). The ``TensorBoard`` callback needs the
-``tensorboard`` package, which TensorFlow 2.21 does not install
-(``pip install tensorboard``).
+``tensorboard`` package, which TensorFlow 2.21 does not install; credit declares it.
 """
 
 import os
