@@ -20,7 +20,13 @@ that reaches it. Hooks (``callbacks``, ``after_fit``) must then be picklable (mo
 functions).
 
 Speed, measured on ``python -m experiments.compare --quick`` (wall clock of the whole
-command, a 2-core machine shared with other engineers' jobs):
+command on a 2-core machine):
+
+- 11 methods, 31 runs, quiet machine (load below 1), 2026-12-04: one process 81 s
+  (80 CPU seconds: one process keeps one core busy), ``--workers 2`` 58 s (94 CPU
+  seconds): **1.40x**.
+
+Earlier, on the same machine shared with other engineers' jobs:
 
 - 6 methods, 16 runs: one process 104 s, ``--workers 2`` 135 s, while other jobs
   started (load 1.3 rising to 4.1); then with two or three other jobs throughout (load
@@ -29,10 +35,11 @@ command, a 2-core machine shared with other engineers' jobs):
   (159 CPU seconds), ``--workers 2`` 348 s (171 CPU seconds): 1.26 x, largely because
   two processes get a larger share of a contended machine.
 
-A worker pays TensorFlow's import and its own tracing of every model (about 10% more
-CPU in all), and on two cores two workers share what one process already half-uses;
-with runs of a few seconds that cancels most of the gain. Workers pay off with longer
-runs and more free cores.
+A worker pays TensorFlow's import and its own tracing of every model (about 10-15%
+more CPU in all); a run of these small models keeps about one core busy, so on a
+quiet machine a second worker puts the idle core to work, and on a loaded one the gain
+is whatever share of the machine the extra process wins. Workers pay off more with
+longer runs and more free cores.
 
 Example:
     >>> configs = grid(methods=["backprop", "dfa"], datasets=["digits"], seeds=[0, 1],
