@@ -318,16 +318,20 @@ class SyntheticGradients(ErrorSignal):
             optimizer.build(variables)
             self.state.synthesizer_layers = list(synthesizers.values())
             self.state.synthesizer_optimizer = optimizer
-            self._step = self.state.add_weight(shape=(), dtype="int64", name="step",
-                                               initializer="zeros", trainable=False,
-                                               aggregation="only_first_replica")
-            self._seed_variable = self.state.add_weight(
-                shape=(), dtype="int64", name="seed", trainable=False,
-                initializer=keras.initializers.Constant(base),
-                aggregation="only_first_replica")
+            self._add_counters(base)
         self.synthesizers = synthesizers
         self.optimizer_instance = optimizer
         self.boundaries = tuple(boundaries)
+
+    def _add_counters(self, base):
+        """The step counter and the seed of the stochastic draws, saved with the state."""
+        self._step = self.state.add_weight(shape=(), dtype="int64", name="step",
+                                           initializer="zeros", trainable=False,
+                                           aggregation="only_first_replica")
+        self._seed_variable = self.state.add_weight(
+            shape=(), dtype="int64", name="seed", trainable=False,
+            initializer=keras.initializers.Constant(base),
+            aggregation="only_first_replica")
 
     def _build_through_time(self, graph):
         if _replicas() > 1:
@@ -373,13 +377,7 @@ class SyntheticGradients(ErrorSignal):
             self.state.carried_states = list(carried.values())
             self.state.aux_heads = list(heads.values())
             self.state.synthesizer_optimizer = optimizer
-            self._step = self.state.add_weight(shape=(), dtype="int64", name="step",
-                                               initializer="zeros", trainable=False,
-                                               aggregation="only_first_replica")
-            self._seed_variable = self.state.add_weight(
-                shape=(), dtype="int64", name="seed", trainable=False,
-                initializer=keras.initializers.Constant(base),
-                aggregation="only_first_replica")
+            self._add_counters(base)
             # What the next window brings, set before each step by StatefulWindows.
             self._continues = self.state.add_weight(
                 shape=(batch,), name="continues", trainable=False, initializer="ones")
