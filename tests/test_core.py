@@ -258,15 +258,24 @@ def test_feedback_alignment_matches_hand_computation(classification_data):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_direct_feedback_alignment_matches_hand_computation(classification_data):
-    x, y = classification_data
+def _dfa_by_hand(x, y):
+    """A tanh MLP 16-8 under DFA (seed 5) and its update computed in numpy.
+
+    Returns the model, the update, the feedback matrices (B1, B2) and the numpy forward
+    pass ``(x64, h1, h2, e, kernels)``."""
     model = mlp(hidden=(16, 8))
     model.compile(loss="sparse_categorical_crossentropy", method={"name": "dfa", "seed": 5})
     B1, B2 = [model.method.feedback_matrices[layer.name].numpy().astype("float64")
               for layer in model.layers[:2]]
-    x64, h1, h2, e, _ = _numpy_forward(model, x, y)
+    forward = _numpy_forward(model, x, y)
+    x64, h1, h2, e, _ = forward
     g2 = (e @ B2) * (1 - h2**2)
-    expected = _numpy_update(x64, h1, h2, e, g2, e @ B1)
+    return model, _numpy_update(x64, h1, h2, e, g2, e @ B1), (B1, B2), forward
+
+
+def test_direct_feedback_alignment_matches_hand_computation(classification_data):
+    x, y = classification_data
+    model, expected, _, _ = _dfa_by_hand(x, y)
     for a, b in zip(grads_of(model, x, y, model.method), expected):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
@@ -615,13 +624,7 @@ def _cosine(a, b):
 def test_alignment_equals_a_hand_computation(classification_data):
     """DFA's cosines and norm ratios, and FA's angles between W and B, from numpy."""
     x, y = classification_data
-    model = mlp(hidden=(16, 8))
-    model.compile(loss="sparse_categorical_crossentropy", method={"name": "dfa", "seed": 5})
-    B1, B2 = [model.method.feedback_matrices[layer.name].numpy().astype("float64")
-              for layer in model.layers[:2]]
-    x64, h1, h2, e, (w1, w2, w3) = _numpy_forward(model, x, y)
-    g2 = (e @ B2) * (1 - h2**2)
-    dfa = _numpy_update(x64, h1, h2, e, g2, e @ B1)
+    model, dfa, (B1, B2), (x64, h1, h2, e, (w1, w2, w3)) = _dfa_by_hand(x, y)
     true_delta2 = e @ w3.T
     true_g2 = true_delta2 * (1 - h2**2)
     true_delta1 = true_g2 @ w2.T
