@@ -390,7 +390,7 @@ def tables(run_results, folder, tuned_keys=(), tuning_table=None):
     if tuning_table is not None and len(tuning_table):
         write_table(tuning_table, folder, "tuning", floatfmt=".4g", caption=(
             "Tuning on the validation split: each grid point's validation metric at the "
-            f"best epoch, mean over tuning seeds; chosen: the point used for the seeds "
+            "best epoch, mean over tuning seeds; chosen: the point used for the seeds "
             "of the accuracy table."), markdown_table=tables_lib.display(tuning_table))
     figures = _figures(df, folder)
     return accuracy_md, convergence_md, figures

@@ -612,7 +612,6 @@ class SyntheticGradients(ErrorSignal):
         with tape:
             for name in self.boundaries:
                 entry = pending["layers"][name]
-                window = trace.records[name]
                 arriving = tf.concat(
                     [tf.cast(trace.source_gradients[i], "float32") for i in entry["sources"]],
                     -1)
