@@ -227,6 +227,7 @@ class Plan:
         self.configs, self.grids, self.tune_seeds = configs, grids, list(tune_seeds)
 
     def tuned_keys(self):
+        """The config keys the tuning grids vary (the columns of the chosen settings)."""
         if not self.grids:
             return []
         keys = []

@@ -16,6 +16,7 @@ def _ints(values):
 
 
 def parser():
+    """The argparse parser of ``python -m experiments.decoupled``."""
     p = argparse.ArgumentParser(
         prog="python -m experiments.decoupled",
         description="Decoupled execution, measured: a wide MLP split into K stages, one "

@@ -57,12 +57,14 @@ class Settings:
     quick: bool = False
 
     def spec(self, seed, input_dim=784, classes=10):
+        """The model spec of the experiment's MLP for ``seed``."""
         return {"width": self.width, "depth": self.depth, "input_dim": input_dim,
                 "classes": classes, "seed": int(seed), "activation": "relu",
                 "batch_norm": True}
 
     @property
     def optimizer(self):
+        """The optimizer config every run uses."""
         return {"class_name": "Adam", "config": {"learning_rate": self.learning_rate}}
 
 
@@ -324,6 +326,7 @@ def check_simulator(settings, rows, times, steps):
 
 
 def profile_table(profiled):
+    """The profiled piece times as a DataFrame (one row per stage and piece)."""
     import pandas as pd
 
     rows = []
@@ -368,6 +371,7 @@ def run(settings, out, log=print):
 
 
 def write_outputs(folder, settings, rows, summary, simulated, check, profiled, context):
+    """Write the CSV tables, ``transfer.json`` and ``decoupled.md`` under ``folder``, atomically."""
     import pandas as pd
 
     from experiments.runner.files import write_atomic, write_csv, write_json

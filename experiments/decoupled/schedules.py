@@ -84,6 +84,7 @@ class Links:
         self.sending = 0.0
 
     def send(self, to, kind, step, payload, micro=0):
+        """Put a message in stage ``to``'s inbox, timing the send."""
         start = self.clock()
         self.inboxes[to].put((kind, step, micro, payload))
         self.sending += self.clock() - start
@@ -123,6 +124,7 @@ class Links:
         return self.buffer.pop(key)
 
     def take(self, key):
+        """Remove and return a message already received under ``key``."""
         return self.buffer.pop(key)
 
 

@@ -134,6 +134,7 @@ def chain_blocks(model):
 
 
 def tf_spec(model):
+    """The ``tf.TensorSpec`` of a batch of ``model``'s (single) input."""
     import tensorflow as tf
 
     return tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), model.inputs[0].dtype)

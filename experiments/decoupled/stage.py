@@ -69,10 +69,12 @@ class Forward:
 
     @property
     def loss(self):
+        """The batch loss (last stage only)."""
         return float(self.outputs["loss"])
 
     @property
     def correct(self):
+        """The number of correct predictions in the batch (last stage only)."""
         return float(self.outputs["correct"])
 
     @property
@@ -368,4 +370,5 @@ class Stage:
         return {self.layers[-1].name: self.synthesizer.get_weights()}
 
     def reset_timings(self):
+        """Forget the piece times recorded so far."""
         self.timings = collections.defaultdict(list)
