@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import credit  # noqa: E402
+from common import away_from_zero  # noqa: E402
 
 L = keras.layers
 
@@ -74,7 +75,7 @@ def main(argv):
             return model, train(model).history
 
         keras.utils.set_random_seed(0)
-        init = build(1 if scalar else 3).get_weights()
+        init = away_from_zero(build(1 if scalar else 3).get_weights())
 
         def keras_fit(model):
             return model.fit(dataset, epochs=2, verbose=0, validation_data=validation)
@@ -83,7 +84,9 @@ def main(argv):
         two, logs = trained(strategy.scope(), keras_fit)
         row = {"method": spec, "weights": max_diff(one.get_weights(), two.get_weights()),
                "state": max_diff(state(one), state(two)),
-               "moved": max_diff(init, two.get_weights())}
+               "moved": max_diff(init, two.get_weights()),
+               "nearest_zero": min(float(np.abs(w).min()) for w in one.get_weights()
+                                   if w.ndim > 1)}
         if spec in loop:
             three, loop_logs = trained(strategy.scope(), lambda model: credit.distributed.fit(
                 model, dataset, strategy, epochs=2, verbose=0, validation_data=validation))

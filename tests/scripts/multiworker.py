@@ -131,6 +131,7 @@ def run(outdir, methods):
     import numpy as np
 
     import credit
+    from common import away_from_zero
 
     L = keras.layers
     if multi:
@@ -165,8 +166,9 @@ def run(outdir, methods):
         dataset = dataset.with_options(options)
         with strategy.scope():
             model = build(1 if scalar else 3)
-            init = [np.random.default_rng(i).uniform(-0.6, 0.6, w.shape).astype(w.dtype)
-                    for i, w in enumerate(model.get_weights())]
+            init = away_from_zero(
+                [np.random.default_rng(i).uniform(-0.6, 0.6, w.shape).astype(w.dtype)
+                 for i, w in enumerate(model.get_weights())])
             model.set_weights(init)
             model.compile("adam", loss, metrics=[] if scalar else ["accuracy"], method=config)
         name = "single" if not multi else "workers"
