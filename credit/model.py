@@ -241,10 +241,44 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
             tf.zeros_like(s) if g is None else g * tf.cast(unscale, g.dtype)
             for s, g in zip(sources, gradients[len(variables):])]
         gradients = gradients[:len(variables)]
+    gradients, trace.source_gradients = _after_backward((gradients, trace.source_gradients))
     trace.gradients = gradients
-    logs = method.update(trace, signals) or {}
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    known = len(graph.get_operations()) if graph is not None else 0
+    with tf.control_dependencies(_all_tensors(gradients)):
+        logs = method.update(trace, signals) or {}
+    if graph is not None and len(graph.get_operations()) > known:
+        # And the optimizer's writes wait for the method's update, which reads this
+        # step's weights too (synthetic gradients' bootstrapped targets).
+        with tf.control_dependencies(graph.get_operations()[known:]):
+            gradients = [None if g is None else tf.identity(g) for g in gradients]
     del trace.tape, tape
     return Gradients(gradients, trace.loss, trace.y_pred, logs)
+
+
+def _all_tensors(structure):
+    return [t for t in tf.nest.flatten(structure, expand_composites=True) if t is not None]
+
+
+def _after_backward(structure):
+    """``structure`` (gradients) behind a barrier: the whole backward pass first.
+
+    Transports and updates read variables that the same step then writes: the kernels
+    whose signs the sign methods use, Kolen-Pollack's feedback, the weights under a
+    synthesizer's bootstrapped target. TensorFlow runs each read before the write, but
+    not always the ops that use what was read: in the traced step, Kolen-Pollack's
+    feedback product and a backward MatMul of synthetic gradients could run after the
+    optimizer's write (``test_every_use_of_a_variable_read_runs_before_the_step_writes
+    _it``), and uSF, repeated 92 times on a busy machine, used this step's updated
+    kernel for entries that crossed zero in 4 runs (in none of 30 with the barrier).
+    Every write consumes these gradients (the optimizer) or runs under them (the
+    method's ``update``), so none starts before the last backward op.
+    """
+    if tf.executing_eagerly():
+        return structure  # ops run one after the other
+    with tf.control_dependencies(_all_tensors(structure)):
+        return tf.nest.map_structure(lambda t: None if t is None else tf.identity(t),
+                                     structure)
 
 
 def record(model, x, y=None, sample_weight=None, *, method=None, training=True,

@@ -600,3 +600,68 @@ def test_xla_compiled_step_matches_the_plain_one(name):
             continue
         for a, b in zip(plain, compiled_):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Reads before writes
+
+
+def _ancestors(op):
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["sign_symmetry", "kolen_pollack", "synthetic_gradients"])
+def test_every_use_of_a_variable_read_runs_before_the_step_writes_it(name):
+    """In the traced step, each op that uses a read of a weight or of the method's
+    state (Kolen-Pollack's feedback product, synthetic gradients' backward MatMul
+    through the weights, a sign method's ``sign(W)``) runs before any write to that
+    variable. TensorFlow orders only the read itself: without credit's barrier after
+    the backward pass (``credit.model._after_backward``) this fails for Kolen-Pollack
+    and synthetic gradients."""
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([keras.Input((6,)), L.Dense(8, activation="tanh"),
+                               L.Dense(8, activation="tanh"), L.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", method={"name": name, "seed": 1})
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    y = np.arange(8) % 3
+    model.fit(x, y, epochs=1, verbose=0)  # binds the method, builds the optimizer
+
+    @tf.function
+    def step(xb, yb):
+        return model.train_step((xb, yb))
+
+    graph = step.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+    resource = {id(internal): id(external) for external, internal in graph.captures}
+    reads, writes = {}, {}
+    for op in graph.get_operations():
+        if op.inputs and op.inputs[0].dtype == tf.resource:
+            key = resource.get(id(op.inputs[0]), id(op.inputs[0]))
+            if op.type == "ReadVariableOp":
+                reads.setdefault(key, []).append(op)
+            elif op.type.startswith("Assign") and op.type.endswith("VariableOp"):
+                writes.setdefault(key, []).append(op)
+    # The model's weights and the method's state (Keras's optimizer orders its own).
+    state = model.method.state.weights if model.method.state is not None else []
+    ours = {id(v.value.handle) for v in list(model.trainable_variables) + list(state)}
+    checked = 0
+    for key, write_ops in writes.items():
+        if key not in ours:
+            continue
+        for write in write_ops:
+            before = _ancestors(write)
+            # Reads ordered before this write (the others read what it wrote).
+            uses = [c for r in reads.get(key, []) if r in before
+                    for out in r.outputs for c in out.consumers()]
+            late = [u.name for u in uses if u not in before and u is not write
+                    # (an op whose result nothing uses is pruned, never run)
+                    and any(o.consumers() for o in u.outputs)]
+            assert not late, f"{name}: {late} may run after {write.name}"
+            checked += len(uses)
+    assert checked > 0
