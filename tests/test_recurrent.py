@@ -435,6 +435,11 @@ def test_get_config_round_trips_the_through_time_hyperparameters():
         assert not credit.get(name).conditioned
     cdni = credit.get("cdni_through_time")
     assert cdni.conditioned and cdni.scale == 0.1
+    # Listed apart: a sweep over credit.available() gets methods for any model.
+    names = {"synthetic_gradients_through_time", "cdni_through_time"}
+    assert not names & set(credit.available())
+    assert names <= set(credit.available(stateful=True))
+    assert set(credit.available(stateful=True)) - set(credit.available()) == names
     assert credit.get(cdni.get_config()).get_config() == cdni.get_config()
 
 

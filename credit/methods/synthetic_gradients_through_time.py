@@ -119,6 +119,9 @@ class SyntheticGradientsThroughTime(ErrorSignal):
     name = "synthetic_gradients_through_time"
     aliases = ("sg_through_time", "dni_through_time")
     log_names = ("sg_loss",)
+    #: Trains only models with a stateful recurrent layer: ``credit.available()`` lists
+    #: it with ``stateful=True``.
+    stateful_only = True
 
     def __init__(self, seed=None, synthesizer="linear", conditioned=False, at=None,
                  warmup_steps=0, hidden_units=(1024, 1024), activation="relu",
