@@ -192,11 +192,14 @@ class SyntheticGradients(ErrorSignal):
 
     @property
     def synthesizers(self):
+        """Dict from point (layer name) to its synthesizer, read from ``state`` (None
+        before binding)."""
         layers = sg.state_attribute(self, "synthesizer_layers")
         return None if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def optimizer_instance(self):
+        """The synthesizers' Keras optimizer, on ``state`` (None before binding)."""
         return sg.state_attribute(self, "synthesizer_optimizer")
 
     @property

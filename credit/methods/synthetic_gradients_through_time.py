@@ -186,21 +186,27 @@ class SyntheticGradientsThroughTime(ErrorSignal):
 
     @property
     def synthesizers(self):
+        """Dict from recurrent layer name to the synthesizer on its state, read from
+        ``state`` (None before binding)."""
         layers = sg.state_attribute(self, "synthesizer_layers")
         return None if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def carried(self):
+        """Dict from recurrent layer name to its :class:`credit.recurrent.CarriedState`."""
         layers = sg.state_attribute(self, "carried_states")
         return None if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def aux_heads(self):
+        """Dict from recurrent layer name to its auxiliary head (empty without
+        ``aux_weight``)."""
         heads = sg.state_attribute(self, "aux_heads")
         return None if heads is None else dict(zip(self.boundaries, heads))
 
     @property
     def optimizer_instance(self):
+        """The Keras optimizer of the synthesizers and heads, on ``state``."""
         return sg.state_attribute(self, "synthesizer_optimizer")
 
     @property
