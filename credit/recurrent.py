@@ -18,7 +18,8 @@ prediction ``M(s_0)``, the window's forward and backward pass and the target all
 one training step; the one backward pass gives the weights' gradients and the target.
 
 This module holds the mechanics, as small functions and two helpers that own variables;
-the method is :class:`credit.methods.SyntheticGradients` with ``through_time=True``::
+the method is :class:`credit.methods.SyntheticGradientsThroughTime`
+(``"dni_through_time"``, ``"cdni_through_time"``)::
 
     import credit, keras
     from credit import data
@@ -31,7 +32,7 @@ the method is :class:`credit.methods.SyntheticGradients` with ``through_time=Tru
         keras.layers.Dense(104),
     ])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  method={"name": "dni", "through_time": True})
+                  method="dni_through_time")
     model.fit(w, epochs=1)     # a credit.data.Windows: in order, states reset per sequence
 
 - :func:`stateful_layers`: the stateful recurrent layers of a model (clear errors on
@@ -45,6 +46,8 @@ the method is :class:`credit.methods.SyntheticGradients` with ``through_time=Tru
 - :class:`StatefulWindows`: a callback that keeps a model in step with
   :class:`credit.data.Windows` (order check, state resets where sequences begin, the
   next window's targets for cDNI);
+- :class:`LookaheadCheck`: a callback that stops fit with a clear error when cDNI
+  through time lacks the next window's targets;
 - :func:`fit_arguments`: what ``credit.Model.fit`` checks and fills in.
 """
 
@@ -58,8 +61,8 @@ from credit import _keras_compat as compat
 from credit.data.windows import Windows
 from credit.graph import GraphError
 
-__all__ = ["CarriedState", "StatefulWindows", "Window", "encode_targets", "fit_arguments",
-           "run_window", "state_units", "stateful_layers"]
+__all__ = ["CarriedState", "LookaheadCheck", "StatefulWindows", "Window", "encode_targets",
+           "fit_arguments", "run_window", "state_units", "stateful_layers"]
 
 
 # --------------------------------------------------------------------------------------
@@ -110,8 +113,8 @@ def stateful_layers(graph, names=None, argument="at"):
                 raise GraphError(
                     f"synthetic gradients through time need a stateful recurrent layer, "
                     f"but model {graph.model.name!r} has no recurrent layer (LSTM, GRU, "
-                    f"SimpleRNN). Add one and {fix}; or use through_time=False for "
-                    "synthetic gradients between layers.")
+                    f"SimpleRNN). Add one and {fix}; or use the method 'synthetic_gradients' "
+                    "(synthetic gradients between layers).")
             raise GraphError(
                 f"synthetic gradients through time need a stateful recurrent layer, but "
                 f"the recurrent layers of model {graph.model.name!r} ({recurrent}) have "
@@ -125,7 +128,7 @@ def stateful_layers(graph, names=None, argument="at"):
             if not isinstance(name, str):
                 example = recurrent[:1] or ["lstm"]
                 raise GraphError(
-                    f"{argument}={list(names)!r}: with through_time=True, {argument} takes "
+                    f"{argument}={list(names)!r}: synthetic gradients through time take "
                     f"the names of stateful recurrent layers, e.g. {example}; got "
                     f"{name!r} of type {type(name).__name__}.")
             if name not in recurrent:
@@ -345,7 +348,10 @@ def encode_targets(y, output_shape, dtype="float32"):
 
 
 def _through_time(method):
-    return bool(getattr(method, "through_time", False))
+    # Imported here: the method's module imports this one.
+    from credit.methods.synthetic_gradients_through_time import SyntheticGradientsThroughTime
+
+    return isinstance(method, SyntheticGradientsThroughTime)
 
 
 class StatefulWindows(keras.callbacks.Callback):
@@ -504,6 +510,8 @@ def fit_arguments(model, args, kwargs):
     method = model.__dict__.get("_credit_method")
     if _through_time(method) and method.plan is not None:
         _check_through_time(method, given)
+        if method.conditioned:
+            _add_lookahead_check(given)
     given.update(extra)
     return (), given
 
@@ -573,3 +581,30 @@ def _check_through_time(method, given):
             f"x: got {n} examples, not a multiple of the batch size {batch}; the last "
             "batch would be smaller than the stateful layer's. Pass whole windows of "
             f"every row ({n - n % batch} examples), e.g. from credit.data.tbptt_windows.")
+
+
+class LookaheadCheck(keras.callbacks.Callback):
+    """Checks, before each training batch, that cDNI through time has its lookahead.
+
+    cDNI through time conditions the synthesizer at a window's end on the next window's
+    targets, given by ``method.set_lookahead`` (which :class:`StatefulWindows` calls).
+    Without them the traced step could only fail with TensorFlow's
+    InvalidArgumentError; this callback, last in fit's list (after any callback of the
+    user's that calls ``set_lookahead``), raises a ValueError that names what is
+    missing and how to give it. ``credit.Model.fit`` adds it under cDNI through time.
+    """
+
+    def on_train_batch_begin(self, batch, logs=None):
+        method = getattr(self.model, "method", None)
+        if _through_time(method):
+            method.check_lookahead()
+
+
+def _add_lookahead_check(given):
+    callbacks = given.get("callbacks")
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return  # the step's own check remains
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, LookaheadCheck) for c in callbacks):
+        callbacks.append(LookaheadCheck())
+    given["callbacks"] = callbacks

@@ -53,9 +53,17 @@ def register(cls=None, *, name=None, aliases=None, defaults=None):
     return decorate(cls) if cls is not None else decorate
 
 
-def available():
-    """Sorted canonical names of the registered methods."""
-    return sorted(_METHODS)
+def available(stateful=False):
+    """Sorted canonical names of the registered methods.
+
+    Args:
+        stateful: also list the methods that train only models with a stateful
+            recurrent layer (synthetic gradients through time: a class attribute
+            ``stateful_only = True``). By default they are left out, so that a sweep
+            over ``available()`` gets methods that train any model.
+    """
+    return sorted(n for n, (cls, _) in _METHODS.items()
+                  if stateful or not getattr(cls, "stateful_only", False))
 
 
 def aliases():
@@ -69,7 +77,7 @@ def _lookup(name):
         return _METHODS[_NAMES[key]]
     close = difflib.get_close_matches(key, list(_NAMES), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    valid = ", ".join(f"{n!r}" for n in available())
+    valid = ", ".join(f"{n!r}" for n in available(stateful=True))
     alias_list = ", ".join(f"{a!r}" for a in sorted(_NAMES) if a not in _METHODS)
     raise ValueError(f"unknown credit-assignment method {name!r}.{hint} Valid names: "
                      f"{valid} (aliases: {alias_list}).")
@@ -103,8 +111,9 @@ def get(identifier):
         return _make(*_lookup(identifier))
     if isinstance(identifier, dict):
         if "name" not in identifier:
-            raise ValueError(f"a method config needs a 'name' key (one of {available()}); "
-                             f"got keys {sorted(identifier)}. Use method.get_config().")
+            raise ValueError(f"a method config needs a 'name' key (one of "
+                             f"{available(stateful=True)}); got keys {sorted(identifier)}. "
+                             "Use method.get_config().")
         cls, defaults = _lookup(identifier["name"])
         config = {**defaults, **{k: v for k, v in identifier.items() if k != "name"}}
         try:
@@ -114,6 +123,6 @@ def get(identifier):
     if isinstance(identifier, type) and issubclass(identifier, ErrorSignal):
         return identifier()
     raise TypeError(
-        f"a credit-assignment method must be None, a name (one of {available()}), a "
-        f"config dict, an ErrorSignal subclass or instance; got {identifier!r} of type "
-        f"{type(identifier).__name__}.")
+        f"a credit-assignment method must be None, a name (one of "
+        f"{available(stateful=True)}), a config dict, an ErrorSignal subclass or instance; "
+        f"got {identifier!r} of type {type(identifier).__name__}.")

@@ -26,7 +26,7 @@ Tasks:
     the state carried through each row of it (``next_step_windows(test, T, batch)``).
 Methods:
     ``bptt``: backprop on the stateful LSTM: truncated BPTT (nothing crosses a window).
-    ``dni``: ``{"name": "dni", "through_time": True}``: a synthesizer (an MLP with one
+    ``dni``: ``"dni_through_time"``: a synthesizer (an MLP with one
     hidden layer of 256 ReLU units) on the LSTM's state (h and c together) adds
     ``0.1 * sigma * M(s_T)`` at each window's end (0.1: the factor of Jaderberg et al.'s
     recurrent experiments, as dni-pytorch reports it) and is trained by bootstrapping,
@@ -155,7 +155,7 @@ def method_spec(method, settings, seed):
     """The ``compile(method=...)`` argument of ``"bptt"``, ``"dni"`` or ``"cdni"``."""
     if method == "bptt":
         return "backprop"
-    return {"name": method, "through_time": True, "seed": seed,
+    return {"name": f"{method}_through_time", "seed": seed,
             "synthesizer": settings.synthesizer, "hidden_units": list(settings.hidden_units),
             "optimizer": "adam", "learning_rate": settings.sg_learning_rate,
             "scale": settings.scale}

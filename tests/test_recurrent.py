@@ -24,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
 from credit import data, recurrent  # noqa: E402
-from credit.methods import SyntheticGradients  # noqa: E402
+from credit.methods import SyntheticGradients, SyntheticGradientsThroughTime  # noqa: E402
 
 B, T, D, U, O = 3, 4, 2, 3, 2   # batch rows, window, input features, units, outputs
 
@@ -50,14 +50,29 @@ def windows(n, seed=0, batch=B, window=T, outputs=O):
     return x, y
 
 
+def untracked_state(method):
+    """Attributes of ``method`` (not its state or model) that hold Keras variables,
+    layers or optimizers: state Keras would not save. Should be empty."""
+    kinds = (keras.Variable, keras.layers.Layer, keras.optimizers.Optimizer)
+
+    def holds(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return any(holds(v) for v in value)
+        return isinstance(value, kinds)
+
+    return [k for k, v in vars(method).items() if k not in ("state", "model") and holds(v)]
+
+
 def through_time(**kwargs):
-    return credit.get({"name": "dni", "through_time": True, "seed": 0, **kwargs})
+    return credit.get({"name": "dni_through_time", "seed": 0, **kwargs})
 
 
 # -- the oracle: the true future gradient makes truncated BPTT exact --------------------
 
 
-class OracleThroughTime(SyntheticGradients):
+class OracleThroughTime(SyntheticGradientsThroughTime):
     """Injects a given gradient at the window's final state instead of M(s_T)."""
 
     future = None
@@ -73,7 +88,7 @@ def test_true_future_gradient_makes_two_truncated_steps_equal_full_bptt():
     x, y = windows(2)
     (x1, x2), (y1, y2) = (x[:B], x[B:]), (y[:B], y[B:])
     model = rnn()
-    model.compile("sgd", "mse", method=OracleThroughTime(through_time=True, scale=1.0))
+    model.compile("sgd", "mse", method=OracleThroughTime(scale=1.0))
     # The reference: the same layers unrolled over both windows, no truncation.
     lstm, dense = model.get_layer("rnn"), model.get_layer("out")
     mse = keras.losses.MeanSquaredError()
@@ -241,8 +256,18 @@ def test_save_load_between_windows_resumes_exactly(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     method = loaded.method
-    assert method.get_config() == model.method.get_config() and method.through_time
+    assert method.get_config() == model.method.get_config()
+    assert type(method) is SyntheticGradientsThroughTime
     assert int(method.step.numpy()) == 4
+    # Everything the method keeps lives on the saved state, restored exactly.
+    state = method.state
+    assert list(method.synthesizers.values()) == list(state.synthesizer_layers)
+    assert list(method.carried.values()) == list(state.carried_states)
+    assert list(method.aux_heads.values()) == list(state.aux_heads)
+    assert method.optimizer_instance is state.synthesizer_optimizer
+    assert method.step is state.step and untracked_state(method) == []
+    for a, b in zip(model.method.state.weights, state.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     # Keras does not save a stateful layer's state; the method restores it.
     for a, b in zip(model.get_layer("rnn").states, loaded.get_layer("rnn").states):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -283,7 +308,7 @@ def test_fit_on_windows_resets_rows_where_sequences_begin_and_runs_cdni():
     assert w.resets.reshape(-1, B).all(axis=1).tolist() == [True, False, True, False]
     model = rnn("gru", outputs=D - 1, window=3)
     model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=True),
-                  method={"name": "cdni", "through_time": True, "seed": 0})
+                  method={"name": "cdni_through_time", "seed": 0})
     log = StateLog()
     history = model.fit(w, epochs=2, verbose=0, callbacks=[log])
     assert np.isfinite(history.history["sg_loss"]).all() and len(log.states) == 8
@@ -291,8 +316,88 @@ def test_fit_on_windows_resets_rows_where_sequences_begin_and_runs_cdni():
         # windows 0 and 2 of each epoch begin sequences: zero state; 1 and 3 carry one
         assert (np.abs(state).sum() == 0) == (i % 2 == 0), i
     # Without the callback, cDNI has no next-window targets to condition on.
-    with pytest.raises(tf.errors.InvalidArgumentError, match="were not given for this step"):
+    with pytest.raises(ValueError, match="next window's targets, which were not given"):
         model.fit(w.inputs, w.targets, batch_size=B, shuffle=False, verbose=0)
+
+
+def test_a_lookahead_holds_for_one_step_only():
+    """The last window of a fit on windows sets continues to 0 (its rows end); later
+    steps without a lookahead (arrays, a custom loop) inject ``scale * sigma * M(s_T) /
+    B`` again, not 0 (before the fix the stale 0s silenced the synthesizer)."""
+    w = copy_windows(window=3, seed=3)
+    model = rnn("gru", outputs=D - 1, window=3, seed=2)
+    model.compile("adam", "mse", method=through_time(scale=0.5))
+    model.fit(w, epochs=2, verbose=0)
+    method = model.method
+    assert method.state.continues.numpy().tolist() == [0.0] * B
+    trace = credit.model.record(model, w.inputs[B:2 * B], w.targets[B:2 * B])
+    future = method.future_gradient("rnn", trace)
+    final = trace.records["rnn"].final[0].numpy()
+    sigma = float(method.target_scale("rnn").numpy())
+    expected = 0.5 * sigma * method.synthesizers["rnn"](final).numpy() / B
+    assert np.abs(expected).min() > 0
+    np.testing.assert_allclose(future[0].numpy(), expected, rtol=1e-6, atol=1e-9)
+
+
+class ResetRows(keras.callbacks.Callback):
+    """One's own reset callback: zero the state of the rows where a sequence begins."""
+
+    def __init__(self, windows):
+        super().__init__()
+        self.windows = windows
+
+    def on_train_batch_begin(self, batch, logs=None):
+        keep = ~self.windows.starts[batch * B:(batch + 1) * B, 0]
+        for state in self.model.get_layer("rnn").states:
+            state.assign(state.numpy() * keep[:, None])
+
+
+class OwnLookahead(ResetRows):
+    """The same, and it gives cDNI the next window's targets (as StatefulWindows does)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
+        w, rows = self.windows, slice((batch + 1) * B, (batch + 2) * B)
+        if batch + 1 < w.n_windows:
+            continues, targets = ~w.starts[rows, 0], w.targets[rows]
+        else:
+            continues, targets = np.zeros(B, bool), np.zeros_like(w.targets[:B])
+        self.model.method.set_lookahead(continues=continues, next_targets=targets)
+
+
+def test_cdni_through_time_on_arrays_with_ones_own_reset_callback_names_what_is_missing():
+    w = copy_windows(window=3, seed=2)
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def fresh():
+        model = rnn("gru", outputs=D - 1, window=3, seed=1)
+        model.compile("adam", loss, method={"name": "cdni_through_time", "seed": 0})
+        return model
+
+    model = fresh()
+    before = model.get_weights()
+    arrays = dict(x=w.inputs, y=w.targets, sample_weight=w.mask, batch_size=B,
+                  shuffle=False, verbose=0)
+    # Before the fix: a raw InvalidArgumentError from inside the traced train step.
+    with pytest.raises(ValueError, match=r"next window's targets, which were not given for "
+                                         r"training step 0\. Fit on a credit\.data\.Windows "
+                                         r".*StatefulWindows.*set_lookahead"):
+        model.fit(**arrays, callbacks=[ResetRows(w)])
+    assert int(model.method.step.numpy()) == 0           # the check ran before the step
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same outside fit (a custom loop, eager): the error names the missing piece.
+    with pytest.raises(ValueError, match=r"set_lookahead\(continues=\.\.\., next_targets"):
+        credit.compute_gradients(model, w.inputs[:B], w.targets[:B])
+    # One's own callback that gives the lookahead trains as fit(windows) does.
+    own = fresh()
+    own.fit(**arrays, callbacks=[OwnLookahead(w)])
+    reference = fresh()
+    reference.fit(w, verbose=0)
+    for a, b in zip(own.get_weights() + own.method.state.get_weights(),
+                    reference.get_weights() + reference.method.state.get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_fit_on_windows_equals_fit_on_arrays_with_the_callback():
@@ -315,38 +420,97 @@ def test_fit_on_windows_equals_fit_on_arrays_with_the_callback():
 
 
 def test_get_config_round_trips_the_through_time_hyperparameters():
-    method = SyntheticGradients(seed=3, synthesizer="mlp", conditioned=True,
-                                at=["lstm"], warmup_steps=5, hidden_units=[16],
-                                through_time=True, scale=0.25, aux_weight=0.1,
-                                normalize=False)
+    method = SyntheticGradientsThroughTime(seed=3, synthesizer="mlp", conditioned=True,
+                                           at=["lstm"], warmup_steps=5, hidden_units=[16],
+                                           scale=0.25, aux_weight=0.1, normalize=False)
     config = method.get_config()
-    assert config["through_time"] is True and config["scale"] == 0.25
-    assert config["normalize"] is False
+    assert config["name"] == "synthetic_gradients_through_time"
+    assert config["scale"] == 0.25 and config["normalize"] is False
     assert config["aux_weight"] == 0.1 and config["at"] == ["lstm"]
+    assert not {"through_time", "target", "update_probability", "kernel_size"} & set(config)
     again = credit.get(config)
-    assert type(again) is SyntheticGradients and again.get_config() == config
-    cdni = credit.get({"name": "cdni", "through_time": True})
-    assert cdni.conditioned and cdni.through_time and cdni.scale is None
+    assert type(again) is SyntheticGradientsThroughTime and again.get_config() == config
+    for name in ("sg_through_time", "DNI_through_time", "synthetic_gradients_through_time"):
+        assert type(credit.get(name)) is SyntheticGradientsThroughTime
+        assert not credit.get(name).conditioned
+    cdni = credit.get("cdni_through_time")
+    assert cdni.conditioned and cdni.scale == 0.1
+    # Listed apart: a sweep over credit.available() gets methods for any model.
+    names = {"synthetic_gradients_through_time", "cdni_through_time"}
+    assert not names & set(credit.available())
+    assert names <= set(credit.available(stateful=True))
+    assert set(credit.available(stateful=True)) - set(credit.available()) == names
     assert credit.get(cdni.get_config()).get_config() == cdni.get_config()
 
 
+def test_through_time_shorthand_and_configs_of_older_versions_resolve():
+    """``{"name": "cdni", "through_time": True}`` (documented before the split) and the
+    configs older versions saved (one class with a through_time flag) still resolve."""
+    cdni = credit.get({"name": "cdni", "through_time": True, "scale": 0.5})
+    assert type(cdni) is SyntheticGradientsThroughTime and cdni.conditioned
+    assert cdni.get_config() == credit.get({"name": "cdni_through_time",
+                                            "scale": 0.5}).get_config()
+    old = {"name": "synthetic_gradients", "seed": 4, "synthesizer": "mlp",
+           "conditioned": False, "target": "bootstrap", "at": None,
+           "update_probability": 1.0, "warmup_steps": 2, "hidden_units": [8],
+           "hidden_filters": [128, 128], "kernel_size": 5, "activation": "relu",
+           "optimizer": "adam", "learning_rate": 0.01}
+    through_time = credit.get({**old, "through_time": True, "scale": None,
+                               "aux_weight": 0.5, "normalize": True})
+    assert through_time.get_config() == {
+        "name": "synthetic_gradients_through_time", "seed": 4, "synthesizer": "mlp",
+        "conditioned": False, "at": None, "warmup_steps": 2, "hidden_units": [8],
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "scale": 0.1,
+        "aux_weight": 0.5, "normalize": True}
+    between = credit.get({**old, "through_time": False, "scale": None, "aux_weight": 0.0,
+                          "normalize": True})
+    assert type(between) is SyntheticGradients
+    assert between.get_config() == {**old, "at": None}
+
+
 @pytest.mark.parametrize("kwargs, words", [
-    ({"through_time": "yes"}, ["through_time", "'yes'"]),
-    ({"through_time": True, "scale": 0}, ["scale", "0", "positive"]),
-    ({"scale": 0.5}, ["scale=0.5", "through_time=True"]),
-    ({"aux_weight": 0.1}, ["aux_weight=0.1", "through_time=True"]),
-    ({"normalize": False}, ["normalize=False", "through_time=True"]),
-    ({"through_time": True, "normalize": 1}, ["normalize", "1"]),
-    ({"through_time": True, "aux_weight": -1}, ["aux_weight", "-1", ">= 0"]),
-    ({"through_time": True, "target": "true"}, ["target='true'", "bootstrap"]),
-    ({"through_time": True, "update_probability": 0.5}, ["update_probability=0.5"]),
-    ({"through_time": True, "at": [0]}, ["at=[0]", "names", "at=['lstm']"]),
+    ({"scale": 0}, ["scale", "0", "positive"]),
+    ({"normalize": 1}, ["normalize", "1"]),
+    ({"aux_weight": -1}, ["aux_weight", "-1", ">= 0"]),
+    ({"at": [0]}, ["at=[0]", "names", "at=['lstm']"]),
+    ({"synthesizer": "conv"}, ["synthesizer", "'conv'", "'linear'", "'mlp'"]),
+    ({"learning_rate": 0}, ["learning_rate", "0"]),
 ])
 def test_bad_through_time_hyperparameters_are_named(kwargs, words):
     with pytest.raises(ValueError) as info:
-        SyntheticGradients(**kwargs)
+        SyntheticGradientsThroughTime(**kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"name": "sg", "through_time": "yes"}, ["through_time", "'yes'"]),
+    ({"name": "sg", "scale": 0.5}, ["scale=0.5", "synthetic_gradients_through_time"]),
+    ({"name": "sg", "aux_weight": 0.1}, ["aux_weight=0.1", "through_time"]),
+    ({"name": "sg", "normalize": False}, ["normalize=False", "through_time"]),
+    ({"name": "sg", "through_time": True, "target": "true"}, ["target='true'", "bootstrap"]),
+    ({"name": "sg", "through_time": True, "update_probability": 0.5},
+     ["update_probability=0.5"]),
+    ({"name": "dni_through_time", "through_time": False},
+     ["through_time=False", "'synthetic_gradients'"]),
+])
+def test_bad_shorthand_configs_are_named(config, words):
+    with pytest.raises(ValueError) as info:
+        credit.get(config)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_the_between_layers_class_refuses_through_time_and_points_to_its_sibling():
+    with pytest.raises(TypeError, match=r"through_time=True.*SyntheticGradientsThroughTime"):
+        SyntheticGradients(through_time=True)
+    # Each takes only the arguments that apply to it.
+    with pytest.raises(TypeError, match="scale"):
+        SyntheticGradients(scale=0.5)
+    with pytest.raises(TypeError, match="update_probability"):
+        SyntheticGradientsThroughTime(update_probability=0.5)
+    assert not issubclass(SyntheticGradientsThroughTime, SyntheticGradients)
+    assert not issubclass(SyntheticGradients, SyntheticGradientsThroughTime)
 
 
 def test_bad_models_and_data_get_errors_that_say_what_to_change():
@@ -356,7 +520,7 @@ def test_bad_models_and_data_get_errors_that_say_what_to_change():
     with pytest.raises(ValueError, match=r"stateful=False.*stateful=True.*shuffle=False"):
         compile_(rnn(stateful=False))
     dense = credit.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="no recurrent layer.*through_time=False"):
+    with pytest.raises(ValueError, match="no recurrent layer.*'synthetic_gradients'"):
         compile_(dense)
     with pytest.raises(ValueError, match=r"at=\['out'\] names 'out', which is not a "
                                          r"recurrent layer.*\['rnn'\]"):

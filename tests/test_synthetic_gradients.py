@@ -54,6 +54,21 @@ def assert_same_weights(a, b, atol=1e-6):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol)
 
 
+def untracked_state(method):
+    """Attributes of ``method`` (not its state or model) that hold Keras variables,
+    layers or optimizers: state Keras would not save. Should be empty."""
+    kinds = (keras.Variable, keras.layers.Layer, keras.optimizers.Optimizer)
+
+    def holds(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return any(holds(v) for v in value)
+        return isinstance(value, kinds)
+
+    return [k for k, v in vars(method).items() if k not in ("state", "model") and holds(v)]
+
+
 # -- names, configuration, validation ---------------------------------------------------
 
 
@@ -384,6 +399,15 @@ def test_save_load_restores_synthesizers_and_resumes_exactly(tmp_path):
     method = loaded.method
     assert type(method) is SyntheticGradients and method.get_config() == first.method.get_config()
     assert int(method.step.numpy()) == 6
+    # The synthesizers, their optimizer and the counters live on the saved state.
+    state = method.state
+    assert list(method.synthesizers.values()) == list(state.synthesizer_layers)
+    assert method.optimizer_instance is state.synthesizer_optimizer
+    assert method.step is state.step and untracked_state(method) == []
+    for a, b in zip(first.method.synthesizers.values(), method.synthesizers.values(),
+                    strict=True):
+        for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
+            np.testing.assert_array_equal(u, v)
     for a, b in zip(first.method.state.weights, method.state.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     old, new = first.method.optimizer_instance, method.optimizer_instance

@@ -10,7 +10,9 @@ from credit.methods.kickback import Kickback
 from credit.methods.kolen_pollack import KolenPollack
 from credit.methods.sign_symmetry import SignSymmetry
 from credit.methods.synthetic_gradients import SyntheticGradients
+from credit.methods.synthetic_gradients_through_time import SyntheticGradientsThroughTime
 
 __all__ = ["Backprop", "BatchwiseRandomSignFeedback", "DirectFeedbackAlignment",
            "DirectRandomTargetProjection", "FeedbackAlignment", "FixedRandomSignFeedback",
-           "Kickback", "KolenPollack", "SignSymmetry", "SyntheticGradients"]
+           "Kickback", "KolenPollack", "SignSymmetry", "SyntheticGradients",
+           "SyntheticGradientsThroughTime"]
