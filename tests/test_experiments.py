@@ -913,3 +913,32 @@ def test_ray_tasks_run_the_sweep(tmp_path):
     assert all((tmp_path / r.run / "done").exists() for r in out)
     again = sweep.run_sweep(configs_, tmp_path, verbose=0)
     assert [r.cached for r in again] == [True] * 3
+
+
+# ---------------------------------------------------------------------------
+# The oneDNN reproduction script: a crashed try makes it exit 1
+
+
+def test_onednn_repro_exits_1_when_a_try_crashes(monkeypatch, capsys):
+    from experiments import repro_onednn
+
+    outcomes = iter([
+        subprocess.CompletedProcess([], -6, "", "I0000 start-up log\nmunmap_chunk(): invalid "
+                                                "pointer\n"),
+        subprocess.CompletedProcess([], 0, "ok: 1 epochs in 3.0 s, oneDNN custom operations "
+                                           "on\n", ""),
+    ])
+    seen = []
+
+    def run(command, env, **kwargs):
+        seen.append((command[-6:-4], env["TF_ENABLE_ONEDNN_OPTS"]))
+        return next(outcomes)
+
+    monkeypatch.setattr(repro_onednn.subprocess, "run", run)
+    assert repro_onednn.main(["--cases", "conv_28", "--tries", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("conv_28 try 1: crashed (SIGABRT) after ")
+    assert out[1].endswith(" -- munmap_chunk(): invalid pointer")
+    assert out[2].endswith(" -- ok: 1 epochs in 3.0 s, oneDNN custom operations on")
+    assert out[3] == "1 crashed"
+    assert seen == [(["--child", "conv_28"], "1")] * 2  # oneDNN forced on in the tries
