@@ -142,11 +142,12 @@ class Workers:
         self.context = multiprocessing.get_context("spawn")
         self.queue = collections.deque()
         self.busy = {}  # worker -> task
+        self.started = 0
         # Start them now: their imports overlap the sweep's checks.
         self.idle = [self._start() for _ in range(size)]
 
     def _start(self):
-        self.started = getattr(self, "started", 0) + 1
+        self.started += 1
         return _Worker(self.context, self.threads)
 
     def submit(self, *task):
