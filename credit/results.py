@@ -688,14 +688,47 @@ def to_markdown(table, floatfmt=".3f", missing="n/a"):
 # Plots
 
 
+def _model_label(value):
+    """A short name for a ``model`` value: a JSON model spec gives its ``type`` (and
+    ``depth``, as in ``resnet-20``); other values are shown as they are."""
+    try:
+        spec = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return str(value)
+    if not isinstance(spec, dict) or "type" not in spec:
+        return str(value)
+    return f"{spec['type']}-{spec['depth']}" if "depth" in spec else str(spec["type"])
+
+
+def _panels(data):
+    """``[(title, rows)]``: one panel per data set, or per (data set, model) when the
+    frame has a ``model`` column."""
+    if "model" not in data.columns or data["model"].isna().all():
+        return [(dataset, rows) for dataset, rows in data.groupby("dataset", sort=True)]
+    data = data.assign(_model=data["model"].map(_model_label))
+    # Two specs of one type on one data set (two MLP sizes, say) keep their full specs.
+    specs = data.groupby(["dataset", "_model"])["model"].nunique()
+    panels = []
+    for (dataset, label), rows in data.groupby(["dataset", "_model"], sort=True):
+        if specs[(dataset, label)] == 1:
+            panels.append((f"{dataset} · {label}", rows))
+        else:
+            panels += [(f"{dataset} · {spec}", part) for spec, part in
+                       rows.groupby("model", sort=True)]
+    return panels
+
+
 def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
-                xlabel="epoch"):
-    """Plot learning curves: one subplot per data set, one line per method.
+                xlabel="epoch", columns=4):
+    """Plot learning curves: one panel per data set and model, one line per method.
 
     Each line is the mean over seeds of ``metric`` at each epoch, with a shaded
-    band (min to max over seeds, or mean ± std). Data sets without any value of
-    ``metric`` are left out. Uses matplotlib's Agg canvas directly, so it never
-    opens a window nor changes the pyplot backend.
+    band (min to max over seeds, or mean ± std). A frame with a ``model`` column (as
+    :func:`load_runs` gives) gets one panel per (data set, model) that has values of
+    ``metric``, titled ``"<data set> · <model type>"``; without it, one panel per data
+    set. Panels are laid out ``columns`` to a row; a method has the same colour in
+    every panel, and one legend lists them. Uses matplotlib's Agg canvas directly, so it
+    never opens a window nor changes the pyplot backend.
 
     Args:
         df: Output of :func:`load_runs`.
@@ -706,22 +739,30 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
         include_diverged: If False (default), diverged runs are left out.
         xlabel: Label of the x axis (the ``epoch`` column may count other units, such
             as training steps).
+        columns: Panels per row (an integer >= 1).
 
     Returns:
         The path written, as a :class:`pathlib.Path`.
 
     Raises:
-        ValueError: If ``band`` is unknown or no run has a value of ``metric``.
+        ValueError: If ``band`` or ``columns`` is invalid, or no run has a value of
+            ``metric``.
 
     Example:
         >>> plot_curves(load_runs("runs"), "results/mnist_curves.png")  # doctest: +SKIP
         PosixPath('results/mnist_curves.png')
     """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     if band not in ("minmax", "std"):
         raise ValueError(f"band must be 'minmax' or 'std', got {band!r}.")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an integer >= 1 (panels per row), got "
+                         f"{columns!r}; e.g. 4.")
     if metric is None:
         has_acc = "test_accuracy" in df.columns and df["test_accuracy"].notna().any()
         metric = "test_accuracy" if has_acc else "test_loss"
@@ -733,24 +774,45 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
             f"{[c for c in df.columns if c not in RUN_COLUMNS]}."
         )
     data = df.dropna(subset=[metric, "epoch"])
-    datasets = sorted(data["dataset"].unique())
-    fig = Figure(figsize=(4.5 * len(datasets), 3.5), layout="constrained")
+    panels = _panels(data)
+    methods = sorted(data["method"].unique())
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
+    n_cols = min(columns, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    legend_width = 2.6 if len(methods) > 1 else 0.0  # inches, for the shared legend
+    fig = Figure(figsize=(4.5 * n_cols + legend_width, 3.5 * n_rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, dataset in zip(axes, datasets):
-        for method, rows in data[data["dataset"] == dataset].groupby("method", sort=True):
-            stats = rows.groupby("epoch")[metric].agg(["mean", "min", "max", "std"])
-            line = ax.plot(stats.index, stats["mean"], label=method)[0]
+    # Accuracies share one scale, so panels compare at a glance; losses and other
+    # metrics keep each panel's own (data sets differ in scale).
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey="accuracy" in metric)
+    for ax, (title, rows) in zip(axes.flat, panels):
+        for method, runs in rows.groupby("method", sort=True):
+            stats = runs.groupby("epoch")[metric].agg(["mean", "min", "max", "std"])
+            ax.plot(stats.index, stats["mean"], label=method, color=colours[method])
             if band == "minmax":
                 low, high = stats["min"], stats["max"]
             else:
                 std = stats["std"].fillna(0.0)
                 low, high = stats["mean"] - std, stats["mean"] + std
-            ax.fill_between(stats.index, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_title(dataset)
+            ax.fill_between(stats.index, low, high, color=colours[method], alpha=0.15,
+                            linewidth=0)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes.flat[:len(panels)]:
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps: whole
+        ax.yaxis.set_tick_params(labelleft=True)
+    for ax in axes[:, 0]:
         ax.set_ylabel(metric)
-        ax.legend(fontsize="small")
+    if len(methods) > 1:
+        handles = [Line2D([], [], color=colours[m], label=m) for m in methods]
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small",
+                   title="method")
+    else:
+        axes.flat[0].legend(fontsize="small")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

@@ -55,7 +55,9 @@ Flags:
     --tune-grid  a grid spec (JSON text or file): {"key": [values], "<method>": {...}};
                  keys are config keys or method_config.<name>.
     --tune-seeds seeds of the tuning runs (default: the first seed).
-    --workers N  train N runs at a time in local processes; --ray [ADDRESS] as Ray tasks.
+    --workers N  train N runs at a time in worker processes; --ray [ADDRESS] as Ray tasks.
+    --in-process train in this process instead of a worker process (for a debugger; a
+                 crash inside TensorFlow then ends the command).
     --tensorboard  also write TensorBoard logs (every scalar of the epoch logs) to
                  runs/<hash>/tensorboard/.
     --out DIR    output root (default results/).
@@ -75,11 +77,19 @@ never overwrites the full tables):
                         target, seeds that reached it, area under the training-loss curve
     tuning.md, .csv     with --tune / --tune-grid: every grid point's validation metric,
                         and the one chosen per method
-    curves_accuracy.png test accuracy per epoch (classification data sets)
+    curves_accuracy.png test accuracy per epoch (classification data sets), one panel
+                        per data set and model, one line per method (mean over seeds)
     curves_loss.png     test loss per epoch (regression data sets)
-    alignment.png       cosine of the first hidden layer's update with backprop's
+    alignment.png       cosine of the first hidden layer's update with backprop's (same
+                        panels)
 
 The tables only include the runs of this invocation (a runs/ folder may hold more).
+
+Each run trains in a worker process: a run that fails (an exception, or a crash inside
+TensorFlow) is recorded as failed in its folder (``failed``, ``output.log``) and in the
+tables (a ``failed`` column, the reason in place of a result), the other runs go on, and
+the command exits with status 1 after writing the tables; running it again retrains the
+failed runs only.
 """
 
 import os
@@ -448,10 +458,13 @@ def main(argv=None):
     out = cli.check_out(p, args.out)
     folder = out / ("compare_quick" if args.quick else "compare")
     runs_folder = folder / "runs"
-    options = {"workers": args.workers, "ray": args.ray,
+    if args.in_process and (args.workers > 1 or args.ray is not None):
+        p.error("--in-process trains one run at a time in this process; drop it, or drop "
+                "--workers / --ray")
+    options = {"workers": args.workers, "ray": args.ray, "isolate": not args.in_process,
                "callbacks": TensorBoardLogs(runs_folder) if args.tensorboard else None}
     start = time.perf_counter()
-    tuning_table, run_results = None, []
+    tuning_table, run_results, tune_results = None, [], []
     try:
         final = plan.configs
         if plan.grids:
@@ -468,11 +481,14 @@ def main(argv=None):
                                                   tuning_table)
     trained = sum(not r.cached and r.status in (folders.STATUS_DONE, folders.STATUS_DIVERGED)
                   for r in run_results)
+    failed = [r for r in (tune_results if plan.grids else []) + run_results
+              if r.status == folders.STATUS_FAILED]
+    failed = list({r.run: r for r in failed}.values())
     print(f"\n{len(run_results)} runs ({trained} trained, "
           f"{sum(r.cached for r in run_results)} already done, "
           f"{sum(r.status == folders.STATUS_DIVERGED for r in run_results)} diverged, "
-          f"{sum(r.status == folders.STATUS_NA for r in run_results)} not applicable) "
-          f"in {time.perf_counter() - start:.0f} s\n")
+          f"{sum(r.status == folders.STATUS_NA for r in run_results)} not applicable, "
+          f"{len(failed)} failed) in {time.perf_counter() - start:.0f} s\n")
     print("## Accuracy\n")
     print(accuracy_md)
     print("## Convergence\n")
@@ -482,6 +498,15 @@ def main(argv=None):
         extra = ", tuning.md, tuning.csv" + extra
     print(f"Written under {folder}/: accuracy.md, accuracy.csv, convergence.md, "
           f"convergence.csv{extra}, runs/")
+    if failed:
+        print(f"\n{len(failed)} run(s) failed; they are not in the tables' numbers. Run the "
+              "same command again to train them again:", file=sys.stderr)
+        for r in failed:
+            c = r.config
+            print(f"  {r.folder}: {c['method']} on {c['dataset']} "
+                  f"({tables_lib.short_model(tables_lib.model_key(c['model']))}), seed "
+                  f"{c['seed']}: {r.reason}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -216,7 +216,7 @@ def _check_metrics(model, data, config, folder):
 
 
 def test_run_records_validation_and_test_metrics_of_the_trained_model(tmp_path):
-    out = sweep.run_sweep([tiny("backprop", epochs=2)], tmp_path, verbose=0,
+    out = sweep.run_sweep([tiny("backprop", epochs=2)], tmp_path, verbose=0, isolate=False,
                           after_fit=_check_metrics)
     folder = out[0].folder
     assert sorted(p.name for p in folder.iterdir()) == ["check.json", "config.json", "done",
@@ -243,7 +243,7 @@ def test_run_records_validation_and_test_metrics_of_the_trained_model(tmp_path):
 def test_early_stopping_reads_the_validation_metric(tmp_path):
     # A learning rate too small to change anything: no improvement after epoch 1.
     out = sweep.run_sweep([tiny("backprop", epochs=6, patience=2, learning_rate=1e-12)],
-                          tmp_path, verbose=0)
+                          tmp_path, verbose=0, isolate=False)
     history = pd.read_csv(out[0].folder / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["val_accuracy"].nunique() == 1
@@ -253,7 +253,7 @@ def test_early_stopping_reads_the_validation_metric(tmp_path):
 
 def test_compare_smoke_writes_its_files(tmp_path, capsys, train_calls):
     argv = ["--quick", "--methods", "backprop,dfa,kickback", "--datasets", "digits",
-            "--epochs", "1", "--out", str(tmp_path)]
+            "--epochs", "1", "--out", str(tmp_path), "--in-process"]
     assert compare.main(argv) == 0
     folder = tmp_path / "compare_quick"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -288,7 +288,7 @@ def test_compare_smoke_writes_its_files(tmp_path, capsys, train_calls):
     assert convergence["target"].tolist() == [0.9, 0.9, 0.9]
     assert set(convergence["metric"]) == {"test_accuracy"}
     out = capsys.readouterr().out
-    assert "3 runs (2 trained, 0 already done, 0 diverged, 1 not applicable)" in out
+    assert "3 runs (2 trained, 0 already done, 0 diverged, 1 not applicable, 0 failed)" in out
     assert "## Accuracy" in out and "## Convergence" in out and markdown.strip() in out
 
     # Running it again trains nothing and gives the same tables.
@@ -317,7 +317,7 @@ def test_interrupted_sweep_resumes_without_repeating_runs(tmp_path, train_calls)
     configs_ = [tiny("backprop"), tiny("fa")]
     first_id, second_id = (configs.run_id(c) for c in configs_)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(configs_, tmp_path, verbose=0, callbacks=_interrupt_fa)
+        sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False, callbacks=_interrupt_fa)
     assert [m for m, _ in train_calls] == ["backprop", "feedback_alignment"]
     assert (tmp_path / first_id / "done").exists()
     assert not (tmp_path / second_id / "done").exists()
@@ -327,7 +327,7 @@ def test_interrupted_sweep_resumes_without_repeating_runs(tmp_path, train_calls)
     first_files = mtimes(tmp_path / first_id)
 
     train_calls.clear()
-    resumed = sweep.run_sweep(configs_, tmp_path, verbose=0)
+    resumed = sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False)
     assert train_calls == [("feedback_alignment", second_id)]
     assert [(r.run, r.status, r.cached) for r in resumed] == [
         (first_id, "done", True), (second_id, "done", False)]
@@ -337,7 +337,7 @@ def test_interrupted_sweep_resumes_without_repeating_runs(tmp_path, train_calls)
     assert df.groupby("run")["epoch"].apply(list).to_dict() == {first_id: [1, 2],
                                                                  second_id: [1, 2]}
     train_calls.clear()
-    again = sweep.run_sweep(configs_, tmp_path, verbose=0)
+    again = sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False)
     assert train_calls == [] and [r.cached for r in again] == [True, True]
     assert leftovers(tmp_path) == []
 
@@ -346,7 +346,7 @@ def test_nan_run_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path, train_c
     relu = {"type": "mlp", "hidden": [64, 64], "activation": "relu"}
     exploding = tiny("backprop", "diabetes", learning_rate=1e8, model=relu, epochs=3)
     fine = tiny("kickback", "diabetes", model=relu, epochs=1)  # kickback applies here
-    out = sweep.run_sweep([exploding, fine], tmp_path, verbose=0)
+    out = sweep.run_sweep([exploding, fine], tmp_path, verbose=0, isolate=False)
     assert [r.status for r in out] == ["diverged", "done"]
     assert len(train_calls) == 2
     bad = tmp_path / out[0].run
@@ -361,15 +361,15 @@ def test_nan_run_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path, train_c
     assert table[["method", "metric", "n", "diverged"]].values.tolist() == [
         ["backprop", "loss", 0, 1], ["kickback", "loss", 1, 0]]
     train_calls.clear()  # a diverged run is finished: not run again
-    assert [r.status for r in sweep.run_sweep([exploding, fine], tmp_path, verbose=0)] == [
-        "diverged", "done"]
+    again = sweep.run_sweep([exploding, fine], tmp_path, verbose=0, isolate=False)
+    assert [r.status for r in again] == ["diverged", "done"]
     assert train_calls == []
 
 
 def test_configs_that_do_not_apply_are_skipped_with_a_note(tmp_path, train_calls):
     cnn_on_diabetes = tiny("backprop", "diabetes", model={"type": "cnn"})
     out = sweep.run_sweep([tiny("kickback"), tiny("backprop", epochs=1), cnn_on_diabetes],
-                          tmp_path, verbose=0)
+                          tmp_path, verbose=0, isolate=False)
     assert [(r.status, r.run, r.folder) for r in out][0] == ("not_applicable", None, None)
     assert "one scalar output" in out[0].reason
     assert out[2].status == "not_applicable"
@@ -415,14 +415,14 @@ def _refuse_fa(config):
 
 def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, train_calls):
     configs_ = [tiny("backprop", epochs=1), tiny("fa", epochs=1)]
-    out = sweep.run_sweep(configs_, tmp_path, verbose=0, callbacks=_refuse_fa)
+    out = sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False, callbacks=_refuse_fa)
     assert [r.status for r in out] == ["done", "not_applicable"]
     assert out[1].reason == ("ValueError: layer 'lstm' (LSTM) cannot be cut into blocks; "
                              "use backprop")
     record = json.loads((out[1].folder / "config.json").read_text())
     assert record["status"] == "not_applicable" and (out[1].folder / "done").exists()
     train_calls.clear()
-    again = sweep.run_sweep(configs_, tmp_path, verbose=0)  # finished: not retried
+    again = sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False)  # finished: not retried
     assert train_calls == [] and (again[1].status, again[1].cached) == ("not_applicable", True)
     assert again[1].reason == out[1].reason
     df = results.load_runs(tmp_path)
@@ -430,16 +430,26 @@ def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, tra
     table = tables.annotate(results.accuracy_table(df), again)
     assert table["note"].tolist() == ["", "not applicable: ValueError: layer 'lstm' cannot "
                                           "be cut into blocks"]
-    with pytest.raises(ValueError, match="a bug in the second epoch"):  # not a refusal
-        sweep.run_sweep([tiny("dfa", epochs=2)], tmp_path, verbose=0,
-                        callbacks=lambda c: [_Refuse(1)])
+    # An error after the first epoch is not a refusal: the run failed (recorded, with its
+    # traceback), and the sweep goes on to the next run.
+    failing = sweep.run_sweep([tiny("dfa", epochs=2), tiny("backprop", epochs=2)], tmp_path,
+                              verbose=0, isolate=False,
+                              callbacks=lambda c: [_Refuse(1)] if c["method"] != "backprop"
+                              else [])
+    assert [r.status for r in failing] == ["failed", "done"]
+    assert failing[0].reason == "ValueError: a bug in the second epoch"
+    failed = failing[0].folder
+    assert not (failed / "done").exists()
+    assert (failed / "failed").read_text().splitlines()[:2] == [
+        "ValueError: a bug in the second epoch", "Traceback (most recent call last):"]
+    assert json.loads((failed / "config.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow
 def test_same_config_trains_identically(tmp_path):
     config = tiny("dfa")
-    a = sweep.run_sweep([config], tmp_path / "a", verbose=0)[0]
-    b = sweep.run_sweep([config], tmp_path / "b", verbose=0)[0]
+    a = sweep.run_sweep([config], tmp_path / "a", verbose=0, isolate=False)[0]
+    b = sweep.run_sweep([config], tmp_path / "b", verbose=0, isolate=False)[0]
     columns = ["loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy", "alignment_0"]
     ha = pd.read_csv(a.folder / "history.csv")[columns]
     hb = pd.read_csv(b.folder / "history.csv")[columns]
@@ -499,7 +509,7 @@ def test_bad_configs_are_all_reported_before_training(tmp_path, no_training):
                 tiny("fa", val_fraction=1.0), tiny("fa", patience=0),
                 tiny("fa", model={"type": "resnet", "depth": 9})]
     with pytest.raises(configs.ConfigError) as err:
-        sweep.run_sweep(configs_, tmp_path / "runs", verbose=0)
+        sweep.run_sweep(configs_, tmp_path / "runs", verbose=0, isolate=False)
     lines = str(err.value).splitlines()
     assert lines[0] == "config key 'epochs': got 0; epochs must be an integer > 0. Pass e.g. 10."
     assert lines[1].startswith("config key 'method': got 'nope'; unknown credit-assignment")
@@ -569,7 +579,7 @@ def test_tuning_chooses_on_validation_never_on_test():
 def test_compare_tunes_each_method_then_runs_its_seeds(tmp_path, train_calls):
     grid = '{"learning_rate": [1e-9, 0.003], "dfa": {"learning_rate": [0.003, 1e-9]}}'
     argv = ["--quick", "--methods", "bp,dfa", "--datasets", "digits", "--epochs", "1",
-            "--tune-grid", grid, "--out", str(tmp_path)]
+            "--tune-grid", grid, "--out", str(tmp_path), "--in-process"]
     assert compare.main(argv) == 0
     folder = tmp_path / "compare_quick"
     assert len(train_calls) == 4  # 2 methods x 2 points x seed 0; the final seed 0 is cached
@@ -626,7 +636,7 @@ def test_resnet_matches_its_architecture():
 ])
 def test_zoo_model_trains_with_backprop_and_records_true_metrics(spec, tmp_path):
     config = tiny("backprop", model=spec, epochs=1, n_align=16, n_train=120)
-    out = sweep.run_sweep([config], tmp_path, verbose=0, after_fit=_check_metrics)
+    out = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False, after_fit=_check_metrics)
     assert out[0].status == "done"
     history = pd.read_csv(out[0].folder / "history.csv")
     check = json.loads((out[0].folder / "check.json").read_text())
@@ -680,7 +690,7 @@ def _tensorboard_scalars(log_dir):
 
 def test_tensorboard_logs_credit_scalars(tmp_path):
     config = tiny("sg", epochs=2)
-    out = sweep.run_sweep([config], tmp_path, verbose=0,
+    out = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False,
                           callbacks=compare.TensorBoardLogs(tmp_path))
     history = pd.read_csv(out[0].folder / "history.csv")
     scalars = _tensorboard_scalars(out[0].folder / "tensorboard")
@@ -728,7 +738,7 @@ class _Mark:
 
 
 def _sweep_process(configs_, out, marks):
-    sweep.run_sweep(configs_, out, verbose=0, after_fit=_Mark(marks), poll=0.2)
+    sweep.run_sweep(configs_, out, verbose=0, isolate=False, after_fit=_Mark(marks), poll=0.2)
 
 
 def _trained(marks):
@@ -744,8 +754,8 @@ def test_two_concurrent_sweeps_train_every_run_exactly_once(tmp_path):
     other = multiprocessing.get_context("spawn").Process(
         target=_sweep_process, args=(configs_, tmp_path / "runs", marks))
     other.start()
-    mine = sweep.run_sweep(configs_, tmp_path / "runs", verbose=0, after_fit=_Mark(marks),
-                           poll=0.2)
+    mine = sweep.run_sweep(configs_, tmp_path / "runs", verbose=0, isolate=False,
+                           after_fit=_Mark(marks), poll=0.2)
     other.join(120)
     assert other.exitcode == 0
     assert _trained(marks) == sorted(configs.run_id(c) for c in configs_)  # once, none lost
@@ -772,7 +782,7 @@ def test_workers_train_in_their_own_processes(tmp_path):
 def test_workers_give_the_numbers_of_one_process(tmp_path):
     configs_ = [tiny(m, epochs=2) for m in ("backprop", "dfa")]
     pool = sweep.run_sweep(configs_, tmp_path / "pool", verbose=0, workers=2)
-    serial = sweep.run_sweep(configs_, tmp_path / "serial", verbose=0)
+    serial = sweep.run_sweep(configs_, tmp_path / "serial", verbose=0, isolate=False)
     for a, b in zip(pool, serial):
         ha, hb = (pd.read_csv(r.folder / "history.csv") for r in (a, b))
         columns = ["loss", "val_accuracy", "test_accuracy", "alignment_0"]
@@ -789,7 +799,7 @@ def _die(config):
 
 
 def _killed_process(configs_, out):
-    sweep.run_sweep(configs_, out, verbose=0, callbacks=_die)
+    sweep.run_sweep(configs_, out, verbose=0, isolate=False, callbacks=_die)
 
 
 def test_a_killed_workers_run_is_redone(tmp_path, train_calls):
@@ -806,11 +816,88 @@ def test_a_killed_workers_run_is_redone(tmp_path, train_calls):
     assert not (tmp_path / key / "done").exists()
     assert results.load_runs(tmp_path).empty  # an incomplete run is not a result
 
-    out = sweep.run_sweep([config], tmp_path, verbose=0)
+    out = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False)
     assert (out[0].status, out[0].redone, out[0].cached) == ("done", True, False)
     assert train_calls == [("backprop", key)]
     assert pd.read_csv(tmp_path / key / "history.csv")["epoch"].tolist() == [1, 2]
     assert not claim.exists()
+
+
+class _DoubleFree(keras.callbacks.Callback):
+    """Stands for a fault inside TensorFlow: the heap is corrupted and glibc aborts."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        pointer = libc.malloc(64)
+        libc.free(pointer)
+        libc.free(pointer)  # glibc: "free(): double free detected in tcache 2", abort
+
+
+def _faults(config):
+    return [_DoubleFree()] if config["method"] == "feedback_alignment" else []
+
+
+def test_a_run_that_crashes_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    # Two worker processes start: the first dies in the first run, a second trains the
+    # other (a Python exception in a run: test_compare_records_a_failed_run_and_exits_1).
+    configs_ = [tiny(m, epochs=1, n_train=100, n_align=0) for m in ("fa", "backprop")]
+    out = sweep.run_sweep(configs_, tmp_path, verbose=0, callbacks=_faults)
+    assert [r.status for r in out] == ["failed", "done"]
+    assert out[0].reason == ("the run's process was killed by signal 6 (SIGABRT); its last "
+                             "output: free(): double free detected in tcache 2")
+    crashed, done = out[0].folder, out[1].folder
+    assert not (crashed / "done").exists()
+    assert (crashed / "failed").read_text().splitlines()[0] == out[0].reason
+    record = json.loads((crashed / "config.json").read_text())
+    assert (record["status"], record["reason"]) == ("failed", out[0].reason)
+    assert "double free detected" in (crashed / "output.log").read_text()
+    # The crash took its worker down; a new one trained the other run.
+    pids = [json.loads((f / "config.json").read_text())["pid"] for f in (crashed, done)]
+    assert pids[0] != pids[1] and os.getpid() not in pids
+    assert (done / "done").exists()
+    assert [p.name for p in (tmp_path / folders.CLAIMS).iterdir()] == [".lock"]
+    assert leftovers(tmp_path) == []
+
+    df = results.load_runs(tmp_path)  # a failed run is not a result
+    assert df["method"].unique().tolist() == ["backprop"]
+    table = tables.annotate(results.accuracy_table(df), out)
+    assert table[["method", "n", "failed"]].values.tolist() == [
+        ["backprop", 1, 0], ["feedback_alignment", 0, 1]]
+    assert table["note"].tolist() == ["", f"failed: {out[0].reason}"]
+    assert tables.display(table)["test_mean"].iloc[1] == f"n/a (failed: {out[0].reason})"
+
+
+def test_compare_records_a_failed_run_and_exits_1(tmp_path, capsys, monkeypatch):
+    train = training.train
+
+    def dfa_fails(config, folder, *args, **kwargs):
+        if config["method"] == "direct_feedback_alignment":
+            raise RuntimeError("a bug in DFA")
+        return train(config, folder, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", dfa_fails)
+    argv = ["--quick", "--methods", "bp,dfa", "--datasets", "digits", "--epochs", "1",
+            "--out", str(tmp_path), "--in-process"]
+    assert compare.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "2 runs (1 trained, 0 already done, 0 diverged, 0 not applicable, 1 failed)" in (
+        captured.out)
+    assert "1 run(s) failed" in captured.err
+    failed = json.loads(next((tmp_path / "compare_quick" / "runs").glob("*/failed")).parent
+                        .joinpath("config.json").read_text())
+    assert failed["method"] == "direct_feedback_alignment" and failed["status"] == "failed"
+    assert "direct_feedback_alignment on digits (mlp), seed 0: RuntimeError: a bug in DFA" in (
+        captured.err)
+    accuracy = pd.read_csv(tmp_path / "compare_quick" / "accuracy.csv", keep_default_na=False)
+    assert accuracy[["method", "n", "failed", "note"]].values.tolist() == [
+        ["backprop", 1, 0, ""], ["direct_feedback_alignment", 0, 1,
+                                 "failed: RuntimeError: a bug in DFA"]]
+    markdown = (tmp_path / "compare_quick" / "accuracy.md").read_text()
+    assert "| n/a (failed: RuntimeError: a bug in DFA) |" in markdown
 
 
 @pytest.mark.slow
@@ -826,3 +913,32 @@ def test_ray_tasks_run_the_sweep(tmp_path):
     assert all((tmp_path / r.run / "done").exists() for r in out)
     again = sweep.run_sweep(configs_, tmp_path, verbose=0)
     assert [r.cached for r in again] == [True] * 3
+
+
+# ---------------------------------------------------------------------------
+# The oneDNN reproduction script: a crashed try makes it exit 1
+
+
+def test_onednn_repro_exits_1_when_a_try_crashes(monkeypatch, capsys):
+    from experiments import repro_onednn
+
+    outcomes = iter([
+        subprocess.CompletedProcess([], -6, "", "I0000 start-up log\nmunmap_chunk(): invalid "
+                                                "pointer\n"),
+        subprocess.CompletedProcess([], 0, "ok: 1 epochs in 3.0 s, oneDNN custom operations "
+                                           "on\n", ""),
+    ])
+    seen = []
+
+    def run(command, env, **kwargs):
+        seen.append((command[-6:-4], env["TF_ENABLE_ONEDNN_OPTS"]))
+        return next(outcomes)
+
+    monkeypatch.setattr(repro_onednn.subprocess, "run", run)
+    assert repro_onednn.main(["--cases", "conv_28", "--tries", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("conv_28 try 1: crashed (SIGABRT) after ")
+    assert out[1].endswith(" -- munmap_chunk(): invalid pointer")
+    assert out[2].endswith(" -- ok: 1 epochs in 3.0 s, oneDNN custom operations on")
+    assert out[3] == "1 crashed"
+    assert seen == [(["--child", "conv_28"], "1")] * 2  # oneDNN forced on in the tries

@@ -25,6 +25,7 @@ import logging
 import math
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -430,7 +431,59 @@ def test_plot_curves_writes_png(df, tmp_path, metric, band, panels):
     content = path.read_bytes()
     assert content.startswith(b"\x89PNG\r\n\x1a\n") and content[12:16] == b"IHDR"
     width, height = int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
-    assert (width, height) == (450 * panels, 350)  # 4.5 x 3.5 inches per panel at 100 dpi
+    # 4.5 x 3.5 inches per panel at 100 dpi, and 2.6 inches for the legend of the methods
+    assert (width, height) == (450 * panels + 260, 350)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures that plot_curves saves."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = [], Figure.savefig
+
+    def record(self, *args, **kwargs):
+        saved.append(self)
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return saved
+
+
+def test_plot_curves_draws_one_panel_per_model_and_data_set(tmp_path, figures):
+    cnn, resnet = {"type": "cnn", "filters": [8]}, {"type": "resnet", "depth": 8}
+    root = tmp_path / "runs"
+    curves = {}  # (dataset, model type, method) -> test accuracy per epoch, per seed
+    for d, dataset in enumerate(("digits", "mnist")):
+        for m, model in enumerate((cnn, resnet)):
+            for k, method in enumerate(("backprop", "dfa")):
+                if (dataset, method) == ("mnist", "dfa") and model is cnn:
+                    continue  # a panel may lack a method
+                for seed in (0, 1):
+                    acc = [0.1 * (1 + d + m + k) + 0.01 * seed * e for e in (1, 2, 3)]
+                    curves.setdefault((dataset, model["type"], method), []).append(acc)
+                    write_run(root, f"{dataset}{m}{k}{seed}",
+                              config(method, dataset, seed, model=model),
+                              {**EPOCHS, "loss": [1.0, 0.5, 0.2], "test_accuracy": acc})
+    results.plot_curves(results.load_runs(root), tmp_path / "curves.png", columns=3)
+    fig = figures[-1]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        "digits · cnn", "digits · resnet-8", "mnist · cnn", "mnist · resnet-8"]
+    assert len(fig.axes) == 6  # 3 to a row, 2 rows: 2 hidden
+    for ax in panels:
+        dataset, model = ax.get_title().split(" · ")
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        methods = sorted(m for d, t, m in curves if (d, t) == (dataset, model.split("-")[0]))
+        assert sorted(lines) == methods
+        for method, line in lines.items():
+            expected = np.mean(curves[(dataset, model.split("-")[0], method)], axis=0)
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])
+    colours = {(line.get_label(), line.get_color()) for ax in panels for line in ax.get_lines()}
+    assert len(colours) == 2  # one colour per method, the same in every panel
+    legend, = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["backprop", "dfa"]
 
 
 def test_plot_curves_errors(df, tmp_path):
@@ -438,3 +491,5 @@ def test_plot_curves_errors(df, tmp_path):
         results.plot_curves(df, tmp_path / "x.png", band="iqr")
     with pytest.raises(ValueError, match="top5"):
         results.plot_curves(df, tmp_path / "x.png", metric="top5")
+    with pytest.raises(ValueError, match="columns must be an integer >= 1"):
+        results.plot_curves(df, tmp_path / "x.png", columns=0)

@@ -10,8 +10,9 @@ Modules, by concern:
   lstm, gru) and what data each reads;
 - :mod:`~experiments.runner.data`: load, subsample, validation split, views, batches;
 - :mod:`~experiments.runner.training`: one run (callbacks, history.csv);
-- :mod:`~experiments.runner.sweep`: validation of a sweep, serial / process-pool / Ray
-  execution with claims, progress bar;
+- :mod:`~experiments.runner.sweep`: validation of a sweep, execution in worker processes
+  / in-process / as Ray tasks with claims, failed runs recorded, progress bar;
+- :mod:`~experiments.runner.isolation`: the worker processes (a crash fails one run);
 - :mod:`~experiments.runner.tuning`: per-method grids chosen on the validation split;
 - :mod:`~experiments.runner.tables`: not-applicable rows and markdown views;
 - :mod:`~experiments.runner.cli`: the shared command-line flags.

@@ -10,7 +10,8 @@ Every script takes:
 - list flags (``--methods``, ``--datasets``, ``--models``, ``--tasks``) take names
   space- or comma-separated.
 
-Sweeps add ``--workers N`` (local processes) and ``--ray [ADDRESS]`` (Ray tasks).
+Sweeps add ``--workers N`` (worker processes), ``--ray [ADDRESS]`` (Ray tasks) and
+``--in-process`` (train in the script's own process: no isolation from crashes).
 A bad value exits with status 2 and a message naming the flag, the value and the fix.
 
 Example:
@@ -77,12 +78,16 @@ def add_common(parser, seeds_default, quick_help="a smoke run: one seed, few epo
 
 
 def add_parallel(parser):
-    """Add ``--workers N`` and ``--ray [ADDRESS]`` to a sweep's parser."""
+    """Add ``--workers N``, ``--ray [ADDRESS]`` and ``--in-process`` to a sweep's parser."""
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                        help="train N runs at a time in local processes (default 1)")
+                        help="train N runs at a time in worker processes (default 1)")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run the runs as Ray tasks: on a local Ray instance, or on the "
                              "cluster at ADDRESS (needs pip install -e \".[ray]\")")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train in this process, not in a worker process (for a "
+                             "debugger; a crash inside TensorFlow then ends the sweep "
+                             "instead of being recorded as a failed run)")
 
 
 def check_out(parser, out):

@@ -11,6 +11,10 @@ it takes the run over and redoes it from scratch. Taking over is done under an
 the same stale claim. A claim made on another host is never taken as stale (its
 process cannot be checked from here); delete the file by hand if that host is gone.
 
+A run that **failed** (its training raised, or its process died: a segmentation fault
+or an abort inside TensorFlow) holds a ``failed`` file with the reason and no ``done``:
+it is not a result, and the next sweep on the folder trains it again.
+
 Example:
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp())
@@ -30,10 +34,15 @@ import os
 import pathlib
 import socket
 
-__all__ = ["Claim", "CLAIMS", "STATUS_DONE", "STATUS_DIVERGED", "STATUS_NA", "claim_owner",
-           "finished", "finished_status", "is_done", "is_stale", "try_claim"]
+__all__ = ["Claim", "CLAIMS", "FAILED", "STATUS_DONE", "STATUS_DIVERGED", "STATUS_FAILED",
+           "STATUS_NA", "claim_owner", "failure", "finished", "finished_status", "is_done",
+           "is_stale", "try_claim"]
 
 STATUS_DONE, STATUS_DIVERGED, STATUS_NA = "done", "diverged", "not_applicable"
+#: A run whose training raised or whose process died; not finished (no ``done``).
+STATUS_FAILED = "failed"
+#: The marker file of a failed run: its reason, then the details (traceback, output).
+FAILED = "failed"
 #: The folder of the claim files, inside the sweep's output folder.
 CLAIMS = ".claims"
 
@@ -61,6 +70,15 @@ def finished(folder):
     except (OSError, ValueError):
         return STATUS_DONE, None
     return record.get("status", STATUS_DONE), record.get("reason")
+
+
+def failure(folder):
+    """The reason (first line of the ``failed`` file) of a failed run, or None."""
+    try:
+        with open(pathlib.Path(folder) / FAILED) as f:
+            return f.readline().rstrip("\n") or None
+    except OSError:
+        return None
 
 
 def _start_time(pid):

@@ -1,4 +1,5 @@
-"""Tables of a sweep: the not-applicable runs added, short model names, markdown views.
+"""Tables of a sweep: the not-applicable and failed runs added, short model names, markdown
+views.
 
 Example:
     >>> table = annotate(credit.results.accuracy_table(df), run_results)  # doctest: +SKIP
@@ -11,7 +12,7 @@ import re
 
 import pandas as pd
 
-from experiments.runner.folders import STATUS_NA
+from experiments.runner.folders import STATUS_FAILED, STATUS_NA
 
 __all__ = ["annotate", "display", "model_key", "short_model", "short_reason"]
 
@@ -48,11 +49,15 @@ def short_reason(reason):
 
 
 def annotate(table, results):
-    """Add the not-applicable configs of a sweep to a table from ``credit.results``.
+    """Add the not-applicable and the failed runs of a sweep to a table from
+    ``credit.results``.
 
     Every (method, dataset[, model]) that was skipped because it does not apply and
     has no row gets one, with NaN numbers, zero counts and the reason in a ``note``
-    column (the other rows get ""). Use :func:`display` for the markdown view.
+    column (the other rows get ""). If runs failed (their training raised or their
+    process died), a ``failed`` column counts them per row, a row whose runs all failed
+    is added like a not-applicable one, and the note gives the first failure's reason.
+    Use :func:`display` for the markdown view.
 
     Args:
         table: ``credit.results.accuracy_table`` or ``convergence_table`` output.
@@ -65,21 +70,29 @@ def annotate(table, results):
     table["note"] = ""
     by_model = "model" in table.columns
     keys = ["method", "dataset"] + (["model"] if by_model else [])
-    reasons = {}
+    reasons, failed = {}, {}
     for r in results:
+        if r.status not in (STATUS_NA, STATUS_FAILED):
+            continue
+        key = (r.config["method"], r.config["dataset"])
+        if by_model:
+            key += (model_key(r.config["model"]),)
         if r.status == STATUS_NA:
-            key = (r.config["method"], r.config["dataset"])
-            if by_model:
-                key += (model_key(r.config["model"]),)
-            reasons.setdefault(key, short_reason(r.reason))
+            reasons.setdefault(key, f"not applicable: {short_reason(r.reason)}")
+        else:
+            failed[key] = failed.get(key, 0) + 1
+            reasons.setdefault(key, f"failed: {r.reason}")
+    if failed:
+        table["failed"] = 0
     rows = []
-    for key, reason in reasons.items():
+    for key, note in reasons.items():
         mask = pd.Series(True, index=table.index)
         for column, value in zip(keys, key):
             mask &= table[column] == value
-        note = f"not applicable: {reason}"
         if mask.any():
             table.loc[mask, "note"] = note
+            if key in failed:
+                table.loc[mask, "failed"] = failed[key]
             continue
         row = {c: math.nan for c in table.columns}
         row.update(dict(zip(keys, key)), note=note)
@@ -90,6 +103,8 @@ def annotate(table, results):
         for c in ("n", "n_reached", "n_pairs", "diverged"):
             if c in table.columns:
                 row[c] = 0
+        if failed:
+            row["failed"] = failed.get(key, 0)
         if "reached" in table.columns:
             row["reached"] = "0/0"
         if "diff_significant" in table.columns:
@@ -98,7 +113,7 @@ def annotate(table, results):
     if rows:
         extra = pd.DataFrame(rows, columns=table.columns)
         table = pd.concat([table, extra], ignore_index=True) if len(table) else extra
-        for c in ("n", "n_reached", "n_pairs", "diverged"):
+        for c in ("n", "n_reached", "n_pairs", "diverged", "failed"):
             if c in table.columns:
                 table[c] = table[c].astype("int64")
         if "diff_significant" in table.columns:
@@ -108,14 +123,16 @@ def annotate(table, results):
 
 
 def display(table, value_column="test_mean"):
-    """A copy for markdown: not-applicable rows show ``n/a (not applicable: ...)`` in
-    ``value_column``, model specs their type name, and the ``note`` column is dropped."""
+    """A copy for markdown: not-applicable rows and rows whose runs all failed show
+    ``n/a (not applicable: ...)`` or ``n/a (failed: ...)`` in ``value_column``, model
+    specs their type name, and the ``note`` column is dropped."""
     shown = table.copy()
     if "model" in shown.columns:
         shown["model"] = shown["model"].map(short_model)
     if "note" not in shown.columns:
         return shown
-    skipped = shown["note"].str.startswith("not applicable") & shown[value_column].isna()
+    skipped = (shown["note"].str.startswith(("not applicable", "failed"))
+               & shown[value_column].isna())
     if skipped.any():
         shown[value_column] = shown[value_column].astype(object)
         shown.loc[skipped, value_column] = "n/a (" + shown.loc[skipped, "note"] + ")"

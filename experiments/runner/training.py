@@ -21,6 +21,12 @@ If the engine refuses the model at its first training step (a ``ValueError`` suc
 not applicable: ``config.json`` gets ``status`` "not_applicable" and the ``reason``,
 then ``done``; tables show it like a refusal at compile time.
 
+A run whose training raises (or whose process dies, see
+:mod:`experiments.runner.isolation`) is recorded by :func:`record_failure`: ``failed``
+(the reason on its first line, then the traceback or the last output), and
+``config.json`` with ``status`` "failed" and the ``reason``; no ``done``, so it is not a
+result and the next sweep trains it again.
+
 The callbacks run in this order, so that a user callback (``keras.callbacks.TensorBoard``)
 sees every scalar: TerminateOnNaN, the clock, the alignment measurement, the test
 evaluation, the user's callbacks, early stopping, the history writer.
@@ -44,9 +50,10 @@ from experiments.runner import configs as configs_lib
 from experiments.runner import data as data_lib
 from experiments.runner import folders
 from experiments.runner import models as models_lib
-from experiments.runner.files import write_atomic, write_csv, write_json
+from experiments.runner.files import read_json, write_atomic, write_csv, write_json
 
-__all__ = ["REFUSALS", "applicability", "compiled_model", "selection", "train"]
+__all__ = ["REFUSALS", "applicability", "compiled_model", "record_failure", "selection",
+           "train"]
 
 #: Errors with which the engine refuses a model: at compile time they make a config not
 #: applicable; at the first training step (before any epoch ends) too.
@@ -204,6 +211,32 @@ class _Recorder(keras.callbacks.Callback):
 
 # ---------------------------------------------------------------------------
 # One run
+
+
+def record_failure(folder, config, reason, details=""):
+    """Record a failed run in its folder (created if missing).
+
+    Writes ``failed`` (``reason`` on the first line, then ``details``: a traceback or
+    the run's last output) and ``config.json`` with ``status`` "failed" and the
+    ``reason`` (keeping what the run had written there). No ``done`` marker: the run is
+    not a result, and the next sweep on the folder trains it again.
+
+    Args:
+        folder: the run folder.
+        config: the run's completed config (used when config.json was not written yet).
+        reason: one line: the exception, or how the run's process died.
+        details: more lines for the ``failed`` file.
+    """
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        record = read_json(folder / "config.json")
+    except (OSError, ValueError):
+        record = dict(config)
+    record.update(status=folders.STATUS_FAILED, reason=reason)
+    write_json(folder / "config.json", record)
+    text = reason.rstrip("\n") + "\n" + (details.rstrip("\n") + "\n" if details else "")
+    write_atomic(folder / folders.FAILED, text)
 
 
 def train(config, folder, callbacks=(), after_fit=None):
