@@ -1,5 +1,6 @@
 """Feedback alignment: the backward pass through fixed random matrices."""
 
+from credit.methods import _sign
 from credit.registry import register
 from credit.signal import ErrorSignal, random_kernels, transported_layers
 
@@ -43,9 +44,8 @@ class FeedbackAlignment(ErrorSignal):
 
     def __init__(self, seed=None, scale=None, layers=None):
         super().__init__(seed=seed)
-        self.scale = scale
-        self.layers = None if layers is None else list(layers)
-        self.feedback_matrices = None
+        self.scale = _sign.check_scale(scale)
+        self.layers = _sign.check_layers(layers)
 
     def build(self, graph):
         self.transported = transported_layers(graph, self.layers)
