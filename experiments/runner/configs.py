@@ -85,10 +85,15 @@ DEFAULTS = {
     "tag": None,
 }
 
-#: The weight decay of a Kolen-Pollack run whose ``optimizer_options`` name none
-#: (Keras's convention: each step multiplies W, and so B, by
-#: ``1 - learning_rate * weight_decay``).
-KOLEN_POLLACK_WEIGHT_DECAY = 0.1
+#: The weight decay of a Kolen-Pollack run whose ``optimizer_options`` name none.
+#: In Keras's convention each step multiplies W, and so B, by
+#: ``1 - learning_rate * weight_decay``, so ``B - W`` shrinks by ``e`` every
+#: ``1 / (learning_rate * weight_decay)`` steps: 1000 steps at the default learning
+#: rate of 1e-3 (about the length of a 20-epoch digits run), 100 at 1e-2. Measured on
+#: digits, MLP 256-256 tanh, Adam 1e-3, 10 epochs, seed 0: test accuracy 0.956 with
+#: and without it; ``||B - W|| / ||W||`` 1.36 against 1.43 (3.0: 0.950, 1.15;
+#: 10.0: 0.919, 0.43 -- a decay strong enough to align B in so few steps costs W).
+KOLEN_POLLACK_WEIGHT_DECAY = 1.0
 
 #: Keys the runner adds to ``config.json``; a config must not use them.
 RESERVED = ("status", "run", "architecture", "model_name", "data_source", "data_view",
