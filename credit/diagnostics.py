@@ -7,18 +7,43 @@ import tensorflow as tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import registry, transports
+from credit import transports
+from credit.model import _resolve as resolve
 from credit.model import bind, record
 
 
-def _method_of(model, method):
-    return registry.get(method) if method is not None else model.method
+def _method_for(model, method, caller):
+    """The method ``caller`` describes: ``method`` resolved, or the model's own.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: no method for a plain Keras model, or a method bound to another
+            model (its graph and state are that model's).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"credit.{caller} takes a Keras model; got model={model!r} of "
+                        f"type {type(model).__name__}. Pass the model, e.g. "
+                        f"credit.{caller}(model, method='dfa').")
+    if method is None:
+        if not hasattr(model, "method"):
+            raise ValueError(f"model {model.name!r} is not a credit model, so it has no "
+                             "method of its own; pass one, e.g. "
+                             f"credit.{caller}(model, method='dfa').")
+        return model.method
+    # By name or config: the model's own method if it is that one, else the one that
+    # credit.compute_gradients(model, ..., method=...) uses (one per config).
+    method = resolve(model, method)
+    if method.model is not None and method.model is not model:
+        raise ValueError(
+            f"method={method!r} is bound to model {method.model.name!r}, not to "
+            f"model {model.name!r}: its {'table' if caller == 'summary' else 'numbers'} "
+            "would describe the other model. Pass the method's name or config instead, "
+            f"e.g. credit.{caller}(model, method=method.get_config()).")
+    return method
 
 
 def _bound(model, method, x=None):
-    if method.plan is None or method.model is not model:
-        if method.model is not None and method.model is not model:
-            method = registry.get(method.get_config())
+    if method.plan is None:
         bind(method, model, inputs=x)
     return method
 
@@ -45,25 +70,7 @@ def summary(model, method=None):
              layer   type  block                         signal  transport ...
         0  dense_1  Dense      0  point: e B_p (fixed random...   W (true) ...
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"credit.summary takes a Keras model; got model={model!r} of type "
-                        f"{type(model).__name__}. Pass the model, e.g. "
-                        "credit.summary(model, method='dfa').")
-    if method is None:
-        if not hasattr(model, "method"):
-            raise ValueError(f"model {model.name!r} is not a credit model, so it has no "
-                             "method of its own; pass one, e.g. "
-                             "credit.summary(model, method='dfa').")
-        method = model.method
-    else:
-        method = registry.get(method)
-    if method.model is not None and method.model is not model:
-        # Its table would be the other model's.
-        raise ValueError(
-            f"method={method!r} is bound to model {method.model.name!r}, not to "
-            f"model {model.name!r}: its table would describe the other model. Pass the "
-            "method's name or config instead, e.g. "
-            "credit.summary(model, method=method.get_config()).")
+    method = _method_for(model, method, "summary")
     if method.plan is None:
         method = _bound(model, method)
     graph, plan = method.graph, method.plan
@@ -214,7 +221,7 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     """
     if by not in ("layer", "block"):
         raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
-    method = _method_of(model, method)
+    method = _method_for(model, method, "alignment")
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
     y = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)
     method = _bound(model, method, x)

@@ -401,7 +401,10 @@ class Model(keras.Model):
 
     Use it exactly like ``keras.Model`` (functional or subclassed); ``compile`` and
     ``fit`` take one more argument, ``method``: a name from ``credit.available()``, an
-    alias, a config dict or an :class:`credit.ErrorSignal`. Default: backprop.
+    alias, a config dict or an :class:`credit.ErrorSignal`. Default: backprop, for a
+    model that never had a method; otherwise the current one, whose state (feedback
+    matrices, synthesizers) is kept, also when the same method is given again by another
+    spelling. A method change that fails leaves the model exactly as it was.
 
     Example:
         >>> inputs = keras.Input((784,))                     # doctest: +SKIP

@@ -374,3 +374,20 @@ def test_every_method_has_the_promised_attributes(name):
     used = "synthesizers" if sg else uses.get(method.name)
     for attr in ("feedback_matrices", "synthesizers"):
         assert bool(getattr(method, attr)) == (used == attr), attr
+
+
+def test_alignment_describes_this_models_method(classification_data):
+    """7: alignment bound a fresh copy of another model's method (another B, seed=None);
+    by name it now uses the model's own method, as compute_gradients does."""
+    x, y = classification_data
+    a, b = mlp(), mlp()
+    a.compile(loss="sparse_categorical_crossentropy", method="dfa")
+    b.compile(loss="sparse_categorical_crossentropy", method="dfa")
+    with pytest.raises(ValueError, match=r"bound to model '.*', not to model '.*': its "
+                                         r"numbers would describe the other model"):
+        credit.alignment(b, x, y, method=a.method)
+    own = credit.alignment(b, x, y)
+    for spelling in ("dfa", "DFA", {"name": "dfa"}):
+        again = credit.alignment(b, x, y, method=spelling)
+        np.testing.assert_array_equal(again["update_cosine"].to_numpy(),
+                                      own["update_cosine"].to_numpy())

@@ -24,8 +24,8 @@ class FeedbackAlignment(ErrorSignal):
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
         scale: the matrices are uniform in ``±scale``; default ``1/sqrt(d)``, d the
-            number of terms each backward sum has (units of a Dense layer; filters x
-            kernel size of a convolution).
+            number of terms each backward sum has (units of a Dense layer; kernel size
+            x filters / groups of a convolution; see ``credit.transports.fan_in``).
         layers: names of the layers to cross with feedback matrices (default: every
             Dense, EinsumDense and convolution whose input gradient is used).
 
