@@ -445,8 +445,8 @@ class Model(keras.Model):
         The same method again (the same instance, or an unbound one with the same
         config: a name, alias or config dict) keeps the current instance and its state
         (feedback matrices, synthesizers). Raises before changing anything when the
-        method is bound to another model; callers restore the model if binding fails
-        (see :meth:`_transaction`).
+        method is bound to another model; if binding fails, ``compile`` and ``fit``
+        put the model back as it was (:meth:`_snapshot`, :meth:`_restore`).
         """
         current = self.__dict__.get("_credit_method")
         if method is None and current is not None:
