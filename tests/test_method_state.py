@@ -105,6 +105,34 @@ def test_drtp_follows_a_loss_that_divides_by_the_sum_of_the_weights(classificati
         np.testing.assert_allclose(g.numpy(), v, rtol=1e-4, atol=1e-6)
 
 
+def test_drtp_weights_each_time_step_like_the_loss():
+    """6: a weight per example and time step (the masks of credit.data.Windows)."""
+    rng = np.random.default_rng(2)
+    b, t, f, h, c = 4, 3, 5, 6, 2
+    x = rng.normal(size=(b, t, f)).astype("float32")
+    y = np.eye(c)[rng.integers(0, c, size=(b, t))].astype("float32")
+    w = (rng.uniform(size=(b, t)) > 0.4).astype("float32")
+    model = credit.Sequential([keras.Input((t, f)), keras.layers.Dense(h, activation="tanh"),
+                               keras.layers.Dense(c, activation="softmax")])
+    model.compile(loss="categorical_crossentropy", method={"name": "drtp", "seed": 0})
+    (B,) = [v.astype("float64") for v in feedback(model).values()]
+    assert B.shape == (t * c, t * h)
+    w1, b1, w2, b2 = [v.astype("float64") for v in model.get_weights()]
+    x64, y64, w64 = x.astype("float64"), y.astype("float64"), w.astype("float64")
+    h1 = np.tanh(x64 @ w1 + b1)
+    a2 = h1 @ w2 + b2
+    p = np.exp(a2 - a2.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    e = w64[..., None] * (p - y64) / (b * t)
+    target = (w64[..., None] * y64).reshape(b, t * c)
+    g1 = (target @ B).reshape(b, t, h) * (1 - h1**2)
+    want = [np.einsum("btf,bth->fh", x64, g1), g1.sum((0, 1)),
+            np.einsum("bth,btc->hc", h1, e), e.sum((0, 1))]
+    got = credit.compute_gradients(model, x, y, w).gradients
+    for g, v in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), v, rtol=1e-4, atol=1e-6)
+
+
 # -- 7, 8: summary --------------------------------------------------------------------
 
 
