@@ -235,8 +235,10 @@ def config_problems(config, flags=None):
                 credit.get({"name": config["method"], **method_config, "seed": 0})
             except (ValueError, TypeError) as err:
                 valid = list(credit.get(config["method"]).get_config())[1:]
-                add("method_config", method_config, str(err).rstrip("."),
-                    f"Hyperparameters of {config['method']!r}: {', '.join(valid)}.")
+                # credit.get lists them itself for an unknown hyperparameter.
+                fix = "" if "Its hyperparameters:" in str(err) else \
+                    f"Hyperparameters of {config['method']!r}: {', '.join(valid)}."
+                add("method_config", method_config, str(err).rstrip("."), fix)
     if config["dataset"] not in data_lib.available():
         add("dataset", config["dataset"], "not a data set of credit.data",
             f"Choose from {', '.join(data_lib.available())}.")
