@@ -7,18 +7,43 @@ import tensorflow as tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import registry, transports
+from credit import transports
+from credit.model import _resolve as resolve
 from credit.model import bind, record
 
 
-def _method_of(model, method):
-    return registry.get(method) if method is not None else model.method
+def _method_for(model, method, caller):
+    """The method ``caller`` describes: ``method`` resolved, or the model's own.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: no method for a plain Keras model, or a method bound to another
+            model (its graph and state are that model's).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"credit.{caller} takes a Keras model; got model={model!r} of "
+                        f"type {type(model).__name__}. Pass the model, e.g. "
+                        f"credit.{caller}(model, method='dfa').")
+    if method is None:
+        if not hasattr(model, "method"):
+            raise ValueError(f"model {model.name!r} is not a credit model, so it has no "
+                             "method of its own; pass one, e.g. "
+                             f"credit.{caller}(model, method='dfa').")
+        return model.method
+    # By name or config: the model's own method if it is that one, else the one that
+    # credit.compute_gradients(model, ..., method=...) uses (one per config).
+    method = resolve(model, method)
+    if method.model is not None and method.model is not model:
+        raise ValueError(
+            f"method={method!r} is bound to model {method.model.name!r}, not to "
+            f"model {model.name!r}: its {'table' if caller == 'summary' else 'numbers'} "
+            "would describe the other model. Pass the method's name or config instead, "
+            f"e.g. credit.{caller}(model, method=method.get_config()).")
+    return method
 
 
 def _bound(model, method, x=None):
-    if method.plan is None or method.model is not model:
-        if method.model is not None and method.model is not model:
-            method = registry.get(method.get_config())
+    if method.plan is None:
         bind(method, model, inputs=x)
     return method
 
@@ -45,7 +70,7 @@ def summary(model, method=None):
              layer   type  block                         signal  transport ...
         0  dense_1  Dense      0  point: e B_p (fixed random...   W (true) ...
     """
-    method = registry.get(method) if method is not None else model.method
+    method = _method_for(model, method, "summary")
     if method.plan is None:
         method = _bound(model, method)
     graph, plan = method.graph, method.plan
@@ -54,8 +79,18 @@ def summary(model, method=None):
     for name in graph.weighted:
         layer = graph.layers[name]
         block = graph.block_of(name)
+        container = _is_container(graph, name)
         if method.exact:
             signal, crossing = "true gradient", "W (true)"
+            if container and not _container_passes_down(graph, name):
+                crossing = "none (its input gradient is not used)"
+        elif container:
+            # A layer that owns weights and also has sublayers (its own op feeds them):
+            # its weights learn from what reaches its sublayers, and the backward pass
+            # crosses its own op by autodiff.
+            signal = _container_signal(graph, method, name, points)
+            crossing = ("true (its own op)" if _container_passes_down(graph, name)
+                        else "none (its input gradient is not used)")
         else:
             signal = _signal_rule(graph, method, name, points)
             crossing = _transport_rule(graph, method, plan, name, layer)
@@ -86,6 +121,43 @@ def _signal_rule(graph, method, name, points):
     if not parts:
         return "nothing (no path to the loss or a point)"
     return "true gradient from " + " and ".join(parts)
+
+
+def _is_container(graph, name):
+    """Whether layer ``name`` owns weights and is made of units (not taken apart as a
+    composite such as attention or a recurrent layer)."""
+    return any(node.layer.name == name and not node.unit for node in graph.nodes)
+
+
+def _container_units(graph, name):
+    layer = graph.layers[name]
+    inner = {id(sub) for sub in compat.sublayers(layer, recursive=True)}
+    return [node for node in graph.nodes if node.unit and id(node.layer) in inner]
+
+
+def _container_passes_down(graph, name):
+    """Whether anything below the container's inputs is trained (its input gradient is
+    used): a unit outside it that one of its calls consumes."""
+    for node in graph.nodes:
+        if node.layer.name == name and not node.unit:
+            for t in node.input_tensors:
+                if graph._producers(t)[0]:
+                    return True
+    return False
+
+
+def _container_signal(graph, method, name, points):
+    found, loss = [], False
+    for node in _container_units(graph, name):
+        units_found, units_loss = graph.reaches(node.layer.name, points)
+        found += [p for p in units_found if p not in found]
+        loss = loss or units_loss
+    parts = (["the loss"] if loss else []) + (
+        ["point" + ("s " if len(found) > 1 else " ") + ", ".join(graph.order(found))]
+        if found else [])
+    if not parts:
+        return "nothing (no path to the loss or a point)"
+    return "true gradient from " + " and ".join(parts) + ", through its sublayers"
 
 
 def _transport_rule(graph, method, plan, name, layer):
@@ -147,7 +219,9 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
              layer  block  update_cosine  norm_ratio  signal_cosine  feedback_angle
         0  dense_1      0           0.41        0.9            0.37             NaN
     """
-    method = _method_of(model, method)
+    if by not in ("layer", "block"):
+        raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
+    method = _method_for(model, method, "alignment")
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
     y = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)
     method = _bound(model, method, x)
@@ -176,8 +250,6 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
         true_signals[p] = g if g is not None else true.output_gradient()
     del true.tape
 
-    if by not in ("layer", "block"):
-        raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
     if by == "block":
         rows = []
         for block in graph.blocks:
@@ -238,6 +310,9 @@ class AlignmentCallback(keras.callbacks.Callback):
 
     def __init__(self, x, y, every=1):
         super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 (measure every that many "
+                             f"epochs); got {every!r}. Pass e.g. every=1.")
         self.x, self.y, self.every = x, y, int(every)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -61,6 +61,9 @@ def bind(method, model, inputs=None):
         method.points, method.transported, method.intercepted = (), (), ()
         try:
             method.build(graph)
+            for attr in ("feedback_matrices", "synthesizers"):
+                if getattr(method, attr, None) is None:  # the same attributes on every method
+                    setattr(method, attr, {})
             method.points = tuple(graph.resolve_points(list(method.points)))
             method.transported = tuple(_check_transported(graph, method))
             for name in method.intercepted:
@@ -316,6 +319,10 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
 
 
 def _resolve(model, method):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a Keras model; got {model!r} of type "
+                        f"{type(model).__name__}. Pass the model first, e.g. "
+                        "credit.compute_gradients(model, x, y, method='dfa').")
     if method is None:
         method = getattr(model, "method", None)
         if method is None:
@@ -324,17 +331,34 @@ def _resolve(model, method):
         return method
     if isinstance(method, registry.ErrorSignal):
         return method
-    # A method given by name is resolved once per model, so its state persists.
+    # A method given by name is resolved once per model, so its state persists. The
+    # cache is keyed on the method's canonical config, not on its spelling: "dfa",
+    # "DFA", "direct-feedback-alignment" and {"name": "dfa", "scale": None} are one
+    # method with one set of feedback matrices.
+    resolved = registry.get(method)
+    key = _config_key(resolved)
+    current = model.__dict__.get("_credit_method")
+    if current is not None and _config_key(current) == key:
+        return current  # the credit model's own method, spelled another way
     cache = model.__dict__.setdefault("_credit_loop_methods", {})
-    key = repr(method)
     if key not in cache:
-        cache[key] = registry.get(method)
+        cache[key] = resolved
     return cache[key]
+
+
+def _config_key(method):
+    """A hashable form of ``method.get_config()`` (equal configs, equal keys)."""
+    return repr(sorted(method.get_config().items()))
 
 
 def compute_loss(model, x, y, y_pred, sample_weight=None, training=True, loss_fn=None):
     """The model's compiled loss (regularisation included), or ``loss_fn``'s plus it."""
     if loss_fn is not None:
+        if not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be a callable loss_fn(y, y_pred[, sample_weight]); got "
+                f"{loss_fn!r} of type {type(loss_fn).__name__}. Pass e.g. "
+                f"loss_fn=keras.losses.get({loss_fn!r}) or a keras.losses.Loss instance.")
         if sample_weight is None:
             loss = loss_fn(y, y_pred)
         else:
@@ -377,7 +401,10 @@ class Model(keras.Model):
 
     Use it exactly like ``keras.Model`` (functional or subclassed); ``compile`` and
     ``fit`` take one more argument, ``method``: a name from ``credit.available()``, an
-    alias, a config dict or an :class:`credit.ErrorSignal`. Default: backprop.
+    alias, a config dict or an :class:`credit.ErrorSignal`. Default: backprop, for a
+    model that never had a method; otherwise the current one, whose state (feedback
+    matrices, synthesizers) is kept, also when the same method is given again by another
+    spelling. A method change that fails leaves the model exactly as it was.
 
     Example:
         >>> inputs = keras.Input((784,))                     # doctest: +SKIP
@@ -413,16 +440,27 @@ class Model(keras.Model):
         return method
 
     def _set_method(self, method):
+        """Switch to ``method`` (None: keep the current one; backprop if there is none).
+
+        The same method again (the same instance, or an unbound one with the same
+        config: a name, alias or config dict) keeps the current instance and its state
+        (feedback matrices, synthesizers). Raises before changing anything when the
+        method is bound to another model; if binding fails, ``compile`` and ``fit``
+        put the model back as it was (:meth:`_snapshot`, :meth:`_restore`).
+        """
         current = self.__dict__.get("_credit_method")
+        if method is None and current is not None:
+            return
         resolved = registry.get(method)
+        if resolved.model is not None and resolved.model is not self:
+            raise ValueError(
+                f"method={resolved!r} is already bound to model {resolved.model.name!r}, "
+                f"so it cannot train model {self.name!r}; pass a name or a fresh "
+                "instance, e.g. method=credit.get(method.get_config()).")
         if current is not None and (resolved is current or (
                 resolved.model is None and resolved.get_config() == current.get_config())):
             return  # the same method again: keep its state (feedback matrices, ...)
         method = resolved
-        if method.model is not None and method.model is not self:
-            raise ValueError(
-                f"this {type(method).__name__} instance already trains model "
-                f"{method.model.name!r}; pass a name or a fresh instance.")
         # Bypass Keras's attribute tracking: the method's variables must not join
         # model.weights (the model's optimizer would update them), but saving still
         # finds the state holder by attribute.
@@ -451,28 +489,76 @@ class Model(keras.Model):
         method = self.__dict__.get("_credit_method")
         object.__setattr__(self, "_credit_state", method.state if method else None)
 
-    def compile(self, *args, method=None, **kwargs):
-        """``keras.Model.compile`` with ``method=`` (default backprop).
+    def _snapshot(self):
+        """The model's attributes now, for :meth:`_restore` (see there)."""
+        saved = dict(self.__dict__)
+        return saved, {k: list(v) for k, v in saved.items() if isinstance(v, list)}
 
-        If the input shape is known, the method's state (feedback matrices,
-        synthesizers) is created here; otherwise at the first training step.
+    def _restore(self, snapshot):
+        """Put back the attributes of :meth:`_snapshot`, undoing a failed method change.
+
+        A method change (``compile``, ``fit(method=)``) either completes or leaves the
+        model as it was: its method and that method's state, the compiled optimizer,
+        loss and metrics, and the cached train function. Attributes are restored
+        shallowly; lists that Keras's attribute tracking appends to, in place.
         """
-        super().compile(*args, **kwargs)
-        object.__setattr__(self, "_credit_method", None)
-        self._set_method(method)
+        saved, lists = snapshot
+        for key in [k for k in self.__dict__ if k not in saved]:
+            del self.__dict__[key]
+        self.__dict__.update(saved)
+        for key, items in lists.items():
+            saved[key][:] = items
+
+    def compile(self, *args, method=None, **kwargs):
+        """``keras.Model.compile`` with ``method=``.
+
+        Without ``method=`` the model keeps the method it has (and its state), so
+        recompiling to change the optimizer or the learning rate changes nothing else; a
+        model that never had one trains with backprop. The same method again, by name,
+        alias or config, also keeps its state. If the input shape is known, a new
+        method's state (feedback matrices, synthesizers) is created here; otherwise at
+        the first training step. A rejected method (bound to another model, or one that
+        does not fit the model) raises and leaves the model exactly as it was.
+        """
+        snapshot = self._snapshot()
+        try:
+            super().compile(*args, **kwargs)
+            self._set_method(method)
+        except BaseException:
+            self._restore(snapshot)
+            raise
 
     def fit(self, *args, method=None, **kwargs):
         """``keras.Model.fit`` with ``method=``: switches the method, and it stays switched.
+
+        A switch that fails (the method does not fit the model) raises and leaves the
+        model as it was, with its previous method and that method's state.
 
         ``x`` may also be a :class:`credit.data.Windows` (consecutive windows for a
         stateful recurrent model): it is fed in order, in batches of its rows, with
         its mask as sample weights and a :class:`credit.recurrent.StatefulWindows`
         callback (state resets where sequences begin).
         """
-        if method is not None:
-            self._set_method(method)
-        args, kwargs = recurrent.fit_arguments(self, args, kwargs)
-        return super().fit(*args, **kwargs)
+        snapshot = self._snapshot() if method is not None else None
+        try:
+            if method is not None:
+                self._set_method(method)
+            args, kwargs = recurrent.fit_arguments(self, args, kwargs)
+        except BaseException:
+            if snapshot is not None:
+                self._restore(snapshot)
+            raise
+        new = self.__dict__.get("_credit_method")
+        if snapshot is None or new is None or new.exact or new.plan is not None:
+            return super().fit(*args, **kwargs)
+        # The input shape was unknown, so the new method binds at the first step: a
+        # failure there is still part of the switch.
+        try:
+            return super().fit(*args, **kwargs)
+        except BaseException:
+            if new.plan is None:
+                self._restore(snapshot)
+            raise
 
     def make_train_function(self, force=False):
         # Bind before Keras traces the train function, so that the method's variables

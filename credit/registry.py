@@ -8,6 +8,7 @@ Example:
 """
 
 import difflib
+import inspect
 
 from credit.signal import ErrorSignal
 
@@ -72,6 +73,9 @@ def aliases():
 
 
 def _lookup(name):
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a string, one of {available()}; got "
+                        f"{name!r} of type {type(name).__name__}.")
     key = _normalise(name)
     if key in _NAMES:
         return _METHODS[_NAMES[key]]
@@ -81,6 +85,18 @@ def _lookup(name):
     alias_list = ", ".join(f"{a!r}" for a in sorted(_NAMES) if a not in _METHODS)
     raise ValueError(f"unknown credit-assignment method {name!r}.{hint} Valid names: "
                      f"{valid} (aliases: {alias_list}).")
+
+
+def _hyperparameters(cls):
+    """The keyword arguments of ``cls.__init__`` (its hyperparameters), in order."""
+    params = inspect.signature(cls.__init__).parameters
+    return [n for n, p in list(params.items())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _takes_any_keyword(cls):
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def _make(cls, defaults):
@@ -116,6 +132,15 @@ def get(identifier):
                              "Use method.get_config().")
         cls, defaults = _lookup(identifier["name"])
         config = {**defaults, **{k: v for k, v in identifier.items() if k != "name"}}
+        valid = _hyperparameters(cls)
+        unknown = [k for k in config if k not in valid]
+        if unknown and not _takes_any_keyword(cls):
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"bad config for method {cls.name!r}: unknown hyperparameter(s) "
+                f"{', '.join(f'{k}={config[k]!r}' for k in unknown)}.{hint} Its "
+                f"hyperparameters: {', '.join(valid)}.")
         try:
             return cls.from_config(config)
         except TypeError as err:

@@ -335,6 +335,13 @@ class ErrorSignal(abc.ABC):
     Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored on
     the instance under the same names: :meth:`get_config` reads them from there.
 
+    Attributes (every method, after binding; empty where the method does not use them):
+        points: the feedback points, layer names in topological order (a tuple).
+        transported: the layers crossed by the method's transports (a tuple of names).
+        feedback_matrices: dict from layer name (or point) to the feedback matrix the
+            method uses there (FA, Kolen-Pollack, DFA, DRTP).
+        synthesizers: dict from point to its synthesizer (synthetic gradients).
+
     Class attributes:
         name: the canonical registry name.
         aliases: other names accepted by :func:`credit.get`.
@@ -364,6 +371,11 @@ class ErrorSignal(abc.ABC):
     intercept_rule = None
 
     def __init__(self, seed=None):
+        if seed is not None and (isinstance(seed, (bool, np.bool_))
+                                 or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be None (drawn from numpy's global state) or an "
+                             f"integer >= 0; got {seed!r} of type {type(seed).__name__}. "
+                             "Pass e.g. seed=0.")
         self.seed = seed
         self.model = None
         self.graph = None
@@ -372,6 +384,10 @@ class ErrorSignal(abc.ABC):
         self.points = ()
         self.transported = ()
         self.intercepted = ()
+        # Every method has these, so that code comparing methods reads them alike;
+        # a method that uses them fills them in build (empty where unused).
+        self.feedback_matrices = {}
+        self.synthesizers = {}
         self._drawn_seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else None
 
     # -- what subclasses implement ---------------------------------------------------

@@ -67,7 +67,14 @@ def kernels(layer):
 
 
 def fan_in(layer, kernel_index=0):
-    """How many terms one entry of the adjoint sums over (output units or filters x taps)."""
+    """How many terms one entry of the adjoint sums over: the fan-in of the backward sum.
+
+    Dense: the output units. Convolutions: the spatial taps times the output channels
+    that read an input channel -- all the filters, or ``filters / groups`` of a grouped
+    convolution, whose input channel feeds only the filters of its own group (the
+    multiplier of a depthwise one). The default scale of the feedback matrices,
+    ``1/sqrt(fan_in)``, keeps a signal's size across the transport.
+    """
     shape = tuple(kernels(layer)[kernel_index].shape)
     if isinstance(layer, _L.Dense):
         return int(shape[-1])
@@ -90,11 +97,14 @@ def fan_in(layer, kernel_index=0):
         for dim in shape[:-1]:
             size *= int(dim)
         return size
-    # Convolutions: spatial taps x output channels (x depth multiplier).
+    # Convolutions: spatial taps x the output channels that read one input channel
+    # (kernel (..., in / groups, filters): filters / groups of them; a depthwise kernel
+    # (..., in, multiplier): the multiplier).
     taps = 1
     for dim in shape[:-2]:
         taps *= int(dim)
-    return taps * int(shape[-1])
+    groups = int(getattr(layer, "groups", 1) or 1) if isinstance(layer, _CONV) else 1
+    return taps * int(shape[-1]) // groups
 
 
 def _causal_padding(layer):

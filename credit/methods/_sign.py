@@ -112,3 +112,19 @@ def check_layers(layers):
         raise ValueError(f"layers must be None (every layer with a transport) or a list of "
                          f"layer names, e.g. ['dense_1']; got {layers!r}.")
     return list(layers)
+
+
+def check_at(at):
+    """``at`` (where a point method puts its points) as a list, or None.
+
+    One layer name or block index may be given bare (``at="dense_1"``, ``at=0``).
+    """
+    if at is None:
+        return None
+    if isinstance(at, (str, int, np.integer)) and not isinstance(at, (bool, np.bool_)):
+        return [at]
+    if not isinstance(at, (list, tuple)):
+        raise ValueError(f"at must be None (every hidden block), a layer name, a block "
+                         f"index or a list of them, e.g. at=['dense_1', 2]; got {at!r} of "
+                         f"type {type(at).__name__}.")
+    return list(at)

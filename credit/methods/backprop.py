@@ -1,5 +1,7 @@
 """Backpropagation: the true gradient."""
 
+import numpy as np
+
 from credit.registry import register
 from credit.signal import ErrorSignal, hidden_points
 
@@ -29,6 +31,10 @@ class Backprop(ErrorSignal):
 
     def __init__(self, seed=None, blockwise=False):
         super().__init__(seed=seed)
+        if not isinstance(blockwise, (bool, np.bool_)):
+            raise ValueError(f"blockwise must be True or False; got {blockwise!r} of type "
+                             f"{type(blockwise).__name__}. Pass blockwise=True to train "
+                             "through credit's engine.")
         self.blockwise = bool(blockwise)
 
     @property

@@ -1,5 +1,6 @@
 """Direct feedback alignment: the output error sent straight to every hidden block."""
 
+from credit.methods import _sign
 from credit.registry import register
 from credit.signal import (ErrorSignal, hidden_points, output_error_units, project,
                            uniform_feedback)
@@ -41,9 +42,8 @@ class DirectFeedbackAlignment(ErrorSignal):
 
     def __init__(self, seed=None, scale=None, at=None):
         super().__init__(seed=seed)
-        self.scale = scale
-        self.at = None if at is None else list(at)
-        self.feedback_matrices = None
+        self.scale = _sign.check_scale(scale)
+        self.at = _sign.check_at(at)
 
     def build(self, graph):
         d_out = output_error_units(graph)

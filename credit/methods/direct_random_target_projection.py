@@ -1,6 +1,7 @@
 """Direct random target projection: the target, not the error, sent to every hidden block."""
 
 import numpy as np
+import tensorflow as tf
 
 from credit.graph import GraphError
 from credit.methods import _sign
@@ -23,6 +24,13 @@ class DirectRandomTargetProjection(ErrorSignal):
     backward locking, and no wait for the error. A block's weights learn from its own
     point's signal, pushed through its own nonlinearity; the output block gets the true
     loss gradient.
+
+    Sample weights (``sample_weight``, ``class_weight``, the masks of
+    ``credit.data.Windows``) weight each example's target as the loss weights its
+    example: ``delta_p = (w * y) B_p``, ``w`` broadcast over the target's entries (a
+    weight per time step weighs that step's target), normalised as the loss's reduction
+    normalises them (``"mean_with_sample_weight"``: times ``count / sum(w)``). An example
+    of weight 0 sends no signal, as it adds nothing to the loss.
 
     As in the authors' code (``function.py``, ``labels.mm(B)``), the signal is not
     divided by the batch size, while the loss (and so the output block's gradient) is
@@ -60,10 +68,7 @@ class DirectRandomTargetProjection(ErrorSignal):
     def __init__(self, seed=None, scale=None, at=None):
         super().__init__(seed=seed)
         self.scale = _sign.check_scale(scale)
-        if at is not None and (isinstance(at, (str, int)) and not isinstance(at, bool)):
-            at = [at]
-        self.at = None if at is None else list(at)
-        self.feedback_matrices = None
+        self.at = _sign.check_at(at)
 
     def build(self, graph):
         if len(graph.output_shapes) != 1:
@@ -90,7 +95,40 @@ class DirectRandomTargetProjection(ErrorSignal):
             # No hidden block (e.g. one Dense layer, or no weights at all): nothing to
             # project, and the output layer trains on its true gradient.
             return {}
-        return project(trace.labels(), self.feedback_matrices, trace)
+        return project(_weighted(trace), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         return {}
+
+
+def _weighted(trace):
+    """The targets ``(batch, units)``, each entry times the weight the loss gives it."""
+    y = trace.labels()
+    w = trace.sample_weight
+    if w is None:
+        return y
+    w = tf.cast(tf.convert_to_tensor(w), y.dtype)
+    batch = tf.shape(y)[0]
+    out_shape = [int(d) for d in trace.graph.output_shapes[0]]
+    rank = len(out_shape) + 1
+    # As Keras's losses do (squeeze_or_expand_to_same_rank): drop trailing unit axes
+    # beyond the output's rank, append unit axes up to it.
+    while w.shape.rank > rank and w.shape[-1] == 1:
+        w = tf.squeeze(w, -1)
+    if w.shape.rank > rank:
+        raise ValueError(
+            f"sample_weight of shape {tuple(w.shape)} has more axes than the model output "
+            f"(batch, {', '.join(map(str, out_shape))}); pass one weight per example, or "
+            "per example and time step.")
+    w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([rank - w.shape.rank], "int32")], 0))
+    w = tf.broadcast_to(w, tf.concat([[batch], out_shape], 0))
+    if _reduction(trace.graph.model) == "mean_with_sample_weight":
+        # The loss divides by the sum of the weights, not by their count (the ratio is
+        # the same over the broadcast weights).
+        w = w * tf.math.divide_no_nan(tf.cast(tf.size(w), w.dtype), tf.reduce_sum(w))
+    return y * tf.reshape(w, tf.shape(y))
+
+
+def _reduction(model):
+    loss = getattr(model, "loss", None)
+    return getattr(loss, "reduction", None)

@@ -1,5 +1,6 @@
 """Feedback alignment: the backward pass through fixed random matrices."""
 
+from credit.methods import _sign
 from credit.registry import register
 from credit.signal import ErrorSignal, random_kernels, transported_layers
 
@@ -23,8 +24,8 @@ class FeedbackAlignment(ErrorSignal):
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
         scale: the matrices are uniform in ``±scale``; default ``1/sqrt(d)``, d the
-            number of terms each backward sum has (units of a Dense layer; filters x
-            kernel size of a convolution).
+            number of terms each backward sum has (units of a Dense layer; kernel size
+            x filters / groups of a convolution; see ``credit.transports.fan_in``).
         layers: names of the layers to cross with feedback matrices (default: every
             Dense, EinsumDense and convolution whose input gradient is used).
 
@@ -43,9 +44,8 @@ class FeedbackAlignment(ErrorSignal):
 
     def __init__(self, seed=None, scale=None, layers=None):
         super().__init__(seed=seed)
-        self.scale = scale
-        self.layers = None if layers is None else list(layers)
-        self.feedback_matrices = None
+        self.scale = _sign.check_scale(scale)
+        self.layers = _sign.check_layers(layers)
 
     def build(self, graph):
         self.transported = transported_layers(graph, self.layers)

@@ -49,9 +49,11 @@ class KolenPollack(ErrorSignal):
       ``weight_decay``; none if the model's optimizer has none (as in the authors' code,
       whose decay factor defaults to 1: no decay) or if there is no model optimizer.
       To make ``B`` converge to ``W``, give the model's optimizer a weight decay, e.g.
-      ``keras.optimizers.SGD(0.1, weight_decay=1e-2)``: with none, ``B - W`` keeps its
-      initial value (both get the same updates) and alignment improves only as ``W``
-      grows.
+      ``keras.optimizers.SGD(0.1, weight_decay=1e-2)`` or
+      ``keras.optimizers.AdamW(1e-3, weight_decay=1e-2)``: with none, ``B - W`` keeps
+      its initial value (both get the same updates), the method is feedback alignment
+      with a drifting ``B`` (a deep network without normalisation can diverge), and a
+      ``UserWarning`` says so when the method is bound.
     - ``weight_decay=x``: ``x`` for ``B``. ``B`` converges to ``W`` only if the model's
       optimizer decays ``W`` by the same ``x``; a warning says so when they differ. Use
       it in a custom loop whose own optimizer decays ``W``.
@@ -109,7 +111,6 @@ class KolenPollack(ErrorSignal):
                              "rate used when the model has no optimizer); got "
                              f"{learning_rate!r}.")
         self.learning_rate = float(learning_rate)
-        self.feedback_matrices = None
         self.optimizer_instance = None
         self._pairs = None
         self._source = None
@@ -159,6 +160,8 @@ class KolenPollack(ErrorSignal):
                     f"model's optimizer, but {type(inner).__name__} could not be rebuilt "
                     f"from its get_config() ({type(err).__name__}: {err}). Use a Keras "
                     "optimizer, or one whose from_config(get_config()) works.") from None
+        if self.weight_decay is None and not optimizer.weight_decay:
+            _warn_no_decay(inner)
         with tf.init_scope():
             optimizer.build([matrix for _, _, matrix in self._pairs])
         self.state.kp_optimizer = optimizer
@@ -228,6 +231,26 @@ class KolenPollack(ErrorSignal):
             out.setdefault(layer.name, []).append(
                 float(np.linalg.norm(b - w) / max(np.linalg.norm(w), 1e-30)))
         return {n: v[0] if len(v) == 1 else tuple(v) for n, v in out.items()}
+
+
+def _warn_no_decay(optimizer):
+    """Say that B will not converge to W: nothing decays it (Akrout et al.'s rule)."""
+    if optimizer is None:
+        where = ("the model has no optimizer, so the feedback matrices are updated by "
+                 "SGD without weight decay")
+        fix = ("pass weight_decay to the method, e.g. method={'name': 'kolen_pollack', "
+               "'weight_decay': 1e-2}, and decay your weights by the same amount")
+    else:
+        name = type(optimizer).__name__
+        where = (f"the model's optimizer {name} has no weight decay "
+                 f"(weight_decay={optimizer.weight_decay!r}), so neither W nor B is decayed")
+        fix = ("give the optimizer a weight decay, e.g. "
+               "keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-2) or "
+               f"keras.optimizers.{name}(..., weight_decay=1e-2)")
+    warnings.warn(
+        f"kolen_pollack: {where}. B - W then never shrinks (both get the same updates): "
+        "this is feedback alignment with a drifting B, which can diverge on deep models. "
+        f"B converges to W only under weight decay; {fix}.", UserWarning, stacklevel=4)
 
 
 def _inner(optimizer):
