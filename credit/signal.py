@@ -385,9 +385,11 @@ class ErrorSignal(abc.ABC):
         self.transported = ()
         self.intercepted = ()
         # Every method has these, so that code comparing methods reads them alike;
-        # a method that uses them fills them in build (empty where unused).
-        self.feedback_matrices = {}
-        self.synthesizers = {}
+        # a method that uses them fills them in build (empty where unused). A method
+        # that reads them from its state defines them as properties instead.
+        for attribute in ("feedback_matrices", "synthesizers"):
+            if not isinstance(getattr(type(self), attribute, None), property):
+                setattr(self, attribute, {})
         self._drawn_seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else None
 
     # -- what subclasses implement ---------------------------------------------------

@@ -192,10 +192,10 @@ class SyntheticGradients(ErrorSignal):
 
     @property
     def synthesizers(self):
-        """Dict from point (layer name) to its synthesizer, read from ``state`` (None
+        """Dict from point (layer name) to its synthesizer, read from ``state`` (empty
         before binding)."""
         layers = sg.state_attribute(self, "synthesizer_layers")
-        return None if layers is None else dict(zip(self.boundaries, layers))
+        return {} if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def optimizer_instance(self):

@@ -187,15 +187,15 @@ class SyntheticGradientsThroughTime(ErrorSignal):
     @property
     def synthesizers(self):
         """Dict from recurrent layer name to the synthesizer on its state, read from
-        ``state`` (None before binding)."""
+        ``state`` (empty before binding)."""
         layers = sg.state_attribute(self, "synthesizer_layers")
-        return None if layers is None else dict(zip(self.boundaries, layers))
+        return {} if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def carried(self):
         """Dict from recurrent layer name to its :class:`credit.recurrent.CarriedState`."""
         layers = sg.state_attribute(self, "carried_states")
-        return None if layers is None else dict(zip(self.boundaries, layers))
+        return {} if layers is None else dict(zip(self.boundaries, layers))
 
     @property
     def aux_heads(self):
