@@ -372,39 +372,14 @@ class Graph:
                 outputs_of[t.name] = p
         below = {}
         for p in points:
-            node = self.node(p)
-            found = set()
-            seen = set()
-            stack = [t for t in node.input_tensors]
             # The point's own call may itself contain another point (a container point
             # around a unit point): search from the call's inputs.
-            while stack:
-                t = stack.pop()
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                if t.name in outputs_of and outputs_of[t.name] != p:
-                    found.add(outputs_of[t.name])
-                    continue
-                if t.op.type in _NO_GRADIENT_OPS:
-                    continue
-                stack.extend(i for i in t.op.inputs if _differentiable(i))
-            below[p] = self.order(found)
+            hits, _ = _walk(self.node(p).input_tensors,
+                            lambda t, p=p: outputs_of.get(t.name, p) != p)
+            below[p] = self.order({outputs_of[t.name] for t in hits})
         above = {p: [q for q in points if p in below[q]] for p in points}
-        to_output = set()
-        seen = set()
-        stack = list(self._outputs)
-        while stack:
-            t = stack.pop()
-            if t.name in seen:
-                continue
-            seen.add(t.name)
-            if t.name in outputs_of:
-                to_output.add(outputs_of[t.name])
-                continue
-            if t.op.type in _NO_GRADIENT_OPS:
-                continue
-            stack.extend(i for i in t.op.inputs if _differentiable(i))
+        hits, _ = _walk(self._outputs, lambda t: t.name in outputs_of)
+        to_output = {outputs_of[t.name] for t in hits}
         return {"below": below, "above": above, "to_output": self.order(to_output)}
 
     def owner_node(self, name):
@@ -447,21 +422,12 @@ class Graph:
             if node.point in points:
                 continue  # this call is fed by its own point
             start = {t.name for t in tf.nest.flatten(node.output_tensor)}
-            seen = set()
-            stack = [t for t in tf.nest.flatten(node.output_tensor)]
-            while stack:
-                t = stack.pop()
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                if t.name in point_out and t.name not in start:
-                    found.add(point_out[t.name])
-                    continue
-                if t.name in outputs:
-                    loss = True
-                for op in t.consumers():
-                    if op.type not in _NO_GRADIENT_OPS:
-                        stack.extend(op.outputs)
+            hits, seen = _walk(tf.nest.flatten(node.output_tensor),
+                               lambda t: t.name in point_out and t.name not in start,
+                               forward=True)
+            found.update(point_out[t.name] for t in hits)
+            stopped = {t.name for t in hits}
+            loss = loss or any(n in outputs for n in seen if n not in stopped)
             # A container point around this call (its output is the container's).
             found.update(point_out[t] for t in start if t in point_out)
         return self.order(found), loss
@@ -492,19 +458,12 @@ class Graph:
         """(unit node indices, reaches the model input) behind ``tensor``."""
         key = tensor.name
         if key not in self._memo:
-            nodes, from_input, seen, stack = set(), False, set(), [tensor]
-            while stack:
-                t = stack.pop()
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                if t.name in self._producer:
-                    nodes.add(self._producer[t.name])
-                elif t.name in self._inputs:
-                    from_input = True
-                elif t.op.type not in _NO_GRADIENT_OPS:
-                    stack.extend(i for i in t.op.inputs if _differentiable(i))
-            self._memo[key] = (frozenset(nodes), from_input)
+            hits, _ = _walk([tensor], lambda t: t.name in self._producer
+                            or t.name in self._inputs)
+            nodes = frozenset(self._producer[t.name] for t in hits
+                              if t.name in self._producer)
+            from_input = any(t.name not in self._producer for t in hits)
+            self._memo[key] = (nodes, from_input)
         return self._memo[key]
 
     def _connect_units(self):
@@ -637,6 +596,34 @@ _AT_LAYER = ("input", "activation", "output_of", "returned")
 
 def _squashing(fn):
     return getattr(fn, "__name__", None) in ("softmax", "sigmoid")
+
+
+def _walk(tensors, stop, forward=False):
+    """The graph walk behind all of credit's connectivity questions.
+
+    From ``tensors``, follows the ops a gradient flows through -- backwards to their
+    inputs, or ``forward`` to their consumers' outputs -- and does not go past a tensor
+    ``t`` for which ``stop(t)`` is true.
+
+    Returns:
+        ``(hits, seen)``: the tensors where it stopped, and the names of all the tensors
+        it reached (those included).
+    """
+    hits, seen, stack = [], set(), list(tensors)
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if stop(t):
+            hits.append(t)
+        elif forward:
+            for op in t.consumers():
+                if op.type not in _NO_GRADIENT_OPS:
+                    stack.extend(op.outputs)
+        elif t.op.type not in _NO_GRADIENT_OPS:
+            stack.extend(i for i in t.op.inputs if _differentiable(i))
+    return hits, seen
 
 
 def _differentiable(t):
