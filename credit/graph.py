@@ -171,6 +171,8 @@ class Graph:
             output itself; ``where`` is None) or ``"unreachable"`` (``where`` says
             why: the logits are an intermediate of a call that credit cannot read).
         output_names: the model outputs' names (for messages).
+        output_squashing: per model output, ``"softmax"``, ``"sigmoid"`` or None: the
+            function between its logits and the output.
         logits: ``output_logits[0]`` for a model with one output, else
             ``("output", None)``.
     """
@@ -524,6 +526,7 @@ class Graph:
         self.blocks = blocks
 
     def _find_logits(self):
+        self.output_squashing = []
         self.output_logits = [self._logits_of(t) for t in self._outputs]
         self.logits = self.output_logits[0] if len(self._outputs) == 1 else ("output", None)
 
@@ -554,18 +557,25 @@ class Graph:
             op = t.op.type
             if node is not None:
                 layer = node.layer
-                if isinstance(layer, _L.Softmax) or (
-                        isinstance(layer, _L.Activation) and _squashing(layer.activation)):
+                if isinstance(layer, _L.Softmax):
+                    self.output_squashing.append("softmax")
+                    return ("input", layer.name)
+                if isinstance(layer, _L.Activation) and _squashing(layer.activation):
+                    self.output_squashing.append(layer.activation.__name__)
                     return ("input", layer.name)
                 if _squashing(getattr(layer, "activation", None)):
+                    self.output_squashing.append(layer.activation.__name__)
                     return ("activation", layer.name)
                 if isinstance(layer, SHAPE_LAYERS) and node.inputs == 1:
                     t, through, before = node.input_tensors[0], True, node.index
                     continue
                 if op in _SQUASHING_OPS:  # ops.softmax at the end of the layer's call
+                    self.output_squashing.append(op.lower())
                     return ("returned", layer.name)
+                self.output_squashing.append(None)
                 return ("output", None)
             if op in _SQUASHING_OPS:  # ops.softmax in a call between the layers
+                self.output_squashing.append(op.lower())
                 below = self._unit_producing(t.op.inputs[0])
                 if below is not None:
                     return ("output_of", below.layer.name)
@@ -577,6 +587,7 @@ class Graph:
             if op in _SHAPE_OPS and t.op.inputs:
                 t, through = t.op.inputs[0], True
                 continue
+            self.output_squashing.append(None)
             return ("output", None)
 
 

@@ -271,17 +271,11 @@ class Trace:
         read = (getattr(self, "loss_read", {}) or {}).get(j)
         grad = self.tape.gradient(self.loss, outputs[j] if read is None else read[0])
         if grad is None:
-            kind, name = self.graph.output_logits[j]
-            if kind not in ("input", "activation", "keras_logits"):
+            fn = self.graph.output_squashing[j]
+            if fn is None:
                 raise GraphError(
                     f"the loss does not reach model output {self.graph.output_names[j]!r}; "
                     "credit cannot compute its gradient.")
-            if kind == "keras_logits":
-                fn = outputs[j].op.type.lower() if hasattr(outputs[j], "op") else "softmax"
-            else:
-                layer = self.graph.layers[name]
-                fn = "softmax" if isinstance(layer, keras.layers.Softmax) else \
-                    getattr(layer.activation, "__name__", "")
             p = outputs[j]
             e = self.output_errors()[j]
             tiny = np.finfo(p.dtype.as_numpy_dtype).tiny

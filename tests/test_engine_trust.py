@@ -279,6 +279,17 @@ def test_output_gradient_of_each_output_is_its_own_loss_gradient():
         trace.output_gradient()
 
 
+def test_output_gradient_of_an_ops_softmax_output_is_recovered_from_its_error():
+    x, y, _ = batch()
+    model = OpSoftmax(two=False)
+    model(x[:2])
+    model.compile(loss="sparse_categorical_crossentropy")
+    trace = record(model, x, y, method={"name": "sg", "at": [-1]})
+    p = dense(model(x))
+    np.testing.assert_allclose(dense(trace.output_gradient()), (p - onehot(y)) / B / p,
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_synthetic_gradients_at_one_output_of_two_train_the_other_on_its_loss():
     x, y, yb = batch()
     model = two_outputs()
