@@ -9,7 +9,8 @@ A method makes two choices on a model's own graph (:mod:`credit.graph`):
 
 A training step runs the model's own forward pass with the method's transports and
 points in place, records a :class:`Trace`, asks the method for its signals, and then
-takes one backward pass: the loss (unless a point sits on the model output) plus each
+takes one backward pass: the loss (read on a cut copy of a model output that carries a
+point, so that the point's signal replaces that output's loss gradient) plus each
 point output with its signal as output gradient. Every layer's weight gradient is its
 own local one, given the signal that reaches its output.
 """
