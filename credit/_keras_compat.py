@@ -15,7 +15,8 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 __all__ = ["Functional", "functional_init_arguments", "get_mask", "inject_functional_class",
            "input_specs", "inputs_struct", "set_mask", "sublayers", "unpack_x_y_sample_weight",
-           "aggregate_additional_loss", "unscale_loss_for_distribution"]
+           "aggregate_additional_loss", "unscale_loss_for_distribution", "keras_logits",
+           "set_keras_logits", "outputs_without_loss"]
 
 # Keras decides whether `Model(...)` is functional from its arguments; credit.Model must
 # decide the same way to return its own functional class.
@@ -117,3 +118,47 @@ def quantized(layer):
 
 def is_keras_tensor(x):
     return isinstance(x, keras.KerasTensor)
+
+
+def keras_logits(x):
+    """The logits Keras's TensorFlow backend keeps on a softmax/sigmoid output (None if
+    none): its cross-entropy reads them, so the loss gradient reaches them and not the
+    probabilities."""
+    return getattr(x, "_keras_logits", None)
+
+
+def set_keras_logits(x, logits):
+    """Attach ``logits`` to ``x`` as Keras's softmax/sigmoid does (see keras_logits): a
+    cut copy of a model output keeps the logits its cross-entropy reads."""
+    x._keras_logits = logits
+
+
+def outputs_without_loss(model, y_pred):
+    """The indices (in ``tf.nest.flatten`` order) of the outputs ``y_pred`` that the
+    compiled loss gives no loss (``compile(loss=[..., None])``), or None if unknown.
+
+    Keras keeps the losses it resolved at the first call of the compiled loss, with
+    their paths into the outputs, in a private list.
+    """
+    from keras import tree
+
+    compiled = getattr(model, "_compile_loss", None)
+    flat_losses = getattr(compiled, "_flat_losses", None)
+    if flat_losses is None:
+        return None
+    try:
+        n = len(tree.flatten(y_pred))
+        names = list(getattr(compiled, "output_names", None) or [])
+        index = tree.pack_sequence_as(y_pred, list(range(n)))
+        covered = set()
+        for entry in flat_losses:
+            obj = index
+            for key in entry.path:
+                if isinstance(key, str) and not isinstance(obj, dict):
+                    obj = obj[names.index(key)]
+                else:
+                    obj = obj[key]
+            covered.update(tree.flatten(obj))
+        return set(range(n)) - covered
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None

@@ -111,16 +111,23 @@ def summary(model, method=None):
 
 def _signal_rule(graph, method, name, points):
     found, loss = graph.reaches(name, points)
+    rule = method.point_rule or type(method).__name__
+    own = [p for p in found if graph.point_layer(p).name == name]
     if found == [name]:
-        return f"point: {method.point_rule or type(method).__name__}"
+        return f"point: {rule}"
+    if found and len(own) == len(found) == graph.calls(name) > 1:
+        return f"a point per call ({', '.join(own)}): {rule}"
+    others = [p for p in found if p not in own]
     parts = []
     if loss:
         parts.append("the loss")
-    if found:
-        parts.append("point" + ("s " if len(found) > 1 else " ") + ", ".join(found))
-    if not parts:
-        return "nothing (no path to the loss or a point)"
-    return "true gradient from " + " and ".join(parts)
+    if others:
+        parts.append("point" + ("s " if len(others) > 1 else " ") + ", ".join(others))
+    text = ("true gradient from " + " and ".join(parts) if parts
+            else "nothing (no path to the loss or a point)")
+    if own:
+        return f"point at {', '.join(own)}: {rule}; at its other calls: {text}"
+    return text
 
 
 def _is_container(graph, name):
@@ -247,7 +254,7 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     true_signals = {}
     for p in plan.order:
         g = true.tape.gradient(true.loss, true.outputs[p])
-        true_signals[p] = g if g is not None else true.output_gradient()
+        true_signals[p] = g if g is not None else true.output_gradient(p)
     del true.tape
 
     if by == "block":

@@ -46,6 +46,18 @@ _NO_GRADIENT_OPS = {"Shape", "ShapeN", "Size", "Rank", "StopGradient", "PreventG
                     "BroadcastGradientArgs"}
 
 
+class _Layers(dict):
+    """Layers by name; a point name ``"name:k"`` (a call of a layer called several
+    times) finds its layer too."""
+
+    def __missing__(self, key):
+        if isinstance(key, str) and ":" in key:
+            name, _, k = key.rpartition(":")
+            if k.isdigit() and name in self:
+                return self[name]
+        raise KeyError(key)
+
+
 class GraphError(ValueError):
     """A model, a point or a transport that credit cannot handle; the message says why."""
 
@@ -66,6 +78,10 @@ class Node:
         from_input: whether it also consumes the model input directly.
         inputs: the number of tensor inputs of the call.
         output_shape: shape of its output without the batch axis (None if several).
+        call: which call of its layer this is (0 for the first).
+        point: the name of a feedback point on this call's output: the layer's name
+            for a layer called once, ``"name:k"`` for the k-th call of a layer called
+            several times (a shared encoder, a layer inside TimeDistributed).
     """
 
     def __init__(self, index, layer, unit, inputs, output, output_shape):
@@ -78,9 +94,12 @@ class Node:
         self.output_shape = output_shape
         self.upstream = set()
         self.from_input = False
+        self.call = 0
+        self.point = layer.name
+        self.in_loop = False
 
     def __repr__(self):
-        return f"Node({self.index}: {self.layer.name})"
+        return f"Node({self.index}: {self.point})"
 
 
 class Block:
@@ -89,7 +108,8 @@ class Block:
     Attributes:
         index: position among the model's blocks (topological).
         layers: the block's layers in order; ``layers[0]`` is the weighted one.
-        point: the name of the block's last layer, where its feedback point goes.
+        point: where the block's feedback point goes: the name of the block's last
+            layer (``"name:k"`` for the k-th call of a layer called several times).
         output_shape: shape of the block's output without the batch axis.
         is_output: whether the block's output reaches the model output through
             parameter-free layers only (such blocks get the loss's own gradient).
@@ -110,7 +130,7 @@ class Block:
 
     @property
     def point(self):
-        return self.nodes[-1].layer.name
+        return self.nodes[-1].point
 
     @property
     def output_shape(self):
@@ -138,11 +158,21 @@ class Graph:
         weighted: names of the layers that have weights (units, composites, the
             sublayers of attention layers, normalisation layers).
         output_shapes: shapes of the model outputs without the batch axis.
-        output_logits: one ``(kind, layer name)`` per model output (in the order of
-            ``tf.nest.flatten`` of the outputs): where that output's error is read.
-            ``kind`` is ``"activation"`` (the input of the layer's softmax/sigmoid
-            activation), ``"input"`` (the input of a final softmax/sigmoid layer) or
-            ``"output"`` (the model output itself; the layer name is None).
+        output_logits: one ``(kind, where)`` per model output (in the order of
+            ``tf.nest.flatten`` of the outputs): where that output's error is read,
+            looking through parameter-free shape layers and ops (Reshape, Flatten,
+            Permute, Identity) after its softmax/sigmoid. ``kind`` is ``"activation"``
+            (the input of layer ``where``'s softmax/sigmoid activation), ``"input"``
+            (the input of a softmax/sigmoid layer ``where``), ``"output_of"`` (the
+            output of layer ``where``, which a softmax/sigmoid op in a ``call``
+            reads), ``"returned"`` (the logits of the softmax/sigmoid op that ends
+            layer ``where``'s call), ``"keras_logits"`` (the logits of the
+            softmax/sigmoid op that ends the model's call), ``"output"`` (the model
+            output itself; ``where`` is None) or ``"unreachable"`` (``where`` says
+            why: the logits are an intermediate of a call that credit cannot read).
+        output_names: the model outputs' names (for messages).
+        output_squashing: per model output, ``"softmax"``, ``"sigmoid"`` or None: the
+            function between its logits and the output.
         logits: ``output_logits[0]`` for a model with one output, else
             ``("output", None)``.
     """
@@ -152,15 +182,24 @@ class Graph:
         self.nodes = nodes
         self._inputs = inputs
         self._outputs = outputs
-        self.layers = layers
+        self.layers = _Layers(layers)
         self._inner = inner  # layers inside composites, by name
         self.output_shapes = [_shape(t) for t in outputs]
+        names = list(getattr(model, "output_names", None) or [])
+        self.output_names = (names if len(names) == len(outputs)
+                             else [f"output {j}" for j in range(len(outputs))])
         self.blocks = []
         self.logits = ("output", None)
         self.output_logits = []
         self._calls = {}
         for node in nodes:
             self._calls.setdefault(node.layer.name, []).append(node)
+        self._points = {}  # point name -> node
+        for name, calls in self._calls.items():
+            for k, node in enumerate(calls):
+                node.call = k
+                node.point = name if len(calls) == 1 else f"{name}:{k}"
+                self._points[node.point] = node
         self._producer = {}  # tensor name -> node index (unit outputs)
         self._memo = {}
         for node in nodes:
@@ -221,7 +260,11 @@ class Graph:
         return len(self._calls.get(name, []))
 
     def node(self, name):
-        """The one call of layer ``name`` (an error if it is called never or several times)."""
+        """The call that point ``name`` sits on: the one call of layer ``name``, or the
+        k-th call of a layer called several times for ``"name:k"`` (an error if the
+        layer is never called, or called several times and ``name`` has no ``:k``)."""
+        if name in self._points:
+            return self._points[name]
         if name not in self.layers:
             raise GraphError(
                 f"model {self.model.name!r} has no layer named {name!r}. Its layers: "
@@ -231,14 +274,31 @@ class Graph:
             where = ("inside a recurrent layer" if self._inside_recurrent(self.layers[name])
                      else "inside another layer that credit does not take apart"
                      if name in self._inner else "")
+            if len(nodes) > 1:
+                raise GraphError(
+                    f"layer {name!r} is called {len(nodes)} times in one forward pass; a "
+                    f"feedback point sits on one call: name it {name + ':0'!r} ... "
+                    f"{name + ':' + str(len(nodes) - 1)!r}.")
             raise GraphError(
                 f"layer {name!r} is called {len(nodes)} times in one forward pass"
                 f"{' (' + where + ')' if where else ''}; a feedback point needs a layer "
-                "called exactly once, with one output tensor. Choose another layer.")
+                "called at least once, with one output tensor. Choose another layer.")
         return nodes[0]
 
+    def point_layer(self, name):
+        """The layer that point ``name`` (a layer name or ``"name:k"``) sits on."""
+        return self.node(name).layer
+
+    def points_of(self, name):
+        """The point names of layer ``name``'s calls: ``[name]`` for a layer called once,
+        ``["name:0", "name:1", ...]`` for one called several times."""
+        return [n.point for n in self._calls.get(name, [])]
+
     def block_of(self, name):
-        """The block that holds layer ``name``, or None."""
+        """The block that holds layer ``name`` (or ends at point ``name``), or None."""
+        for block in self.blocks:
+            if block.point == name:
+                return block
         for block in self.blocks:
             if any(layer.name == name for layer in block.layers):
                 return block
@@ -246,6 +306,13 @@ class Graph:
 
     def point_shape(self, name):
         node = self.node(name)
+        if node.in_loop:
+            raise GraphError(
+                f"layer {node.layer.name!r} runs inside a loop of another layer's call (a "
+                "TimeDistributed over a time axis of unknown length, say); credit cannot "
+                "put a feedback point there. Give the input a fixed length (keras.Input("
+                "shape=(T, ...))) so that each step is a call of its own, or choose "
+                "another point.")
         if node.output_shape is None:
             raise GraphError(f"layer {name!r} returns several tensors; a feedback point "
                              "needs a layer with one output tensor.")
@@ -256,6 +323,11 @@ class Graph:
         node = self.node(name)
         outs = {t.name for t in self._outputs}
         return any(t.name in outs for t in tf.nest.flatten(node.output_tensor))
+
+    def output_indices(self, name):
+        """The indices of the model outputs that are layer ``name``'s output."""
+        produced = {t.name for t in tf.nest.flatten(self.node(name).output_tensor)}
+        return [j for j, t in enumerate(self._outputs) if t.name in produced]
 
     def resolve_points(self, points, argument="points"):
         """Names from layer names and block indices (negative ones count from the end)."""
@@ -274,10 +346,15 @@ class Graph:
             else:
                 raise GraphError(f"{argument} must hold layer names or block indices; got "
                                  f"{p!r} of type {type(p).__name__}.")
-            self.point_shape(name)  # checks the name, the number of calls, one output
-            if name in names:
-                raise GraphError(f"{argument}={list(points)!r} names layer {name!r} twice.")
-            names.append(name)
+            # A layer called several times: a point on each of its calls.
+            expanded = (self.points_of(name) if name not in self._points
+                        and self.calls(name) > 1 else [name])
+            for name in expanded:
+                self.point_shape(name)  # checks the name, the number of calls, one output
+                if name in names:
+                    raise GraphError(f"{argument}={list(points)!r} names point {name!r} "
+                                     "twice.")
+                names.append(name)
         return self.order(names)
 
     def order(self, names):
@@ -297,39 +374,14 @@ class Graph:
                 outputs_of[t.name] = p
         below = {}
         for p in points:
-            node = self.node(p)
-            found = set()
-            seen = set()
-            stack = [t for t in node.input_tensors]
             # The point's own call may itself contain another point (a container point
             # around a unit point): search from the call's inputs.
-            while stack:
-                t = stack.pop()
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                if t.name in outputs_of and outputs_of[t.name] != p:
-                    found.add(outputs_of[t.name])
-                    continue
-                if t.op.type in _NO_GRADIENT_OPS:
-                    continue
-                stack.extend(i for i in t.op.inputs if _differentiable(i))
-            below[p] = self.order(found)
+            hits, _ = _walk(self.node(p).input_tensors,
+                            lambda t, p=p: outputs_of.get(t.name, p) != p)
+            below[p] = self.order({outputs_of[t.name] for t in hits})
         above = {p: [q for q in points if p in below[q]] for p in points}
-        to_output = set()
-        seen = set()
-        stack = list(self._outputs)
-        while stack:
-            t = stack.pop()
-            if t.name in seen:
-                continue
-            seen.add(t.name)
-            if t.name in outputs_of:
-                to_output.add(outputs_of[t.name])
-                continue
-            if t.op.type in _NO_GRADIENT_OPS:
-                continue
-            stack.extend(i for i in t.op.inputs if _differentiable(i))
+        hits, _ = _walk(self._outputs, lambda t: t.name in outputs_of)
+        to_output = {outputs_of[t.name] for t in hits}
         return {"below": below, "above": above, "to_output": self.order(to_output)}
 
     def owner_node(self, name):
@@ -348,37 +400,37 @@ class Graph:
 
         Returns ``(points, loss)``: the feedback points among ``points`` that its output
         reaches without crossing another point, and whether it reaches the model output
-        that way. A point's own layer is fed by its own point alone.
+        that way. A point's own layer is fed by its own point alone; a layer called
+        several times is fed, at each call, by that call's point or by what that call's
+        output reaches.
         """
-        if name in points:
-            return [name], False
-        node = self.owner_node(name)
-        if node is None:
-            return [], False
-        if node.layer.name in points:  # inside a composite that carries a point
-            return [node.layer.name], False
+        own = [p for p in points if p in self._points and self._points[p].layer.name == name]
+        nodes = self._calls.get(name)
+        if not nodes:
+            node = self.owner_node(name)
+            if node is None:
+                return [], False
+            outer = [p for p in points if self._points.get(p) is node]
+            if outer:  # inside a composite that carries a point
+                return outer, False
+            nodes = [node]
         point_out = {}
         for p in points:
             for t in tf.nest.flatten(self.node(p).output_tensor):
                 point_out[t.name] = p
         outputs = {t.name for t in self._outputs}
-        start = {t.name for t in tf.nest.flatten(node.output_tensor)}
-        found, loss, seen = set(), False, set()
-        stack = [t for t in tf.nest.flatten(node.output_tensor)]
-        while stack:
-            t = stack.pop()
-            if t.name in seen:
-                continue
-            seen.add(t.name)
-            if t.name in point_out and t.name not in start:
-                found.add(point_out[t.name])
-                continue
-            if t.name in outputs:
-                loss = True
-            for op in t.consumers():
-                if op.type not in _NO_GRADIENT_OPS:
-                    stack.extend(op.outputs)
-        if any(p in start for p in point_out) and name not in points:
+        found, loss = set(own), False
+        for node in nodes:
+            if node.point in points:
+                continue  # this call is fed by its own point
+            start = {t.name for t in tf.nest.flatten(node.output_tensor)}
+            hits, seen = _walk(tf.nest.flatten(node.output_tensor),
+                               lambda t: t.name in point_out and t.name not in start,
+                               forward=True)
+            found.update(point_out[t.name] for t in hits)
+            stopped = {t.name for t in hits}
+            loss = loss or any(n in outputs for n in seen if n not in stopped)
+            # A container point around this call (its output is the container's).
             found.update(point_out[t] for t in start if t in point_out)
         return self.order(found), loss
 
@@ -408,19 +460,12 @@ class Graph:
         """(unit node indices, reaches the model input) behind ``tensor``."""
         key = tensor.name
         if key not in self._memo:
-            nodes, from_input, seen, stack = set(), False, set(), [tensor]
-            while stack:
-                t = stack.pop()
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                if t.name in self._producer:
-                    nodes.add(self._producer[t.name])
-                elif t.name in self._inputs:
-                    from_input = True
-                elif t.op.type not in _NO_GRADIENT_OPS:
-                    stack.extend(i for i in t.op.inputs if _differentiable(i))
-            self._memo[key] = (frozenset(nodes), from_input)
+            hits, _ = _walk([tensor], lambda t: t.name in self._producer
+                            or t.name in self._inputs)
+            nodes = frozenset(self._producer[t.name] for t in hits
+                              if t.name in self._producer)
+            from_input = any(t.name not in self._producer for t in hits)
+            self._memo[key] = (nodes, from_input)
         return self._memo[key]
 
     def _connect_units(self):
@@ -481,24 +526,69 @@ class Graph:
         self.blocks = blocks
 
     def _find_logits(self):
+        self.output_squashing = []
         self.output_logits = [self._logits_of(t) for t in self._outputs]
         self.logits = self.output_logits[0] if len(self._outputs) == 1 else ("output", None)
 
+    def _unit_producing(self, tensor, before=None):
+        """The last unit call (before call ``before``) whose output is ``tensor`` itself,
+        or None. (An Identity layer returns its input tensor: two calls produce it.)"""
+        if before is None:
+            i = self._producer.get(tensor.name)
+            return None if i is None else self.nodes[i]
+        for node in reversed(self.nodes[:before]):
+            if node.unit and any(t.name == tensor.name
+                                 for t in tf.nest.flatten(node.output_tensor)):
+                return node
+        return None
+
     def _logits_of(self, tensor):
-        nodes, _ = self._producers(tensor)
-        if len(nodes) != 1:
+        """Where the error of the model output ``tensor`` is read (see ``output_logits``).
+
+        Looks through parameter-free shape layers and ops after a final softmax or
+        sigmoid (Reshape, Flatten, Permute, Identity, ...) to the softmax's input, and
+        finds a softmax applied as a layer, as a layer's activation or as an op in a
+        ``call``.
+        """
+        t, through, before = tensor, False, None
+        while True:
+            node = self._unit_producing(t, before)
+            before = None
+            op = t.op.type
+            if node is not None:
+                layer = node.layer
+                if isinstance(layer, _L.Softmax):
+                    self.output_squashing.append("softmax")
+                    return ("input", layer.name)
+                if isinstance(layer, _L.Activation) and _squashing(layer.activation):
+                    self.output_squashing.append(layer.activation.__name__)
+                    return ("input", layer.name)
+                if _squashing(getattr(layer, "activation", None)):
+                    self.output_squashing.append(layer.activation.__name__)
+                    return ("activation", layer.name)
+                if isinstance(layer, SHAPE_LAYERS) and node.inputs == 1:
+                    t, through, before = node.input_tensors[0], True, node.index
+                    continue
+                if op in _SQUASHING_OPS:  # ops.softmax at the end of the layer's call
+                    self.output_squashing.append(op.lower())
+                    return ("returned", layer.name)
+                self.output_squashing.append(None)
+                return ("output", None)
+            if op in _SQUASHING_OPS:  # ops.softmax in a call between the layers
+                self.output_squashing.append(op.lower())
+                below = self._unit_producing(t.op.inputs[0])
+                if below is not None:
+                    return ("output_of", below.layer.name)
+                if not through:
+                    return ("keras_logits", None)
+                return ("unreachable", f"its {op.lower()} is applied to the result of "
+                        f"ops ({t.op.inputs[0].op.type}) inside a call and followed by "
+                        "shape ops, where credit cannot read the logits")
+            if op in _SHAPE_OPS and t.op.inputs:
+                t, through = t.op.inputs[0], True
+                continue
+            self.output_squashing.append(None)
             return ("output", None)
-        (i,) = nodes
-        node = next(n for n in self.nodes if n.index == i)
-        if not any(t.name == tensor.name for t in tf.nest.flatten(node.output_tensor)):
-            return ("output", None)
-        layer = node.layer
-        if isinstance(layer, _L.Softmax) or (
-                isinstance(layer, _L.Activation) and _squashing(layer.activation)):
-            return ("input", layer.name)
-        if _squashing(getattr(layer, "activation", None)):
-            return ("activation", layer.name)
-        return ("output", None)
 
 
 def _own_weights(layer):
@@ -506,8 +596,45 @@ def _own_weights(layer):
     return [w for w in layer.weights if id(w) not in inner]
 
 
+#: Parameter-free layers that only move values around: an output's logits are looked
+#: for behind them.
+SHAPE_LAYERS = (_L.Reshape, _L.Flatten, _L.Permute, _L.Identity)
+_SHAPE_OPS = {"Reshape", "Transpose", "Identity", "Squeeze", "ExpandDims"}
+_SQUASHING_OPS = {"Softmax", "Sigmoid"}
+# The kinds of ``output_logits`` read at a layer by the step's recorder.
+_AT_LAYER = ("input", "activation", "output_of", "returned")
+
+
 def _squashing(fn):
     return getattr(fn, "__name__", None) in ("softmax", "sigmoid")
+
+
+def _walk(tensors, stop, forward=False):
+    """The graph walk behind all of credit's connectivity questions.
+
+    From ``tensors``, follows the ops a gradient flows through -- backwards to their
+    inputs, or ``forward`` to their consumers' outputs -- and does not go past a tensor
+    ``t`` for which ``stop(t)`` is true.
+
+    Returns:
+        ``(hits, seen)``: the tensors where it stopped, and the names of all the tensors
+        it reached (those included).
+    """
+    hits, seen, stack = [], set(), list(tensors)
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if stop(t):
+            hits.append(t)
+        elif forward:
+            for op in t.consumers():
+                if op.type not in _NO_GRADIENT_OPS:
+                    stack.extend(op.outputs)
+        elif t.op.type not in _NO_GRADIENT_OPS:
+            stack.extend(i for i in t.op.inputs if _differentiable(i))
+    return hits, seen
 
 
 def _differentiable(t):
@@ -582,13 +709,20 @@ def analyse(model, input_spec):
         return captured["outputs"]
 
     with Hooks(units + containers, recorder):
-        tf.function(forward, autograph=False).get_concrete_function(*flat_spec)
+        concrete = tf.function(forward, autograph=False).get_concrete_function(*flat_spec)
+    outer = concrete.graph
     nodes = []
     for i, (layer, args, output) in enumerate(records):
         inputs = [t for t in tf.nest.flatten(args) if isinstance(t, tf.Tensor)]
         flat = tf.nest.flatten(output)
         shape = _shape(flat[0]) if len(flat) == 1 and isinstance(flat[0], tf.Tensor) else None
         nodes.append(Node(i, layer, id(layer) in recorder.units, inputs, output, shape))
+        # A call traced inside a loop body: another graph (while_loop), or the
+        # "loop_body" scope where vectorized_map traces (TimeDistributed over an
+        # unknown number of steps).
+        nodes[-1].in_loop = any(getattr(t, "graph", None) is not outer
+                                or "loop_body" in t.name.split("/")
+                                for t in flat if isinstance(t, tf.Tensor))
     layers = {}
     for layer in units + containers + inner_layers + [
             l for l in compat.sublayers(model, recursive=True)
@@ -635,15 +769,32 @@ def _activation_wrapper(layer, original):
     return activation
 
 
+def _regularizer_wrapper(layer, original):
+    def regularizer(output):
+        on_regularizer = getattr(_recorder(), "on_regularizer", None)
+        if on_regularizer is None:
+            return original(output)
+        return on_regularizer(layer, original, output)
+
+    regularizer.__wrapped__ = original
+    return regularizer
+
+
 def _install(layer):
     entry = _installed.get(id(layer))
     if entry is None:
-        saved = {name: layer.__dict__.get(name, _MISSING) for name in ("call", "activation")}
+        saved = {name: layer.__dict__.get(name, _MISSING)
+                 for name in ("call", "activation", "activity_regularizer")}
         object.__setattr__(layer, "call", _call_wrapper(layer, layer.call))
         # Only a plain attribute (recurrent layers expose their cell's as a property).
         if callable(layer.__dict__.get("activation")):
             object.__setattr__(layer, "activation",
                                _activation_wrapper(layer, layer.activation))
+        # Keras applies the activity penalty to what ``call`` returns: at a feedback
+        # point, the cut copy. The recorder moves it onto the layer's own output.
+        if callable(layer.__dict__.get("activity_regularizer")):
+            object.__setattr__(layer, "activity_regularizer",
+                               _regularizer_wrapper(layer, layer.activity_regularizer))
         entry = _installed[id(layer)] = [0, layer, saved]
     entry[0] += 1
 
@@ -772,6 +923,7 @@ class StepRecorder:
         self.stops = {}
         self.records = Records(tape)
         self.logits = {}  # layer name -> the tensor an output's error is read at
+        self.calls = {}  # id(layer) -> calls so far in this forward pass (points)
 
     def on_call(self, layer, original, args, kwargs):
         if self.intercept is not None and id(layer) in self.plan.intercepted:
@@ -804,8 +956,31 @@ class StepRecorder:
         else:
             output = original(*args, **kwargs)
         if key in plan.points:
-            output = self._point(layer, plan.points[key], output)
+            k = self.calls.get(key, 0)
+            self.calls[key] = k + 1
+            name = plan.points[key].get(k)
+            if name is not None:
+                output = self._point(layer, name, output)
+        if logits is not None and logits[0] == "output_of":
+            self.logits[logits[1]] = output
+        elif logits is not None and logits[0] == "returned":
+            self.logits[logits[1]] = compat.keras_logits(output)
         return output
+
+    def on_regularizer(self, layer, original, output):
+        """Keras's activity penalty of ``layer``, on its own output at a point.
+
+        At a feedback point ``call`` returns the cut copy, which Keras hands to the
+        activity regulariser: the penalty's gradient would stop there and be counted
+        in what arrives at the point from above (twice for blockwise backprop). Taken
+        on the layer's own output instead, it reaches the layer's weights, and the
+        point's signal is what the layers above send, as without a regulariser.
+        """
+        for name in self.plan.points.get(id(layer), {}).values():
+            if self.stops.get(name) is output:
+                output = self.outputs[name]
+                break
+        return original(output)
 
     def on_activation(self, layer, original, a):
         key = id(layer)
@@ -834,16 +1009,6 @@ class StepRecorder:
         compat.set_mask(cut, compat.get_mask(output))
         self.tape.watch(cut)
         self.stops[name] = cut
-        regularizer = getattr(layer, "activity_regularizer", None)
-        if regularizer is not None:
-            # Keras applies the activity penalty to what call returns, here the cut
-            # copy, so its gradient would not reach the layer. Add a term worth zero
-            # whose gradient is the penalty's, taken on the layer's own output (with
-            # Keras's normalisation by the batch size).
-            penalty = regularizer(output)
-            if output.shape.rank:
-                penalty = penalty / tf.cast(tf.shape(output)[0], penalty.dtype)
-            layer.add_loss(penalty - tf.stop_gradient(penalty))
         return cut
 
 
@@ -857,12 +1022,14 @@ class Plan:
     Attributes:
         graph: the model's :class:`Graph`.
         transported: dict from ``id(layer)`` to layer, the layers crossed by a transport.
-        points: dict from ``id(layer)`` to point name (the layer's name).
+        points: dict from ``id(layer)`` to ``{call index: point name}``.
         order: point names in topological order.
         below, above: point -> points directly below / above it.
         to_output: points connected to the model output without another point between.
-        no_stop: points whose output is a model output (not cut: the loss reads it).
+        no_stop: points whose output is a model output (not cut inside the model; the
+            loss reads a cut copy of that output).
         output_point: whether some point is a model output.
+        output_points: dict from model output index to the point on that output.
         intercepted: dict from ``id(layer)`` to layer, the layers whose calls the method
             intercepts (e.g. a stateful RNN's, for synthetic gradients through time).
         logits_layers: dict from ``id(layer)`` to ``(kind, name)`` (see
@@ -873,7 +1040,12 @@ class Plan:
         self.graph = graph
         layers = graph.layers
         self.intercepted = {id(layers[n]): layers[n] for n in intercepted}
-        self.points = {id(layers[p]): p for p in points}
+        # id(layer) -> {call index: point name}: a layer called several times can carry
+        # a point on each call.
+        self.points = {}
+        for p in points:
+            node = graph.node(p)
+            self.points.setdefault(id(node.layer), {})[node.call] = p
         self.order = tuple(graph.order(points)) if points else ()
         self.transported = {id(layers[t]): layers[t] for t in transported}
         connectivity = graph.connect(self.order) if points else {
@@ -885,8 +1057,16 @@ class Plan:
         self.output_point = bool(self.no_stop)
         # id(layer) -> (kind, name): the layers where an output's error is read.
         self.logits_layers = {id(layers[name]): (kind, name)
-                              for kind, name in graph.output_logits if name is not None}
-        self.hooked = (list(self.transported.values()) + [layers[p] for p in self.order]
+                              for kind, name in graph.output_logits if kind in _AT_LAYER}
+        # Model output index -> the point on it: the loss reads a cut copy of that
+        # output, so that the point's signal replaces its loss gradient and the other
+        # outputs keep theirs.
+        self.output_points = {}
+        for p in self.no_stop:
+            for j in graph.output_indices(p):
+                self.output_points[j] = p
+        self.hooked = (list(self.transported.values())
+                       + [graph.point_layer(p) for p in self.order]
                        + list(self.intercepted.values())
                        + [layers[name] for _, name in self.logits_layers.values()])
 

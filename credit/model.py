@@ -312,10 +312,43 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
     with tape:
         with graph_lib.Hooks(plan.hooked, recorder):
             y_pred = model(x, training=training)
-        loss = compute_loss(model, x, y, y_pred, sample_weight, training, loss_fn)
-        objective = _regularization(model) if plan.output_point and cut else loss
-    return Trace(plan, recorder, x, y, sample_weight, y_pred, loss, objective, tape,
-                 training, variables)
+        read = _loss_read(plan, tape, y_pred) if cut else {}
+        if read:
+            # The loss reads a cut copy of each output that carries a point: the point's
+            # signal replaces that output's loss gradient, the other outputs keep theirs.
+            # Computed once, so that Keras's per-output loss trackers count it once.
+            flat = tf.nest.flatten(y_pred)
+            for j, (copy, _) in read.items():
+                flat[j] = copy
+            loss = compute_loss(model, x, y, tf.nest.pack_sequence_as(y_pred, flat),
+                                sample_weight, training, loss_fn)
+        else:
+            loss = compute_loss(model, x, y, y_pred, sample_weight, training, loss_fn)
+    trace = Trace(plan, recorder, x, y, sample_weight, y_pred, loss, loss, tape,
+                  training, variables)
+    trace.loss_read = read
+    return trace
+
+
+def _loss_read(plan, tape, y_pred):
+    """``{output index: (cut copy, cut copy of its Keras logits or None)}`` for the model
+    outputs that carry a point; the copies are watched on ``tape``."""
+    flat = tf.nest.flatten(y_pred)
+    read = {}
+    for j in plan.output_points:
+        t = flat[j]
+        copy = tf.stop_gradient(t)
+        compat.set_mask(copy, compat.get_mask(t))
+        tape.watch(copy)
+        logits = compat.keras_logits(t)
+        if logits is not None:
+            # Keras's cross-entropy reads the logits kept on a softmax output: cut them
+            # too, or the loss would reach the model through them.
+            logits = tf.stop_gradient(logits)
+            tape.watch(logits)
+            compat.set_keras_logits(copy, logits)
+        read[j] = (copy, logits)
+    return read
 
 
 def _resolve(model, method):

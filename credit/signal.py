@@ -9,7 +9,8 @@ A method makes two choices on a model's own graph (:mod:`credit.graph`):
 
 A training step runs the model's own forward pass with the method's transports and
 points in place, records a :class:`Trace`, asks the method for its signals, and then
-takes one backward pass: the loss (unless a point sits on the model output) plus each
+takes one backward pass: the loss (read on a cut copy of a model output that carries a
+point, so that the point's signal replaces that output's loss gradient) plus each
 point output with its signal as output gradient. Every layer's weight gradient is its
 own local one, given the signal that reaches its output.
 """
@@ -21,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from credit import _keras_compat as compat
 from credit.graph import GraphError
 
 
@@ -50,7 +52,11 @@ class Trace:
         y_pred: the model output.
         loss: the compiled loss of the batch (regularisation included), a scalar.
         objective: what the backward pass differentiates besides the point signals: the
-            loss, or only the regularisation when a point sits on the model output.
+            loss, read on cut copies of the model outputs that carry a point (so only
+            the other outputs' losses and the regularisation reach the model).
+        loss_read: dict from the index of a model output that carries a point to the
+            cut copies the loss read in its place (the output, and its Keras logits or
+            None); empty without such points.
         tape: the persistent ``tf.GradientTape`` on which all of the above were recorded.
         training: whether the forward pass ran in training mode.
         gradients: after the backward pass, the weight gradients aligned with
@@ -91,6 +97,7 @@ class Trace:
         self.training = training
         self.variables = variables
         self.gradients = None
+        self.loss_read = {}
         self._output_errors = None
         self._output_gradient = None
         missing = [p for p in self.points if p not in self.outputs]
@@ -110,11 +117,35 @@ class Trace:
 
     def output_logits(self):
         """The tensors the output errors are read at, one per model output (in the order
-        of ``tf.nest.flatten(y_pred)``): the input of a final softmax or sigmoid, else the
-        output itself."""
+        of ``tf.nest.flatten(y_pred)``): the input of a final softmax or sigmoid (a layer,
+        a layer's activation or an op in a ``call``, also behind parameter-free shape
+        layers such as Reshape or Flatten), else the output itself.
+
+        Raises:
+            GraphError: an output whose logits credit cannot read, named.
+        """
         outputs = [t for t in tf.nest.flatten(self.y_pred) if t is not None]
-        return [t if name is None else self._logits.get(name, t)
-                for t, (_, name) in zip(outputs, self.graph.output_logits)]
+        found = []
+        for j, (t, (kind, where)) in enumerate(zip(outputs, self.graph.output_logits)):
+            name = self.graph.output_names[j]
+            if kind == "output":
+                logits = t
+            elif kind == "keras_logits":
+                logits = compat.keras_logits(t)
+            elif kind == "unreachable":
+                raise GraphError(
+                    f"credit cannot read the logits of model output {name!r}: {where}. "
+                    "Apply the reshape before the softmax/sigmoid, or make the "
+                    "softmax/sigmoid a layer (keras.layers.Softmax / Activation).")
+            else:
+                logits = self._logits.get(where)
+            if logits is None:
+                raise GraphError(
+                    f"credit found no logits for model output {name!r} in this forward "
+                    f"pass (expected at layer {where!r}, {kind}); the model's call took "
+                    "another path than when credit analysed it.")
+            found.append(logits)
+        return found
 
     @property
     def output_units(self):
@@ -125,14 +156,13 @@ class Trace:
 
     def _single_output(self, what):
         if len(self.graph.output_shapes) != 1:
-            names = [getattr(t, "name", "?") for t in tf.nest.flatten(self.graph.model.outputs)] \
-                if getattr(self.graph.model, "outputs", None) else []
             raise GraphError(
                 f"{what} needs a model with one output; model {self.graph.model.name!r} "
-                f"has {len(self.graph.output_shapes)} outputs"
-                f"{' (' + ', '.join(names) + ')' if names else ''}. Use a method that does "
-                "not read the output error (backprop, feedback alignment and its sign "
-                "variants, Kolen-Pollack, synthetic gradients without conditioning).")
+                f"has {len(self.graph.output_shapes)} outputs "
+                f"({', '.join(self.graph.output_names)}). Use output_errors() (one error "
+                "per output), or a method that does not read the output error (backprop, "
+                "feedback alignment and its sign variants, Kolen-Pollack, synthetic "
+                "gradients without conditioning).")
 
     def output_error(self):
         """``e = dL/da_N``: the loss gradient at the logits (the model output if none).
@@ -147,21 +177,57 @@ class Trace:
     def output_errors(self):
         """The output error of every model output, a list (see :meth:`output_error`).
 
-        An output the loss does not read (no loss given for it, or not a float tensor)
-        has a zero error.
+        Output j's error is the gradient of the compiled loss at its logits: its own
+        loss's gradient times its loss weight (``compile(loss_weights=...)``). It is
+        read at the logits also where a point sits on the output (the loss reads a cut
+        copy of it there). An output that the compiled loss gives no loss
+        (``loss=[..., None]``) or that is not a float tensor has a zero error.
+
+        Raises:
+            GraphError: the loss does not reach an output that has a loss, named.
         """
-        if self._output_errors is None:
-            logits = self.output_logits()
-            floats = [l for l in logits if l.dtype.is_floating]
-            errors = dict(zip((id(l) for l in floats),
-                              self.tape.gradient(self.loss, floats) if floats else []))
-            if all(e is None for e in errors.values()):
-                raise GraphError("the loss does not depend on the model output; credit "
-                                 "cannot compute the output error.")
-            self._output_errors = [
-                tf.zeros_like(l, dtype=l.dtype if l.dtype.is_floating else "float32")
-                if errors.get(id(l)) is None else errors[id(l)] for l in logits]
-        return self._output_errors
+        if self._output_errors is not None:
+            return self._output_errors
+        outputs = [t for t in tf.nest.flatten(self.y_pred) if t is not None]
+        logits = self.output_logits()
+        read = getattr(self, "loss_read", {}) or {}
+        without = None
+        errors = []
+        for j, (t, l) in enumerate(zip(outputs, logits)):
+            if not l.dtype.is_floating:
+                errors.append(tf.zeros_like(l, dtype="float32"))
+                continue
+            e = self._error_at(j, t, l, read.get(j))
+            if e is None:
+                if without is None:
+                    without = compat.outputs_without_loss(self.graph.model, self.y_pred)
+                if without is None or j not in without:
+                    raise GraphError(
+                        f"the loss does not reach model output "
+                        f"{self.graph.output_names[j]!r} (no gradient at its logits "
+                        f"{getattr(l, 'name', '')}); credit cannot compute its output "
+                        "error. Check that the loss reads this output.")
+                e = tf.zeros_like(l)
+            errors.append(e)
+        self._output_errors = errors
+        return errors
+
+    def _error_at(self, j, t, logits, read):
+        """``dL/dlogits`` of output ``j`` (``t``); ``read``: the cut copies the loss read
+        instead of ``t`` (and of its Keras logits), or None."""
+        if read is None:
+            return self.tape.gradient(self.loss, logits)
+        copy, copy_logits = read
+        source, grad = t, self.tape.gradient(self.loss, copy)
+        if grad is None and copy_logits is not None:
+            source, grad = compat.keras_logits(t), self.tape.gradient(self.loss, copy_logits)
+        if grad is None:
+            return None
+        if source is logits:
+            return grad
+        # Carry the gradient at the cut copy back to the logits through the model's own
+        # ops between them (the softmax, a reshape).
+        return self.tape.gradient(source, logits, output_gradients=grad)
 
     def flat_output_error(self):
         """The output errors of all outputs, flattened per example and concatenated.
@@ -176,32 +242,47 @@ class Trace:
             errors = [tf.cast(e, "float32") for e in errors]
         return tf.concat(errors, axis=1)
 
-    def output_gradient(self):
-        """``dL/dh_N`` at the model output, also for a softmax/sigmoid + cross-entropy output.
+    def output_gradient(self, point=None):
+        """``dL/dh_N`` at a model output, also for a softmax/sigmoid + cross-entropy output.
+
+        Args:
+            point: for a model with several outputs, the feedback point that is one of
+                them (its layer name): that output's own loss gradient (times its loss
+                weight). None: the model's one output.
 
         Keras computes cross-entropy of such an output from its logits, so no gradient
         reaches the probabilities; it is recovered from ``e = dL/da_N``: ``e / p`` for a
         softmax (exact up to the softmax's invariance to a constant, as ``e`` sums to 0
         per example), ``e / (p (1 - p))`` for a sigmoid.
         """
-        if self._output_gradient is not None:
-            return self._output_gradient
-        self._single_output("the output gradient")
-        grad = self.tape.gradient(self.loss, self.y_pred)
+        if point is None:
+            self._single_output("the output gradient")
+            j = 0
+        else:
+            indices = self.graph.output_indices(point)
+            if len(indices) != 1:
+                raise GraphError(f"point {point!r} is not one model output; its output "
+                                 "gradient is not defined.")
+            (j,) = indices
+        if self._output_gradient is None:
+            self._output_gradient = {}
+        if j in self._output_gradient:
+            return self._output_gradient[j]
+        outputs = [t for t in tf.nest.flatten(self.y_pred) if t is not None]
+        read = (getattr(self, "loss_read", {}) or {}).get(j)
+        grad = self.tape.gradient(self.loss, outputs[j] if read is None else read[0])
         if grad is None:
-            kind, name = self.graph.logits
-            if kind == "output":
-                raise GraphError("the loss does not depend on the model output; credit "
-                                 "cannot compute its gradient.")
-            layer = self.graph.layers[name]
-            fn = "softmax" if isinstance(layer, keras.layers.Softmax) else \
-                getattr(layer.activation, "__name__", "")
-            p = self.y_pred
-            e = self.output_error()
+            fn = self.graph.output_squashing[j]
+            if fn is None:
+                raise GraphError(
+                    f"the loss does not reach model output {self.graph.output_names[j]!r}; "
+                    "credit cannot compute its gradient.")
+            p = outputs[j]
+            e = self.output_errors()[j]
             tiny = np.finfo(p.dtype.as_numpy_dtype).tiny
             scale = p if fn == "softmax" else p * (1 - p)
             grad = e / tf.maximum(scale, tiny)
-        self._output_gradient = grad
+        self._output_gradient[j] = grad
         return grad
 
     def labels(self, units=None):
@@ -303,7 +384,7 @@ class Trace:
         grads = {}
         for p in reversed(self.points):
             if self.stops[p] is None:
-                grads[p] = self.output_gradient()
+                grads[p] = self.output_gradient(p)
                 continue
             above = {q: grads[q] for q in self.above[p]}
             grads[p] = self.gradient(above, [p])[p]
@@ -532,16 +613,17 @@ def project(v, matrices, trace):
 def hidden_points(graph, points, argument="points"):
     """The points a point method uses: ``points`` resolved, or every hidden block's output.
 
+    A layer called several times (a shared encoder, a layer inside TimeDistributed) gets
+    a point on each call, named ``"name:0"``, ``"name:1"``, ...; naming the layer in
+    ``points`` means all of its calls.
+
     Raises:
         GraphError: a name that is not a layer, a layer called several times, or a model
             without hidden blocks.
     """
     if points is None:
-        names = []
-        for block in graph.hidden_blocks:
-            if graph.calls(block.point) == 1:
-                names.append(block.point)
-        return graph.order(names)
+        # A layer called several times has a block, and a point, per call.
+        return graph.order([block.point for block in graph.hidden_blocks])
     return graph.resolve_points(points, argument)
 
 

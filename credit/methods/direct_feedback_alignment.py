@@ -28,6 +28,9 @@ class DirectFeedbackAlignment(ErrorSignal):
         at: where the points go: layer names or block indices (default: the output of
             every hidden block, see ``credit.summary``). One point per residual or
             transformer block, as in LightOn's experiments, is ``at=[names]``.
+            A layer called several times (a shared encoder, the layer inside a
+            TimeDistributed) gets a point, and a matrix, per call: ``"name:0"``,
+            ``"name:1"``, ... (naming the layer means all of its calls).
 
     Attributes:
         feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.

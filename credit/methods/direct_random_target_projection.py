@@ -52,6 +52,9 @@ class DirectRandomTargetProjection(ErrorSignal):
             blocks put the point after the activation, before max-pooling; credit's
             default is the block's output (after pooling): pass the activation layer's
             name to follow them.
+            A layer called several times (a shared encoder, the layer inside a
+            TimeDistributed) gets a point, and a matrix, per call: ``"name:0"``,
+            ``"name:1"``, ... (naming the layer means all of its calls).
 
     Attributes:
         feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.

@@ -281,10 +281,10 @@ class SyntheticGradients(ErrorSignal):
             # backprop to the boundaries below it; the top ones get the loss gradient.
             chain = dict(predictions)
             if self._masked_output is not None:
-                chain[self._masked_output] = trace.output_gradient()
+                chain[self._masked_output] = trace.output_gradient(self._masked_output)
             targets = trace.gradient(chain, hidden) if hidden else {}
             for p in outputs:
-                targets[p] = trace.output_gradient()
+                targets[p] = trace.output_gradient(p)
         else:
             targets = {p: truth[p] for p in self.boundaries}
         self._pending = {"trace": trace, "tape": tape, "predictions": predictions,
@@ -292,7 +292,7 @@ class SyntheticGradients(ErrorSignal):
 
         deltas = dict(predictions)
         if self._masked_output is not None:
-            deltas[self._masked_output] = trace.output_gradient()
+            deltas[self._masked_output] = trace.output_gradient(self._masked_output)
         step = tf.convert_to_tensor(self.step)
         if self.warmup_steps > 0:
             warm = step < self.warmup_steps
