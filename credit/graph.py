@@ -353,7 +353,8 @@ class Graph:
                 self.point_shape(name)  # checks the name, the number of calls, one output
                 if name in names:
                     raise GraphError(f"{argument}={list(points)!r} names point {name!r} "
-                                     "twice.")
+                                     "twice (a layer name and a block index can name the "
+                                     "same point); name each point once.")
                 names.append(name)
         return self.order(names)
 

@@ -267,7 +267,8 @@ CASES = [
     ("at bare bool", at(True, "drtp"), ValueError,
      r"at must be None \(every hidden block\), a layer name, a block index or a list of "
      r"them, e\.g\. at=\['dense_1', 2\]; got True of type bool"),
-    ("at duplicate", at(["h1", 0]), GraphError, r"at=\['h1', 0\] names layer 'h1' twice"),
+    ("at duplicate", at(["h1", 0]), GraphError,
+     r"at=\['h1', 0\] names point 'h1' twice .*name each point once"),
     ("at layer with two outputs",
      lambda: two_outputs().compile(loss="mse", method={"name": "sg", "at": ["two"]}),
      GraphError, r"layer 'two' returns several tensors; a feedback point needs a layer "
@@ -319,7 +320,7 @@ CASES = [
      r"target must be one of 'bootstrap', 'true'; got 'x'"),
     ("unknown synthesizer optimizer", get(name="cdni", optimizer="nope"), ValueError,
      r"optimizer 'nope' is not a Keras optimizer"),
-    ("negative auxiliary weight", get(name="sg", aux_weight=-1), ValueError,
+    ("negative auxiliary weight", get(name="sg_through_time", aux_weight=-1), ValueError,
      r"aux_weight must be a number >= 0 .*got -1"),
     ("blockwise not a bool", get(name="backprop", blockwise="yes"), ValueError,
      r"blockwise must be True or False; got 'yes' of type str\. Pass blockwise=True"),
