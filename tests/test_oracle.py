@@ -149,3 +149,30 @@ def test_the_check_fails_on_a_wrong_gradient():
                                               "feedback_alignment", true_feedback=False)
     assert method.transported
     assert deviation > 1e-2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "credit defect: a point's activity regulariser is counted twice under blockwise "
+    "backprop (Trace.loss_gradients and StepRecorder._point both carry it)"))
+def test_blockwise_backprop_with_an_activity_regulariser_at_a_point():
+    """The smallest model of the defect that generated seeds 3, 12, 17, ... show."""
+    import credit
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(4, activation="tanh", name="hidden",
+                           activity_regularizer=keras.regularizers.L2(0.1))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    model.compile(loss="mse")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, 3)).astype("float32"))
+    y = tf.constant(rng.normal(size=(4, 2)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True))
+    expected = tape.gradient(loss, model.trainable_variables)
+    method = credit.get({"name": "backprop", "blockwise": True})
+    got = credit.compute_gradients(model, x, y, method=method).gradients
+    assert list(method.points) == ["hidden"]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
