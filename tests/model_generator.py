@@ -114,9 +114,11 @@ class _Builder:
         if self.chance(0.15) and "activity_regularizer" not in self.exclude:
             kw["activity_regularizer"] = keras.regularizers.L2(0.01)
             self.features.add("activity_regularizer")
+            self.parts[-1] += "+activity_reg"
         if self.chance(0.1):
             kw["kernel_regularizer"] = keras.regularizers.L2(0.01)
             self.features.add("kernel_regularizer")
+            self.parts[-1] += "+kernel_reg"
         return kw
 
     def dropout(self, h):

@@ -6,7 +6,8 @@
   were first set to ``s sign(W)`` and ``|M_t| sign(W)`` (then their feedback is the
   kernel itself).
 - Points: backprop with ``blockwise=True`` (the true gradient injected at every hidden
-  block's output, carried across the cut) is backprop.
+  block's output, carried across the cut) is backprop; so are synthetic gradients whose
+  "synthesizer" returns the true gradient at its point.
 
 Both compare ``credit.compute_gradients(...).gradients`` with Keras's own
 ``tape.gradient(model.compute_loss(...), model.trainable_variables)`` on the same batch
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 import credit
 from credit import transports
+from credit.methods import SyntheticGradients
 from credit.model import bind
 
 import model_generator
@@ -29,8 +31,15 @@ TOLERANCE = 1e-5
 
 TRANSPORT_METHODS = ["feedback_alignment", "kolen_pollack", "sign_symmetry",
                      "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
-POINT_METHODS = ["blockwise_backprop"]
+POINT_METHODS = ["blockwise_backprop", "oracle_synthetic_gradients"]
 METHODS = TRANSPORT_METHODS + POINT_METHODS
+
+
+class OracleSyntheticGradients(SyntheticGradients):
+    """Synthetic gradients whose synthesizer returns the true gradient at its point."""
+
+    def synthetic_signal(self, name, trace):
+        return trace.loss_gradients()[name]
 
 
 def _tensors(a):
@@ -61,6 +70,10 @@ def make_method(name, problem, x, true_feedback=True):
     (``true_feedback=False``: left as the method made it)."""
     if name == "blockwise_backprop":
         method = credit.get({"name": "backprop", "blockwise": True})
+        bind(method, problem.model, inputs=x)
+        return method
+    if name == "oracle_synthetic_gradients":
+        method = OracleSyntheticGradients(seed=problem.seed)
         bind(method, problem.model, inputs=x)
         return method
     method = credit.get({"name": name, "seed": problem.seed})

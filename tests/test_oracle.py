@@ -10,7 +10,8 @@ recurrent layers, attention, normalisations, dropout, masks, regularisers):
    with ``|M| = |W|``; sign symmetry and brSF on kernels first set to ``s sign(W)`` and
    ``|M_t| sign(W)``, on which their feedback is the kernel itself).
 2. Points: backprop with ``blockwise=True`` (the true gradient carried across a cut
-   at every hidden block) equals Keras's gradient.
+   at every hidden block), and synthetic gradients whose synthesizer returns the true
+   gradient at its point, equal Keras's gradient.
 
 Each compares every entry of every gradient with ``tape.gradient`` of Keras's own loss
 (``model.compute_loss``, regularisers included) on the same batch in training mode,
@@ -18,7 +19,8 @@ to 1e-5 of the model's largest gradient entry (passing models agree to ~1e-7).
 
 By default a few dozen models (chosen to cover every construct the generator draws,
 see ``test_the_default_models_cover_every_construct``), with feedback alignment,
-blockwise backprop and one of the four other transport methods each; under
+blockwise backprop and one of the four other transport methods each (and a third of
+them with the oracle synthetic gradients); under
 ``-m slow`` 300 models with every method. A failure names the seed: reproduce it with
 ``model_generator.generate(seed)`` (its ``description`` says what the model holds).
 """
@@ -67,6 +69,8 @@ def _cases(seeds, every_method):
         else:
             methods = ["feedback_alignment", OTHER_TRANSPORTS[seed % 4],
                        "blockwise_backprop"]
+            if seed % 3 == 0:
+                methods.append("oracle_synthetic_gradients")
         cases += [(seed, m) for m in methods]
     return cases
 
@@ -81,7 +85,7 @@ def known_defect(method, name):
     Each reason names the defect; the case is marked ``xfail(strict=True)``, so it
     turns into a failure (XPASS) when the defect is fixed.
     """
-    if name == "blockwise_backprop":
+    if name in oracle_check.POINT_METHODS:
         regularised = [p for p in method.points
                        if getattr(method.graph.layers[p], "activity_regularizer", None)
                        is not None]
@@ -153,7 +157,7 @@ def test_the_check_fails_on_a_wrong_gradient():
 
 @pytest.mark.xfail(strict=True, reason=(
     "credit defect: a point's activity regulariser is counted twice under blockwise "
-    "backprop (Trace.loss_gradients and StepRecorder._point both carry it)"))
+    "backprop (and synthetic gradients fed the true gradient) (Trace.loss_gradients and StepRecorder._point both carry it)"))
 def test_blockwise_backprop_with_an_activity_regulariser_at_a_point():
     """The smallest model of the defect that generated seeds 3, 12, 17, ... show."""
     import credit
