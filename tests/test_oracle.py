@@ -28,7 +28,9 @@ them with the oracle synthetic gradients); under
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import credit
 import model_generator
 import oracle_check
 
@@ -120,7 +122,14 @@ def known_defect(method, name):
 
 def _run(request, seed, name):
     problem = model_generator.generate(seed)
-    deviation, where, method = oracle_check.check(problem, name)
+    try:
+        deviation, where, method = oracle_check.check(problem, name)
+    except ValueError as err:
+        # A correct refusal: synthetic gradients need a hidden block for a synthesizer
+        # (the model has one weighted layer on every path).
+        if name == "oracle_synthetic_gradients" and "no hidden block" in str(err):
+            pytest.skip(f"refused (correctly): {err}")
+        raise
     reason = known_defect(method, name)
     if reason is not None:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
@@ -175,12 +184,9 @@ def test_the_check_fails_on_a_wrong_gradient():
 
 @pytest.mark.xfail(strict=True, reason=(
     "credit defect: a point's activity regulariser is counted twice under blockwise "
-    "backprop (and synthetic gradients fed the true gradient) (Trace.loss_gradients and StepRecorder._point both carry it)"))
+    "backprop (Trace.loss_gradients and StepRecorder._point both carry it)"))
 def test_blockwise_backprop_with_an_activity_regulariser_at_a_point():
     """The smallest model of the defect that generated seeds 3, 12, 17, ... show."""
-    import credit
-    import tensorflow as tf
-
     keras.utils.set_random_seed(0)
     inputs = keras.Input((3,))
     h = keras.layers.Dense(4, activation="tanh", name="hidden",
@@ -207,9 +213,6 @@ def test_blockwise_backprop_with_an_activity_regulariser_at_a_point():
 @pytest.mark.parametrize("after", ["activation", "batch_norm"])
 def test_blockwise_backprop_below_a_recurrent_layer_followed_in_its_block(after):
     """The smallest model of the defect that generated seeds 70, 71, 76, ... show."""
-    import credit
-    import tensorflow as tf
-
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,))
     h = keras.layers.Dense(4, activation="tanh", name="below")(inputs)
