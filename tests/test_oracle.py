@@ -36,8 +36,8 @@ import oracle_check
 
 # Seeds whose models, together, contain every construct the generator draws (a greedy
 # set cover over the first 300 seeds: 2, 5, 9, 20, 21, 32, 88, 96, 140, 173, 206,
-# 220), and the first dozen.
-DEFAULT_SEEDS = sorted(set(range(12)) | {20, 21, 32, 88, 96, 140, 173, 206, 220})
+# 220), and the first eight.
+DEFAULT_SEEDS = sorted(set(range(8)) | {9, 20, 21, 32, 88, 96, 140, 173, 206, 220})
 ALL_SEEDS = range(300)
 OTHER_TRANSPORTS = ["kolen_pollack", "sign_symmetry", "fixed_random_sign_feedback",
                     "batchwise_random_sign_feedback"]
