@@ -8,7 +8,6 @@ Example:
 """
 
 import difflib
-import inspect
 
 from credit.signal import ErrorSignal
 
@@ -87,18 +86,6 @@ def _lookup(name):
                      f"{valid} (aliases: {alias_list}).")
 
 
-def _hyperparameters(cls):
-    """The keyword arguments of ``cls.__init__`` (its hyperparameters), in order."""
-    params = inspect.signature(cls.__init__).parameters
-    return [n for n, p in list(params.items())[1:]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def _takes_any_keyword(cls):
-    params = inspect.signature(cls.__init__).parameters.values()
-    return any(p.kind == p.VAR_KEYWORD for p in params)
-
-
 def _make(cls, defaults):
     return cls(**defaults)
 
@@ -132,15 +119,6 @@ def get(identifier):
                              "Use method.get_config().")
         cls, defaults = _lookup(identifier["name"])
         config = {**defaults, **{k: v for k, v in identifier.items() if k != "name"}}
-        valid = _hyperparameters(cls)
-        unknown = [k for k in config if k not in valid]
-        if unknown and not _takes_any_keyword(cls):
-            close = difflib.get_close_matches(unknown[0], valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"bad config for method {cls.name!r}: unknown hyperparameter(s) "
-                f"{', '.join(f'{k}={config[k]!r}' for k in unknown)}.{hint} Its "
-                f"hyperparameters: {', '.join(valid)}.")
         try:
             return cls.from_config(config)
         except TypeError as err:

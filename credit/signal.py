@@ -16,6 +16,7 @@ own local one, given the signal that reaches its output.
 """
 
 import abc
+import difflib
 import inspect
 
 import keras
@@ -523,9 +524,25 @@ class ErrorSignal(abc.ABC):
 
     @classmethod
     def from_config(cls, config):
-        """Build a method from :meth:`get_config`'s output."""
+        """Build a method from :meth:`get_config`'s output.
+
+        Raises:
+            ValueError: a key that is not one of the method's hyperparameters (the
+                message lists them, with the closest as a suggestion).
+        """
         config = dict(config)
         config.pop("name", None)
+        params = inspect.signature(cls.__init__).parameters
+        valid = [n for n, p in list(params.items())[1:]
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = [k for k in config if k not in valid]
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"bad config for method {cls.name!r}: unknown hyperparameter(s) "
+                f"{', '.join(f'{k}={config[k]!r}' for k in unknown)}.{hint} Its "
+                f"hyperparameters: {', '.join(valid)}.")
         return cls(**config)
 
     def __repr__(self):

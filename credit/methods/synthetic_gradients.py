@@ -186,7 +186,7 @@ class SyntheticGradients(ErrorSignal):
                     "use the method 'synthetic_gradients_through_time' (or "
                     "'cdni_through_time') on a stateful recurrent model, or leave "
                     f"{key} out.")
-        return cls(**config)
+        return super().from_config(config)
 
     # -- state -----------------------------------------------------------------------
 

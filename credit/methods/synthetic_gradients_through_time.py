@@ -180,7 +180,7 @@ class SyntheticGradientsThroughTime(ErrorSignal):
                 "update_probability at 1.")
         for key in _BETWEEN_LAYERS_ONLY:
             config.pop(key, None)
-        return cls(**config)
+        return super().from_config(config)
 
     # -- state -----------------------------------------------------------------------
 
