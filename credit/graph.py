@@ -639,7 +639,11 @@ def _walk(tensors, stop, forward=False):
 
 
 def _differentiable(t):
-    return t.dtype.is_floating or t.dtype.is_complex or t.dtype.is_integer
+    # Variant tensors carry a recurrent layer's sequence through its While loop
+    # (TensorList ops): a gradient flows through them, so the walk must too, or the
+    # layers below a recurrent layer inside a block look disconnected from it.
+    return (t.dtype.is_floating or t.dtype.is_complex or t.dtype.is_integer
+            or t.dtype == tf.variant)
 
 
 def _shape(t):

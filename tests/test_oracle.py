@@ -42,7 +42,6 @@ ALL_SEEDS = range(300)
 OTHER_TRANSPORTS = ["kolen_pollack", "sign_symmetry", "fixed_random_sign_feedback",
                     "batchwise_random_sign_feedback"]
 
-RECURRENT = (keras.layers.RNN, keras.layers.Bidirectional)
 
 # Every weighted layer type credit transports, and the other constructs the generator
 # draws: the default models must contain each at least once.
@@ -83,46 +82,12 @@ DEFAULT_CASES = _cases(DEFAULT_SEEDS, every_method=False)
 SLOW_CASES = [c for c in _cases(ALL_SEEDS, every_method=True) if c not in DEFAULT_CASES]
 
 
-def _point_below(method, node):
-    """Whether a point of ``method`` feeds ``node`` (through any units)."""
-    nodes = {n.index: n for n in method.graph.nodes}
-    # A point at one call of a layer called several times is named "layer:call".
-    names = {p.split(":")[0] for p in method.points}
-    stack, seen = list(node.upstream), set()
-    while stack:
-        i = stack.pop()
-        if i in seen:
-            continue
-        seen.add(i)
-        if nodes[i].layer.name in names:
-            return True
-        stack.extend(nodes[i].upstream)
-    return False
-
-
 def known_defect(method, name):
     """The reason a case is expected to fail (a known defect of credit), or None.
 
     Each reason names the defect; the case is marked ``xfail(strict=True)``, so it
     turns into a failure (XPASS) when the defect is fixed.
     """
-    if name in oracle_check.POINT_METHODS:
-        recurrent = []
-        for p in method.points:
-            block = method.graph.block_of(p.split(":")[0])
-            for node in block.nodes if block is not None else ():
-                if (isinstance(node.layer, RECURRENT) and node.layer.name != p
-                        and _point_below(method, node)):
-                    recurrent.append((node.layer.name, p))
-        if recurrent:
-            return (
-                "credit defect: a recurrent layer inside a block whose point is a later "
-                f"layer (recurrent layer, point: {recurrent}) hides the points below "
-                "it: Graph.connect searches back from the point through op.inputs and "
-                "stops at the RNN's While loop (its TensorList inputs are of dtype "
-                "variant, which _differentiable rejects), so the point below gets no "
-                "'above' and its signal is zero: everything below the recurrent layer "
-                "gets a zero gradient")
     return None
 
 
@@ -211,12 +176,11 @@ def test_blockwise_backprop_with_an_activity_regulariser_at_a_point():
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "credit defect: under blockwise backprop nothing below a recurrent layer gets a "
-    "gradient when its block ends in a later layer (Graph.connect stops at the RNN's "
-    "While loop)"))
 @pytest.mark.parametrize("after", ["activation", "batch_norm"])
 def test_blockwise_backprop_below_a_recurrent_layer_followed_in_its_block(after):
+    """Found by the oracle (seeds 70, 71, 108, ...): the graph walk stopped at the RNN's
+    While loop (its TensorList inputs are variant tensors), so the point below had no
+    point above it and got a zero signal."""
     """The smallest model of the defect that generated seeds 70, 71, 76, ... show."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,))
