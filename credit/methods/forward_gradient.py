@@ -1,6 +1,7 @@
 """Forward gradients: a directional derivative in forward mode, times its direction."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from credit.methods import _synthesizers as sg
@@ -20,10 +21,11 @@ class ForwardGradient(ErrorSignal):
     ``E[(∇L · v) v] = ∇L``. With ``tangents=K`` the step averages K such estimates
     (K forward passes), which divides the variance by K.
 
-    The tangents are drawn fresh at every step from a stateless generator keyed by the
-    method's seed and its step counter, both variables on ``method.state``: they are
-    saved with the model, so a resumed run draws the tangents it would have drawn, and
-    every replica under ``tf.distribute`` draws the same ones.
+    The tangents are drawn fresh at every step by a counter-based generator keyed by
+    the method's seed and its step counter, both variables on ``method.state`` (see
+    :meth:`draw_tangents`): they are saved with the model, so a resumed run draws the
+    tangents it would have drawn; every replica under ``tf.distribute`` draws the same
+    ones, and an XLA-compiled step the same as a plain one.
 
     Args:
         seed: seed of the tangents (None: drawn from numpy's global state).
@@ -75,14 +77,19 @@ class ForwardGradient(ErrorSignal):
 
     def draw_tangents(self, variables, k, step=None):
         """The ``k``-th tangent of step ``step`` (default: the current one): one
-        standard normal tensor per variable, from the stateless generator."""
+        standard normal tensor per variable.
+
+        Drawn by a counter-based hash of (seed, step, k, variable, entry) and the
+        Box-Muller transform (:func:`standard_normal`): plain integer and float ops,
+        which give the same numbers on every device and under XLA (TensorFlow's
+        stateless generators do not: their XLA kernels draw other numbers).
+        """
         step = tf.convert_to_tensor(self.step if step is None else step, "int64")
-        seed = tf.stack([tf.convert_to_tensor(self.state.seed_variable), step])
+        seed = tf.convert_to_tensor(self.state.seed_variable)
         out = []
         for i, v in enumerate(variables):
-            key = tf.random.experimental.stateless_fold_in(seed, k * len(variables) + i)
-            out.append(tf.random.stateless_normal(tuple(v.shape), seed=key,
-                                                  dtype=tf.as_dtype(v.dtype)))
+            key = mix(seed, step, k * len(variables) + i)
+            out.append(tf.cast(standard_normal(tuple(v.shape), key), tf.as_dtype(v.dtype)))
         return out
 
     def directional_derivative(self, model, x, y, sample_weight, tangents, loss_fn=None,
@@ -124,6 +131,46 @@ class ForwardGradient(ErrorSignal):
         with tf.control_dependencies(_tensors(gradients)):
             self.step.assign_add(1)
         return engine.Gradients(gradients, loss, y_pred, {})
+
+
+_GOLDEN = 0x9E3779B9
+
+
+def hash32(x):
+    """A 32-bit integer hash (the finaliser of "lowbias32"), elementwise on uint32."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def mix(*parts):
+    """A uint32 key from integers (tensors or Python ints), each folded in by a hash."""
+    key = tf.constant(_GOLDEN, tf.uint32)
+    for part in parts:
+        part = tf.cast(tf.convert_to_tensor(part, "int64") % (2**32), tf.uint32)
+        key = hash32(tf.bitwise.bitwise_xor(key, part) + tf.constant(_GOLDEN, tf.uint32))
+    return key
+
+
+def standard_normal(shape, key):
+    """Standard normal float32 numbers of ``shape``, a function of ``key`` (uint32).
+
+    Two uniforms per entry from the hash of (entry, key) and of (entry, hash(key)),
+    24 bits each, in (0, 1); then Box-Muller.
+    """
+    n = int(np.prod(shape)) if shape else 1
+    counter = tf.cast(tf.range(n, dtype="int64"), tf.uint32)
+    key2 = hash32(key + tf.constant(_GOLDEN, tf.uint32))
+
+    def uniform(k):
+        bits = hash32(tf.bitwise.bitwise_xor(hash32(counter + k), k))
+        return (tf.cast(tf.bitwise.right_shift(bits, 8), "float32") + 0.5) / 2.0**24
+
+    u1, u2 = uniform(key), uniform(key2)
+    z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
+    return tf.reshape(z, shape)
 
 
 def own_counters(method):

@@ -24,8 +24,9 @@ class LocalHead(keras.layers.Layer):
     ``max_features`` values remain (as Nøkland & Eidnes 2019 size their decoder).
     ``"mlp"`` adds hidden ReLU Dense layers; ``"dgl"`` (Belilovsky et al.'s auxiliary
     net for convolutional blocks) a 3x3 ReLU convolution with ``h``'s channels, then an
-    average pool to at most 2 per spatial axis. The last Dense is zero-initialised
-    (as Nøkland & Eidnes's decoder), so the first local signals are zero above it.
+    average pool to at most 2 per spatial axis. Every layer starts from seeded Glorot
+    weights. (Nøkland & Eidnes zero their decoder's weights, which makes the first
+    step's local signals zero; here every block learns from the first step.)
 
     Similarity (``loss`` "sim" or "predsim"): the features whose cosine similarity
     matrix is matched to the labels': ``h`` itself on a dense block; on a spatial block
@@ -76,7 +77,7 @@ class LocalHead(keras.layers.Layer):
                                                       kernel_initializer=init())
                                    for i, u in enumerate(hidden_units)]
             self.predictor.append(keras.layers.Dense(
-                units, kernel_initializer="zeros", name="decoder"))
+                units, kernel_initializer=init(), name="decoder"))
             _build(self.predictor, shape)
         if similarity and self.spatial:
             self.similar.append(_CONV[rank](channels, 3, padding="same", use_bias=False,
