@@ -277,3 +277,12 @@ def test_pepita_xla_step_matches_the_plain_one(classification_data):
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_layer_rules_name_the_forward_rules():
+    model = pepita_model()
+    model.compile(loss="sparse_categorical_crossentropy", method="pepita")
+    names = [l.name for l in model.layers]
+    assert "h_l - h'_l" in model.method.layer_rule(names[0])
+    assert "h'_{L-1}^T e" in model.method.layer_rule(names[-1])
+    assert "directional derivative" in credit.get("fg").layer_rule(names[0])

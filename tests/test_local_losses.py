@@ -221,3 +221,16 @@ def test_reaches_85_percent_on_digits():
     model.fit(x_train, y_train, epochs=5, batch_size=32, verbose=0)
     accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
     assert accuracy >= 0.85, accuracy
+
+
+def test_pred_without_a_compiled_loss_says_how_to_fix_it():
+    x, y = batch()
+    model = mlp()
+    method = credit.get({"name": "local", "seed": 0})
+    with pytest.raises(ValueError, match="compiled without one.*loss='sim'"):
+        credit.compute_gradients(model, tf.constant(x), tf.constant(y), method=method,
+                                 loss_fn=keras.losses.SparseCategoricalCrossentropy())
+    sim = credit.get({"name": "local", "loss": "sim", "seed": 0})
+    out = credit.compute_gradients(mlp(), tf.constant(x), tf.constant(y), method=sim,
+                                   loss_fn=keras.losses.SparseCategoricalCrossentropy())
+    assert all(g is not None for g in out.gradients)

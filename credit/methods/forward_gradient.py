@@ -67,6 +67,10 @@ class ForwardGradient(ErrorSignal):
     def transport(self, layer, kernels):
         return None
 
+    def layer_rule(self, name):
+        """The rule layer ``name`` trains with, for :func:`credit.summary`."""
+        return "(dL/dθ · v) v: forward-mode directional derivative, no backward pass"
+
     def signals(self, trace):
         raise_no_signals(self)
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register
 from credit.signal import ErrorSignal, hidden_points, output_units
@@ -289,6 +290,12 @@ class LocalLosses(ErrorSignal):
         loss = 0.0
         if self.loss in ("pred", "predsim"):
             model = trace.graph.model
+            if not compat.has_compiled_loss(model):
+                raise ValueError(
+                    f"local_losses with loss={self.loss!r} applies the model's compiled "
+                    f"loss to its heads, and model {model.name!r} was compiled without "
+                    "one (a loss_fn given to compute_gradients does not reach the heads). "
+                    "Compile the model with a loss, or use loss='sim'.")
             pred = engine.compute_loss(model, trace.x, trace.y,
                                        self.prediction(prediction),
                                        trace.sample_weight, trace.training)

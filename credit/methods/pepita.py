@@ -89,6 +89,12 @@ class Pepita(ErrorSignal):
     def transport(self, layer, kernels):
         return None
 
+    def layer_rule(self, name):
+        """The rule layer ``name`` trains with, for :func:`credit.summary`."""
+        if self._dense and self._dense[-1].name == name:
+            return "h'_{L-1}^T e (input from the modulated pass, no backward pass)"
+        return "h'_{l-1}^T (h_l - h'_l) (two forward passes, no backward pass)"
+
     def signals(self, trace):
         raise_no_signals(self)
 
