@@ -201,7 +201,8 @@ def test_pepita_updates_match_the_formula():
 def test_pepita_learns_a_small_task(classification_data):
     x, y = classification_data
     model = pepita_model()
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy",
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  "sparse_categorical_crossentropy",
                   method={"name": "pepita", "seed": 0})
     history = model.fit(x, y, epochs=15, batch_size=16, verbose=0).history["loss"]
     assert history[-1] < 0.8 * history[0]
@@ -255,7 +256,8 @@ def test_pepita_run_eagerly_gives_the_same_weights(classification_data, regressi
                                                  regression_data)
 
 
-def test_pepita_save_load_and_resume_exactly(classification_data, regression_data, tmp_path):
+def test_pepita_save_load_and_resume_exactly(classification_data, regression_data,
+                                             tmp_path):
     core.test_save_load_and_resume_exactly("pepita", classification_data, regression_data,
                                            tmp_path)
 

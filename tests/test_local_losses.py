@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import credit
-from credit.methods.local_losses import LocalHead, _pool_size, similarity_matrix
+from credit.methods.local_losses import _pool_size, similarity_matrix
 
 
 def mlp(activation="tanh"):

@@ -108,7 +108,8 @@ class ForwardGradient(ErrorSignal):
         variables = [v.value for v in model.trainable_variables]
         with tf.autodiff.ForwardAccumulator(variables, tangents) as acc:
             y_pred = model(x, training=training)
-            loss = engine.compute_loss(model, x, y, y_pred, sample_weight, training, loss_fn)
+            loss = engine.compute_loss(model, x, y, y_pred, sample_weight, training,
+                                       loss_fn)
             scaled = engine._scale(model, loss)
         jvp = acc.jvp(scaled, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return jvp, loss, y_pred

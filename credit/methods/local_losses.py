@@ -63,9 +63,9 @@ class LocalHead(keras.layers.Layer):
         shape = (None,) + self.shape
         if predict:
             if self.spatial and kind == "dgl":
-                self.predictor.append(_CONV[rank](channels, 3, padding="same",
-                                                  activation="relu", kernel_initializer=init(),
-                                                  name="aux_conv"))
+                self.predictor.append(_CONV[rank](
+                    channels, 3, padding="same", activation="relu",
+                    kernel_initializer=init(), name="aux_conv"))
                 pool = tuple(max(1, -(-d // 2)) for d in self.shape[:-1])
                 self.predictor.append(_POOL[rank](pool, padding="same", name="aux_pool"))
             elif self.spatial:
@@ -74,9 +74,10 @@ class LocalHead(keras.layers.Layer):
                     self.predictor.append(_POOL[rank](pool, padding="same", name="pool"))
             self.predictor.append(keras.layers.Flatten(name="flatten"))
             if kind == "mlp":
-                self.predictor += [keras.layers.Dense(u, activation="relu", name=f"dense_{i}",
-                                                      kernel_initializer=init())
-                                   for i, u in enumerate(hidden_units)]
+                self.predictor += [
+                    keras.layers.Dense(u, activation="relu", name=f"dense_{i}",
+                                       kernel_initializer=init())
+                    for i, u in enumerate(hidden_units)]
             self.predictor.append(keras.layers.Dense(
                 units, kernel_initializer=init(), name="decoder"))
             _build(self.predictor, shape)

@@ -56,7 +56,8 @@ class Pepita(ErrorSignal):
 
     Example:
         >>> model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        ...               loss="categorical_crossentropy", method="pepita")  # doctest: +SKIP
+        ...               loss="categorical_crossentropy",
+        ...               method="pepita")                         # doctest: +SKIP
     """
 
     name = "pepita"
@@ -81,7 +82,8 @@ class Pepita(ErrorSignal):
         d_out = output_units(graph, "PEPITA")
         d_in = int(self._dense[0].kernel.shape[0])
         scale = 0.05 * np.sqrt(6.0 / d_in) if self.scale is None else self.scale
-        value = self.seed_for(0).uniform(-scale, scale, size=(d_out, d_in)).astype("float32")
+        value = self.seed_for(0).uniform(-scale, scale, size=(d_out, d_in))
+        value = value.astype("float32")
         self.feedback_matrices = {"input": self.add_state_variable(value, "feedback_input")}
         # The hidden block outputs are recorded (not cut) in both passes.
         self.points = [b.point for b in graph.blocks[:-1]]
