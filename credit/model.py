@@ -197,6 +197,11 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         ...     return out.loss
     """
     method = _resolve(model, method)
+    if getattr(method, "computes_gradients", False):
+        # Methods without a backward pass (forward gradients, PEPITA) form the whole
+        # update themselves: method.compute_gradients returns a Gradients tuple.
+        return method.compute_gradients(model, x, y, sample_weight, loss_fn=loss_fn,
+                                        training=training)
     if method.exact:
         if not model.built:
             with tf.init_scope():

@@ -53,7 +53,7 @@ def register(cls=None, *, name=None, aliases=None, defaults=None):
     return decorate(cls) if cls is not None else decorate
 
 
-def available(stateful=False):
+def available(stateful=False, dense_chains=False):
     """Sorted canonical names of the registered methods.
 
     Args:
@@ -61,9 +61,12 @@ def available(stateful=False):
             recurrent layer (synthetic gradients through time: a class attribute
             ``stateful_only = True``). By default they are left out, so that a sweep
             over ``available()`` gets methods that train any model.
+        dense_chains: also list the methods that train only chains of Dense layers
+            (PEPITA: a class attribute ``dense_chains_only = True``).
     """
     return sorted(n for n, (cls, _) in _METHODS.items()
-                  if stateful or not getattr(cls, "stateful_only", False))
+                  if (stateful or not getattr(cls, "stateful_only", False))
+                  and (dense_chains or not getattr(cls, "dense_chains_only", False)))
 
 
 def aliases():
@@ -80,7 +83,7 @@ def _lookup(name):
         return _METHODS[_NAMES[key]]
     close = difflib.get_close_matches(key, list(_NAMES), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    valid = ", ".join(f"{n!r}" for n in available(stateful=True))
+    valid = ", ".join(f"{n!r}" for n in available(stateful=True, dense_chains=True))
     alias_list = ", ".join(f"{a!r}" for a in sorted(_NAMES) if a not in _METHODS)
     raise ValueError(f"unknown credit-assignment method {name!r}.{hint} Valid names: "
                      f"{valid} (aliases: {alias_list}).")

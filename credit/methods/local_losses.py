@@ -1,0 +1,357 @@
+"""Local losses: each block learns from a loss of its own, through an auxiliary head."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from credit import _keras_compat as compat
+from credit.methods import _synthesizers as sg
+from credit.registry import register
+from credit.signal import ErrorSignal, hidden_points, output_units
+
+LOSSES = ("pred", "sim", "predsim")
+HEADS = ("linear", "mlp", "dgl")
+_CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+_POOL = {1: keras.layers.AveragePooling1D, 2: keras.layers.AveragePooling2D,
+         3: keras.layers.AveragePooling3D}
+
+
+class LocalHead(keras.layers.Layer):
+    """An auxiliary head on a block output ``h``: a prediction and/or similarity features.
+
+    Prediction (``loss`` "pred" or "predsim"): ``"linear"`` is one Dense layer to the
+    model's output units on the flattened ``h``; on a spatial ``h`` (channels last) it
+    is average-pooled first, with the pool doubled axis by axis until at most
+    ``max_features`` values remain (as Nøkland & Eidnes 2019 size their decoder).
+    ``"mlp"`` adds hidden ReLU Dense layers; ``"dgl"`` (Belilovsky et al.'s auxiliary
+    net for convolutional blocks) a 3x3 ReLU convolution with ``h``'s channels, then an
+    average pool to at most 2 per spatial axis. Every layer starts from seeded Glorot
+    weights. (Nøkland & Eidnes zero their decoder's weights, which makes the first
+    step's local signals zero; here every block learns from the first step.)
+
+    Similarity (``loss`` "sim" or "predsim"): the features whose cosine similarity
+    matrix is matched to the labels': ``h`` itself on a dense block; on a spatial block
+    a 3x3 convolution of ``h`` (no bias), then the standard deviation over the spatial
+    axes per channel (when there are more than 3 channels and more than one position;
+    else the flattened map), as in the authors' code.
+
+    Args:
+        shape: ``h``'s shape without the batch axis.
+        units: values the prediction has per example (the model output's size).
+        kind: ``"linear"``, ``"mlp"`` or ``"dgl"``.
+        predict, similarity: which parts to build.
+        hidden_units: widths of an ``"mlp"`` head's hidden layers.
+        max_features: the pooling bound of spatial blocks.
+        seed: seed of the random initial weights.
+    """
+
+    def __init__(self, shape, units, kind="linear", predict=True, similarity=False,
+                 hidden_units=(), max_features=4096, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.shape = tuple(int(s) for s in shape)
+        rng = np.random.default_rng(seed)
+
+        def init():
+            return keras.initializers.GlorotUniform(seed=int(rng.integers(0, 2**31 - 1)))
+
+        rank = len(self.shape) - 1
+        self.spatial = 1 <= rank <= 3
+        channels = self.shape[-1]
+        self.predictor, self.similar = [], []
+        self.similarity = bool(similarity)
+        shape = (None,) + self.shape
+        if predict:
+            if self.spatial and kind == "dgl":
+                self.predictor.append(_CONV[rank](
+                    channels, 3, padding="same", activation="relu",
+                    kernel_initializer=init(), name="aux_conv"))
+                pool = tuple(max(1, -(-d // 2)) for d in self.shape[:-1])
+                self.predictor.append(_POOL[rank](pool, padding="same", name="aux_pool"))
+            elif self.spatial:
+                pool = _pool_size(self.shape, max_features)
+                if any(p > 1 for p in pool):
+                    self.predictor.append(_POOL[rank](pool, padding="same", name="pool"))
+            self.predictor.append(keras.layers.Flatten(name="flatten"))
+            if kind == "mlp":
+                self.predictor += [
+                    keras.layers.Dense(u, activation="relu", name=f"dense_{i}",
+                                       kernel_initializer=init())
+                    for i, u in enumerate(hidden_units)]
+            self.predictor.append(keras.layers.Dense(
+                units, kernel_initializer=init(), name="decoder"))
+            _build(self.predictor, shape)
+        if similarity and self.spatial:
+            self.similar.append(_CONV[rank](channels, 3, padding="same", use_bias=False,
+                                            kernel_initializer=init(), name="sim_conv"))
+            _build(self.similar, shape)
+        self.built = True
+
+    def call(self, h):
+        """``(prediction or None, similarity features or None)``; the prediction is the
+        decoder's linear output, ``(batch, units)``."""
+        prediction = features = None
+        if self.predictor:
+            prediction = h
+            for layer in self.predictor:
+                prediction = layer(prediction)
+        if self.similarity:
+            features = h
+            for layer in self.similar:
+                features = layer(features)
+            features = _similarity_features(features)
+        return prediction, features
+
+
+def _build(layers, shape):
+    for layer in layers:
+        layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+
+
+def _pool_size(shape, max_features):
+    """Average-pool sizes that bring a spatial map down to ``max_features`` values,
+    doubling one axis at a time (Nøkland & Eidnes's rule for their decoder's input)."""
+    dims, channels = list(shape[:-1]), shape[-1]
+    pool = [1] * len(dims)
+
+    def features():
+        return channels * int(np.prod([-(-d // p) for d, p in zip(dims, pool)]))
+
+    axis = 0
+    while features() > max_features and any(p < d for p, d in zip(pool, dims)):
+        if pool[axis] < dims[axis]:
+            pool[axis] *= 2
+        axis = (axis + 1) % len(dims)
+    return tuple(min(p, d) for p, d in zip(pool, dims))
+
+
+def _similarity_features(h):
+    """``h`` as one row per example for the similarity matrix (see :class:`LocalHead`)."""
+    if h.shape.rank > 2 and h.shape[-1] > 3 and int(np.prod(h.shape[1:-1])) > 1:
+        flat = tf.reshape(h, (tf.shape(h)[0], -1, h.shape[-1]))
+        return tf.math.reduce_std(flat, axis=1)
+    return tf.reshape(h, (tf.shape(h)[0], -1))
+
+
+def similarity_matrix(x):
+    """The adjusted cosine similarity of the rows of ``x``: each row centred on its own
+    mean and scaled to unit norm (``1e-8`` added to the norm), ``R = x_n x_n^T``,
+    clipped to [-1, 1]."""
+    xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    xn = xc / (1e-8 + tf.sqrt(tf.reduce_sum(tf.square(xc), axis=1, keepdims=True)))
+    return tf.clip_by_value(tf.matmul(xn, xn, transpose_b=True), -1.0, 1.0)
+
+
+@register
+class LocalLosses(ErrorSignal):
+    """Local losses: supervised local error signals (Nøkland & Eidnes 2019, "Training
+    Neural Networks with Local Error Signals", ICML; Belilovsky, Eickenberg & Oyallon
+    2020, "Decoupled Greedy Learning of CNNs", ICML).
+
+    Rule: a feedback point at every hidden block output ``h_p`` (or at ``at=``), each
+    with an auxiliary head ``A_p``. The signal at the point is the gradient of a local
+    loss through the head, ``delta_p = d L_p(A_p(h_p), y) / d h_p``; the backward pass
+    is cut at every point, so nothing crosses below a point (each block learns from its
+    own loss only), and the output block trains on the model's own loss.
+
+    Local losses (``loss``):
+
+    - ``"pred"``: the model's compiled loss on the head's prediction (the head ends in
+      the model output's own softmax or sigmoid, if it has one);
+    - ``"sim"``: similarity matching, ``mean((S(f(h_p)) - S(onehot(y)))^2)``, with ``S``
+      the adjusted cosine similarity matrix of the batch (:func:`similarity_matrix`);
+    - ``"predsim"``: ``(1 - beta) pred + beta sim``, ``beta = 0.99`` by default as in
+      the authors' code (anokland/local-loss, ``--beta``).
+
+    The heads train too, on the same local losses, with their own optimizer; they and
+    their optimizer live on ``method.state`` and are saved with the model.
+
+    Args:
+        seed: seed of the heads' initial weights (None: from numpy's global state).
+        loss: ``"pred"``, ``"sim"`` or ``"predsim"``.
+        head: ``"linear"``, ``"mlp"`` or ``"dgl"`` (see :class:`LocalHead`).
+        at: layer names or block indices of the points (default: every hidden block).
+        beta: the weight of the similarity loss in ``"predsim"``.
+        hidden_units: widths of an ``"mlp"`` head's hidden layers.
+        max_features: spatial block outputs are average-pooled to at most this many
+            values before a ``"linear"``/``"mlp"`` head (4096, the authors' default).
+        optimizer: the heads' optimizer, a Keras name or config dict.
+        learning_rate: the heads' learning rate (None: the optimizer's default).
+
+    Attributes:
+        heads: dict from point (layer name) to its :class:`LocalHead`, after binding.
+        optimizer_instance: the heads' Keras optimizer, after binding.
+
+    Logs:
+        ``local_loss``: the mean of the heads' local losses in the step.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               method="local_losses")                      # doctest: +SKIP
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               method={"name": "dgl", "head": "dgl"})     # doctest: +SKIP
+    """
+
+    name = "local_losses"
+    aliases = ("dgl", "local")
+    log_names = ("local_loss",)
+    point_rule = "d L_p(A_p(h_p), y) / d h_p (local loss through an auxiliary head)"
+
+    def __init__(self, seed=None, loss="pred", head="linear", at=None, beta=0.99,
+                 hidden_units=(1024,), max_features=4096, optimizer="adam",
+                 learning_rate=None):
+        if seed is not None and not sg.is_int(seed):
+            raise ValueError(f"seed must be None or an integer; got {seed!r}.")
+        super().__init__(seed=seed)
+        self.loss = sg.choice("loss", loss, LOSSES)
+        self.head = sg.choice("head", head, HEADS)
+        self.at = sg.indices("at", at)
+        if not sg.is_real(beta) or not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"beta must be a number in [0, 1] (the weight of the "
+                             f"similarity loss in 'predsim'); got {beta!r}.")
+        self.beta = float(beta)
+        self.hidden_units = sg.sizes("hidden_units", hidden_units)
+        if not sg.is_int(max_features) or max_features < 1:
+            raise ValueError(f"max_features must be a positive integer; got "
+                             f"{max_features!r}.")
+        self.max_features = int(max_features)
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            optimizer = keras.optimizers.serialize(optimizer)
+        if not isinstance(optimizer, (str, dict)):
+            raise ValueError("optimizer must be a Keras optimizer name (e.g. 'adam') or a "
+                             "config dict from keras.optimizers.serialize; got "
+                             f"{optimizer!r} of type {type(optimizer).__name__}.")
+        self.optimizer = optimizer
+        if learning_rate is not None and (not sg.is_real(learning_rate)
+                                          or not learning_rate > 0):
+            raise ValueError("learning_rate must be None (the optimizer's default) or a "
+                             f"positive number; got {learning_rate!r}.")
+        self.learning_rate = None if learning_rate is None else float(learning_rate)
+        with tf.init_scope():
+            sg.make_optimizer(self.optimizer, self.learning_rate)  # fail now
+        self._pending = None
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def heads(self):
+        """Dict from point (layer name) to its head, read from ``state`` (None before
+        binding)."""
+        layers = sg.state_attribute(self, "synthesizer_layers")
+        return None if layers is None else dict(zip(self.points, layers))
+
+    @property
+    def optimizer_instance(self):
+        """The heads' Keras optimizer, on ``state`` (None before binding)."""
+        return sg.state_attribute(self, "synthesizer_optimizer")
+
+    def build(self, graph):
+        points = hidden_points(graph, self.at, "at")
+        outputs = [p for p in points if graph.is_output(p)]
+        if outputs:
+            raise ValueError(f"at={list(self.at)!r} names the model output {outputs[0]!r}; "
+                             "the output block trains on the model's own loss. Choose "
+                             "hidden blocks.")
+        units = output_units(graph, "local_losses")
+        self._output_shape = tuple(graph.output_shapes[0])
+        self._activation = _output_activation(graph)
+        predict = self.loss in ("pred", "predsim")
+        similarity = self.loss in ("sim", "predsim")
+        with tf.init_scope():
+            heads = [LocalHead(graph.point_shape(p), units, kind=self.head, predict=predict,
+                               similarity=similarity, hidden_units=self.hidden_units,
+                               max_features=self.max_features,
+                               seed=sg.synthesizer_seed(self, i), name=f"head_{i}")
+                     for i, p in enumerate(points)]
+            sg.own_synthesizers(self, heads)
+        self.points = list(points)
+
+    def transport(self, layer, kernels):
+        return None
+
+    # -- the local losses ----------------------------------------------------------------
+
+    def prediction(self, head_output):
+        """The head's decoder output in the model output's form: reshaped to it, through
+        its final softmax or sigmoid."""
+        out = tf.reshape(head_output, (tf.shape(head_output)[0],) + self._output_shape)
+        return out if self._activation is None else self._activation(out)
+
+    def local_loss(self, point, h, trace):
+        """The local loss of ``point`` given its output ``h`` (float32), a scalar.
+
+        Under ``tf.distribute`` it is divided by the number of replicas (the compiled
+        loss already is), as the model's loss: the replicas' gradients then sum to the
+        gradient of the global mean.
+        """
+        from credit import model as engine
+
+        prediction, features = self.heads[point](h)
+        loss = 0.0
+        if self.loss in ("pred", "predsim"):
+            model = trace.graph.model
+            if not compat.has_compiled_loss(model):
+                raise ValueError(
+                    f"local_losses with loss={self.loss!r} applies the model's compiled "
+                    f"loss to its heads, and model {model.name!r} was compiled without "
+                    "one (a loss_fn given to compute_gradients does not reach the heads). "
+                    "Compile the model with a loss, or use loss='sim'.")
+            pred = engine.compute_loss(model, trace.x, trace.y,
+                                       self.prediction(prediction),
+                                       trace.sample_weight, trace.training)
+            # The compiled loss adds the model's regularisation, a constant here.
+            pred = tf.cast(pred, "float32") - tf.stop_gradient(
+                tf.cast(engine._regularization(model), "float32"))
+            loss = pred if self.loss == "pred" else (1.0 - self.beta) * pred
+        if self.loss in ("sim", "predsim"):
+            labels = tf.cast(trace.labels(), "float32")
+            labels = tf.reshape(labels, (tf.shape(labels)[0], -1))
+            sim = tf.reduce_mean(tf.square(similarity_matrix(features)
+                                           - similarity_matrix(labels)))
+            sim = sim / tf.cast(sg.replicas(), sim.dtype)
+            loss = sim if self.loss == "sim" else loss + self.beta * sim
+        return loss
+
+    def signals(self, trace):
+        heads = self.heads
+        inputs = {p: tf.stop_gradient(trace.outputs[p]) for p in self.points}
+        with tf.GradientTape() as tape:
+            tape.watch(list(inputs.values()))
+            losses = [self.local_loss(p, tf.cast(inputs[p], "float32"), trace)
+                      for p in self.points]
+            total = tf.add_n(losses)
+        variables = [v for p in self.points for v in heads[p].trainable_variables]
+        grads = tape.gradient(total, [inputs[p] for p in self.points] + variables)
+        deltas = {p: tf.zeros_like(inputs[p]) if g is None else g
+                  for p, g in zip(self.points, grads)}
+        self._pending = {"trace": trace, "variables": variables,
+                         "gradients": grads[len(self.points):],
+                         "loss": total / len(losses)}
+        return deltas
+
+    def update(self, trace, signals):
+        pending = self._pending
+        if pending is None or pending["trace"] is not trace:
+            self.signals(trace)
+            pending = self._pending
+        self._pending = None
+        pairs = [(g, v) for g, v in zip(pending["gradients"], pending["variables"])
+                 if g is not None]
+        if pairs:
+            self.state.synthesizer_optimizer.apply([g for g, _ in pairs],
+                                                   [v for _, v in pairs])
+        self.state.step.assign_add(1)
+        return {"local_loss": pending["loss"]}
+
+
+def _output_activation(graph):
+    """The model output's final softmax or sigmoid as a function (None if it has none)."""
+    kind, name = graph.output_logits[0] if graph.output_logits else ("output", None)
+    if kind == "output" or name is None:
+        return None
+    layer = graph.layers[name]
+    if isinstance(layer, keras.layers.Softmax):
+        axis = layer.axis
+        return lambda t: keras.activations.softmax(t, axis=axis)
+    return keras.activations.get(layer.activation)
