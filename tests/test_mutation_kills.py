@@ -214,3 +214,162 @@ def test_flat_output_error_concatenates_the_outputs_errors():
     np.testing.assert_allclose(trace.flat_output_error().numpy(), expected, rtol=1e-5,
                                atol=1e-7)
     assert signal.output_error_units(trace.graph) == 5
+
+
+# -- transports.linear: the layer's own op without the bias ---------------------------------
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: L.Dense(4), (3, 5)),
+    (lambda: L.EinsumDense("abc,cd->abd", output_shape=(None, 4), bias_axes="d"), (3, 2, 5)),
+    (lambda: L.Conv1D(4, 3, padding="causal", dilation_rate=2), (3, 9, 2)),
+])
+def test_linear_is_the_layers_call_without_its_bias(make, shape):
+    rng = np.random.default_rng(0)
+    layer = make()
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    layer.build(x.shape)
+    for v in layer.weights:
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    bias = layer.bias.numpy()
+    got = transports.linear(layer, x, transports.kernels(layer)).numpy()
+    np.testing.assert_allclose(got + bias, layer(x).numpy(), rtol=1e-5, atol=1e-5)
+    # Crossing with other kernels: linear in them.
+    doubled = transports.linear(layer, x, tuple(2 * k for k in transports.kernels(layer)))
+    np.testing.assert_allclose(doubled.numpy(), 2 * got, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_padding_pads_the_time_axis_on_the_left_in_both_data_formats():
+    last = L.Conv1D(2, 3, padding="causal", dilation_rate=2)
+    first = L.Conv1D(2, 3, padding="causal", dilation_rate=2, data_format="channels_first")
+    assert transports._causal_padding(last) == [[0, 0], [4, 0], [0, 0]]
+    assert transports._causal_padding(first) == [[0, 0], [0, 0], [4, 0]]
+
+
+def test_linear_of_a_layer_without_a_transport_is_an_error_naming_it():
+    layer = L.LSTM(3, name="lstm")
+    with pytest.raises(TypeError, match="'lstm' \\(LSTM\\) has no transport"):
+        transports.linear(layer, tf.zeros((1, 2, 3)), ())
+
+
+# -- the trace's backward products ------------------------------------------------------------
+
+
+def test_trace_gradient_without_targets_is_zero_and_logits_are_the_softmax_input():
+    model = _mlp()
+    model.compile(loss="sparse_categorical_crossentropy")
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 4)).astype("float32"))
+    method = credit.get("dfa")
+    trace = credit.model.record(model, x, tf.constant([0, 1, 2, 0]), method=method)
+    [point] = trace.points
+    got = trace.gradient({point: None}, [point], objective=False)
+    assert list(got) == [point]
+    np.testing.assert_array_equal(got[point].numpy(), np.zeros(trace.outputs[point].shape))
+    # The logits: the last Dense's pre-activation, before the softmax.
+    h = trace.outputs[point].numpy()
+    w, b = model.layers[-1].kernel.numpy(), model.layers[-1].bias.numpy()
+    np.testing.assert_allclose(trace.logits.numpy(), h @ w + b, rtol=1e-5, atol=1e-6)
+    # With the objective: the true dL/dh at the point (backprop's product e W^T).
+    e = trace.output_error().numpy()
+    np.testing.assert_allclose(trace.gradient({}, [point])[point].numpy(), e @ w.T,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_repr_lists_the_hyperparameters_but_not_the_name():
+    assert repr(credit.methods.FeedbackAlignment(seed=3, scale=0.5)) == \
+        "FeedbackAlignment(seed=3, scale=0.5, layers=None)"
+
+
+@pytest.mark.parametrize("equation,output_shape,shape", [
+    ("abc,cd->ad", 4, (3, 2, 5)),     # b is summed within x alone: the generic VJP
+    ("abc,cd->abd", (2, 4), (3, 2, 5)),  # the transposed einsum
+])
+def test_einsum_adjoint_is_the_tape_gradient(equation, output_shape, shape):
+    rng = np.random.default_rng(1)
+    layer = L.EinsumDense(equation, output_shape=output_shape)
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    layer.build(x.shape)
+    layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x)
+    g = tf.constant(rng.normal(size=out.shape).astype("float32"))
+    got = transports.adjoint(layer, g, x, transports.kernels(layer))
+    np.testing.assert_allclose(got.numpy(), tape.gradient(out, x, output_gradients=g).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert (transports._einsum_adjoint(equation) is None) == (equation == "abc,cd->ad")
+
+
+# -- synthetic gradients through time: DNI's auxiliary task ---------------------------------
+
+
+class _FixedFuture(credit.methods.SyntheticGradients):
+    """Injects a fixed gradient G at the window's final state instead of M(s_T)."""
+
+    future = None
+
+    def future_gradient(self, name, trace):
+        return [tf.constant(self.future)]
+
+
+def test_auxiliary_loss_regresses_the_head_onto_the_future_gradient_per_example():
+    batch, window, units = 3, 4, 2
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([
+        keras.Input(batch_shape=(batch, window, 2)),
+        L.SimpleRNN(units, stateful=True, return_sequences=True, name="rnn"),
+        L.Dense(1, name="out")])
+    method = _FixedFuture(through_time=True, aux_weight=0.5, seed=0, optimizer="sgd",
+                          learning_rate=0.1)
+    method.future = (np.arange(batch * units).reshape(batch, units) / 10).astype("float32")
+    model.compile("sgd", "mse", method=method)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, window, 2)).astype("float32")
+    y = rng.normal(size=(batch, window, 1)).astype("float32")
+    kx, kh, bias = (w.numpy() for w in model.get_layer("rnn").weights)
+    first = np.tanh(x[:, 0] @ kx + bias)  # the RNN's first output step (zero state)
+    history = model.fit(x, y, batch_size=batch, shuffle=False, verbose=0)
+    # The head starts at zero; the target is G in per-example units (times the batch),
+    # over sigma = 1 before any target was seen.
+    target = batch * method.future
+    assert history.history["aux_loss"][0] == pytest.approx(np.mean(target**2), rel=1e-5)
+    # One SGD step of the head on aux_weight * mean((first A + c - target)^2) from zero.
+    [head] = method.aux_heads.values()
+    step = 0.1 * 0.5 * 2 / target.size
+    np.testing.assert_allclose(head.kernel.numpy(), step * first.T @ target, rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(head.bias.numpy(), step * target.sum(0), rtol=1e-5, atol=1e-7)
+
+
+def test_vjp_carries_only_the_given_signal_not_the_loss():
+    """On a residual model the loss reaches the lower point past the upper one: vjp must
+    not add it (kickback's one-block products rely on this)."""
+    inputs = keras.Input((4,))
+    a = L.Dense(5, activation="tanh", name="a")(inputs)
+    b = L.Dense(5, activation="tanh", name="b")(a)
+    out = L.Dense(3, name="head")(L.Add()([a, b]))
+    model = credit.Model(inputs, out)
+    model.compile(loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(6, 3)).astype("float32")
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method="dfa")
+    assert list(trace.points) == ["a", "b"]
+    s = rng.normal(size=(6, 5)).astype("float32")
+    got = trace.vjp("b", tf.constant(s))
+    hb = trace.outputs["b"].numpy()
+    expected = (s * (1 - hb**2)) @ model.get_layer("b").kernel.numpy().T
+    np.testing.assert_allclose(got["a"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_synthesizer_initialisation_follows_the_documented_seed_derivation():
+    """Reproducibility: synthesizer i's hidden layers are Glorot-uniform, seeded from
+    ``seed_for(i, 0x5E)``; the last layer starts at zero."""
+    model = _mlp(hidden=6)
+    method = credit.methods.SyntheticGradients(synthesizer="mlp", hidden_units=[4], seed=3)
+    model.compile(loss="sparse_categorical_crossentropy", method=method)
+    [(point, synthesizer)] = method.synthesizers.items()
+    rng = np.random.default_rng(int(method.seed_for(0, 0x5E).integers(0, 2**31 - 1)))
+    init = keras.initializers.GlorotUniform(seed=int(rng.integers(0, 2**31 - 1)))
+    hidden, last = synthesizer.stack
+    np.testing.assert_array_equal(hidden.kernel.numpy(), init((6, 4)).numpy())
+    assert not last.kernel.numpy().any() and not last.bias.numpy().any()

@@ -54,6 +54,7 @@ DEFAULT_TESTS = ["tests/test_methods.py", "tests/test_engine.py", "tests/test_co
                  "tests/test_synthetic_gradients.py", "tests/test_recurrent.py",
                  "tests/test_keras_suite.py", "tests/test_distributed.py",
                  "tests/test_mutation_kills.py"]
+CACHE = os.path.join(ROOT, ".mutation", "cache")
 EQUIVALENT_FILE = os.path.join(ROOT, "tools", "mutation_equivalent.txt")
 PYTEST_ARGS = ["-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=", "-q",
                "--no-header", "-W", "ignore::DeprecationWarning"]
@@ -571,11 +572,16 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=240.0,
                         help="cap on the default per-mutant timeout; a mutant still running "
                              "then is a 'timeout' and counts as not killed")
-    parser.add_argument("--survivors", default=None,
-                        help="a mutants.csv of an earlier run: rerun only its survivors "
-                             "(and timeouts)")
+    parser.add_argument("--rerun", default=None, metavar="CSV",
+                        help="the mutants.csv of an earlier run: the same mutants, those it "
+                             "killed kept as killed (tests were only added), the others rerun")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no mutant after this many minutes; the report covers "
+                             "the mutants run (a sample runs in random order, so they are a "
+                             "random sample too)")
     parser.add_argument("--out", default=os.path.join(ROOT, ".mutation"),
-                        help="folder for mutants.csv, summary.md and the cached coverage map")
+                        help="folder for mutants.csv and summary.md (the coverage maps are "
+                             "cached in .mutation/cache)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = parser.parse_args(argv)
     t0 = time.time()
@@ -584,15 +590,15 @@ def main(argv=None):
     mutants = [m for f in files for m in find_mutants(f)]
     if args.only:
         mutants = [m for m in mutants if args.only in m.key]
-    if args.survivors:
-        with open(args.survivors, newline="", encoding="utf-8") as fh:
-            keep = {r["key"] for r in csv.DictReader(fh)
-                    if r["status"] in ("survived", "timeout", "error")}
-        mutants = [m for m in mutants if m.key in keep]
+    earlier = {}
+    if args.rerun:
+        with open(args.rerun, newline="", encoding="utf-8") as fh:
+            earlier = {r["key"]: r for r in csv.DictReader(fh)}
+        mutants = [m for m in mutants if m.key in earlier]
     total = len(mutants)
-    if args.sample is not None and args.sample < len(mutants):
-        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample),
-                         key=lambda m: (m.file, m.line))
+    if args.sample is not None:
+        # Random order, so that a run cut short by --minutes is still a random sample.
+        mutants = random.Random(args.seed).sample(mutants, min(args.sample, len(mutants)))
     if args.limit is not None:
         mutants = mutants[:args.limit]
     if args.list:
@@ -613,12 +619,13 @@ def main(argv=None):
     tests = [t for t in args.tests if os.path.exists(os.path.join(ROOT, t))]
     scratch = make_scratch()
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(CACHE, exist_ok=True)
     try:
         cmap = {"lines": {}, "times": {}, "failed": []}
         common = sorted(files) + ["tests/conftest.py", "setup.cfg"] + source_files(["credit"])
         for test in tests:
             # One cached map per test file: adding tests to one file reruns only its map.
-            cache = os.path.join(args.out, "coverage_" + test.replace("/", "_") + ".json")
+            cache = os.path.join(CACHE, "coverage_" + test.replace("/", "_") + ".json")
             digest = _hash(common + [test])
             part = None
             if os.path.exists(cache):
@@ -649,8 +656,17 @@ def main(argv=None):
         equivalent = load_equivalent()
         print(f"{len(mutants)} mutants (of {total}) in {len(files)} files", flush=True)
         for i, m in enumerate(mutants, 1):
+            if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+                print(f"--minutes {args.minutes} reached: {i - 1} of {len(mutants)} mutants "
+                      "run; the rest are left out of the report", flush=True)
+                mutants = mutants[:i - 1]
+                break
             if m.key in equivalent:
                 m.status, m.note = "equivalent", equivalent[m.key]
+                continue
+            before = earlier.get(m.key)
+            if before is not None and before["status"] == "killed":
+                m.status, m.killer, m.note = "killed", before["killed_by"], "earlier run"
                 continue
             lines = by_file.get(m.file, {})
             covering = set()
@@ -675,8 +691,11 @@ def main(argv=None):
         shutil.rmtree(scratch, ignore_errors=True)
 
     elapsed = time.time() - t0
-    sampled = f"a sample of {len(mutants)} (seed {args.seed})" if len(mutants) < total \
+    mutants.sort(key=lambda m: (m.file, m.line))
+    sampled = f"a random sample of {len(mutants)} (seed {args.seed})" if len(mutants) < total \
         else f"all {total}"
+    if args.rerun:
+        sampled += f" (survivors of {os.path.relpath(args.rerun, ROOT)} rerun)"
     header = (f"{sampled} of {total} mutants of {', '.join(args.files)}; tests: "
               f"{', '.join(tests)}; {elapsed / 60:.1f} min.")
     table = write_outputs(mutants, args.out, header)
