@@ -373,3 +373,71 @@ def test_synthesizer_initialisation_follows_the_documented_seed_derivation():
     hidden, last = synthesizer.stack
     np.testing.assert_array_equal(hidden.kernel.numpy(), init((6, 4)).numpy())
     assert not last.kernel.numpy().any() and not last.bias.numpy().any()
+
+
+def test_through_time_optimizer_is_built_at_compile():
+    """Built before the first step, so that the train function creates no variables
+    (and a model saved before training saves the optimizer's slots)."""
+    model = credit.Sequential([
+        keras.Input(batch_shape=(3, 4, 2)),
+        L.SimpleRNN(2, stateful=True, return_sequences=True, name="rnn"), L.Dense(1)])
+    method = credit.methods.SyntheticGradients(through_time=True, seed=0)
+    model.compile("sgd", "mse", method=method)
+    optimizer = method.optimizer_instance
+    assert optimizer.built
+    synthesizer_vars = [v for s in method.synthesizers.values() for v in s.trainable_variables]
+    # Adam: two slots per synthesizer variable, besides the iteration count.
+    slots = [v for v in optimizer.variables if v.shape == synthesizer_vars[0].shape]
+    assert len(slots) == 2
+
+
+def test_documented_defaults():
+    config = credit.methods.SyntheticGradients().get_config()
+    del config["seed"]
+    assert config == {
+        "name": "synthetic_gradients", "synthesizer": "linear", "conditioned": False,
+        "target": "bootstrap", "at": None, "update_probability": 1.0, "warmup_steps": 0,
+        "hidden_units": [1024, 1024], "hidden_filters": [128, 128], "kernel_size": 5,
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01,
+        "through_time": False, "scale": None, "aux_weight": 0.0, "normalize": True}
+    kp = credit.methods.KolenPollack().get_config()
+    assert kp["learning_rate"] == 0.01 and kp["weight_decay"] is None
+    assert credit.get("cdni").conditioned is True
+
+
+def test_kickback_on_three_hidden_blocks_matches_numpy():
+    """Three points, so the one-block products of two different blocks are needed."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(4, activation="tanh"), L.Dense(3, activation="tanh"),
+                               L.Dense(1)])
+    model.compile(loss="mse")
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(6, 1)).astype("float32")
+    out = credit.compute_gradients(model, tf.constant(x), tf.constant(y), method="kickback")
+    w1, b1, w2, b2, w3, b3, w4, b4 = [w.astype("float64") for w in model.get_weights()]
+    x64 = x.astype("float64")
+    h1 = np.tanh(x64 @ w1 + b1)
+    h2 = np.tanh(h1 @ w2 + b2)
+    h3 = np.tanh(h2 @ w3 + b3)
+    e = 2 * (h3 @ w4 + b4 - y) / 6
+    d3 = e @ w4.T
+    d2 = e * ((1 - h3**2) @ w3.T)
+    d1 = e * ((1 - h2**2) @ w2.T)
+    g1, g2, g3 = d1 * (1 - h1**2), d2 * (1 - h2**2), d3 * (1 - h3**2)
+    expected = [x64.T @ g1, g1.sum(0), h1.T @ g2, g2.sum(0), h2.T @ g3, g3.sum(0),
+                h3.T @ e, e.sum(0)]
+    for got, want in zip(out.gradients, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_drtp_takes_one_point_name_as_a_list_of_one():
+    def run(at):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh", name="first"),
+                                   L.Dense(4, activation="tanh", name="second"),
+                                   L.Dense(3, activation="softmax")])
+        model.compile(loss="sparse_categorical_crossentropy",
+                      method=credit.methods.DirectRandomTargetProjection(seed=1, at=at))
+        return model.method
+    assert list(run("second").points) == ["second"] == list(run(["second"]).points)
+    assert run(["first", "second"]).at == ["first", "second"]
