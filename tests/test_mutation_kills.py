@@ -441,3 +441,31 @@ def test_drtp_takes_one_point_name_as_a_list_of_one():
         return model.method
     assert list(run("second").points) == ["second"] == list(run(["second"]).points)
     assert run(["first", "second"]).at == ["first", "second"]
+
+
+def test_synthesizer_of_a_channels_first_map_predicts_its_channels():
+    model = _mlp()
+    method = credit.methods.SyntheticGradients(seed=0)
+    model.compile(loss="sparse_categorical_crossentropy", method=method)
+    Synthesizer = type(next(iter(method.synthesizers.values())))  # wherever it lives
+    s = Synthesizer((3, 5, 6), data_format="channels_first", condition_units=2,
+                    kernel_size=3)
+    [conv] = s.stack
+    assert conv.filters == 3 and conv.data_format == "channels_first"
+    assert tuple(conv.kernel.shape) == (3, 3, 3 + 2, 3)
+    assert credit.methods.SyntheticGradients(kernel_size=1).kernel_size == 1
+
+
+def test_fan_in_defaults_to_the_first_kernel_and_usf_scales_per_kernel():
+    separable = built(L.SeparableConv2D(5, 3, depth_multiplier=2), (None, 9, 9, 4))
+    assert transports.fan_in(separable) == transports.fan_in(separable, 0) == 18
+    model = credit.Sequential([keras.Input((8, 8, 2)), L.Conv2D(4, 3, name="conv"),
+                               L.SeparableConv2D(5, 3, name="sep"), L.Flatten(),
+                               L.Dense(3, name="out")])
+    model.compile(loss="mse", method="usf")
+    from credit.methods import _sign
+
+    scales = model.method.scales
+    assert scales["out"] == pytest.approx(_sign.glorot_std(model.get_layer("out")))
+    sep = model.get_layer("sep")
+    assert scales["sep"] == pytest.approx((_sign.glorot_std(sep, 0), _sign.glorot_std(sep, 1)))

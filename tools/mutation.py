@@ -590,12 +590,12 @@ def main(argv=None):
     mutants = [m for f in files for m in find_mutants(f)]
     if args.only:
         mutants = [m for m in mutants if args.only in m.key]
+    total = len(mutants)
     earlier = {}
     if args.rerun:
         with open(args.rerun, newline="", encoding="utf-8") as fh:
             earlier = {r["key"]: r for r in csv.DictReader(fh)}
         mutants = [m for m in mutants if m.key in earlier]
-    total = len(mutants)
     if args.sample is not None:
         # Random order, so that a run cut short by --minutes is still a random sample.
         mutants = random.Random(args.seed).sample(mutants, min(args.sample, len(mutants)))
@@ -695,7 +695,8 @@ def main(argv=None):
     sampled = f"a random sample of {len(mutants)} (seed {args.seed})" if len(mutants) < total \
         else f"all {total}"
     if args.rerun:
-        sampled += f" (survivors of {os.path.relpath(args.rerun, ROOT)} rerun)"
+        sampled = (f"the {len(mutants)} mutants of {os.path.relpath(args.rerun, ROOT)} (its "
+                   "kills kept, the rest rerun)")
     header = (f"{sampled} of {total} mutants of {', '.join(args.files)}; tests: "
               f"{', '.join(tests)}; {elapsed / 60:.1f} min.")
     table = write_outputs(mutants, args.out, header)
