@@ -80,7 +80,10 @@ def summary(model, method=None):
         layer = graph.layers[name]
         block = graph.block_of(name)
         container = _is_container(graph, name)
-        if method.exact:
+        if getattr(method, "computes_gradients", False):
+            # Forward-only rules: no signal arrives at an output, nothing crosses back.
+            signal, crossing = method.layer_rule(name), "none (no backward pass)"
+        elif method.exact:
             signal, crossing = "true gradient", "W (true)"
             if container and not _container_passes_down(graph, name):
                 crossing = "none (its input gradient is not used)"

@@ -414,6 +414,13 @@ class ErrorSignal(abc.ABC):
     in :meth:`build` and implements :meth:`intercept`; its ``intercept_rule`` (a short
     phrase, or None) tells :func:`credit.summary` what it adds to those layers.
 
+    A method without a backward pass (forward gradients, PEPITA) sets the class
+    attribute ``computes_gradients = True`` and implements ``compute_gradients(model, x,
+    y, sample_weight, loss_fn=None, training=True)``, returning a
+    :class:`credit.model.Gradients` tuple: :func:`credit.compute_gradients` hands it the
+    whole step. It describes each layer's update in ``layer_rule(name)`` (a phrase), which
+    :func:`credit.summary` shows in place of a signal and a transport.
+
     Hyperparameters are the keyword arguments of the subclass's ``__init__``, stored on
     the instance under the same names: :meth:`get_config` reads them from there.
 

@@ -288,3 +288,20 @@ def test_layer_rules_name_the_forward_rules():
     assert "h_l - h'_l" in model.method.layer_rule(names[0])
     assert "h'_{L-1}^T e" in model.method.layer_rule(names[-1])
     assert "directional derivative" in credit.get("fg").layer_rule(names[0])
+
+
+@pytest.mark.parametrize("name,hidden,last", [
+    ("forward_gradient", "forward-mode directional derivative",
+     "forward-mode directional derivative"),
+    ("pepita", r"h'_{l-1}^T (h_l - h'_l)", r"h'_{L-1}^T e"),
+])
+def test_summary_names_the_forward_rule_of_every_layer(name, hidden, last):
+    """The summary said "true gradient from the loss" for these layers: nothing
+    reaches them backwards under a forward-only rule."""
+    model = credit.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"),
+                               keras.layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", method=name)
+    table = credit.summary(model)
+    assert hidden in table["signal"][0] and last in table["signal"][1]
+    assert (table["transport"] == "none (no backward pass)").all()
+    assert not table["signal"].str.contains("true gradient").any()
