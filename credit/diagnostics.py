@@ -240,15 +240,26 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     index = {id(v): i for i, v in enumerate(variables)}
 
     # The method's update, without updating its state.
-    trace = record(model, x, y, sample_weight, method=method, training=training)
-    signals = method.signals(trace) or {}
-    targets, grads_out = [trace.objective], [tf.ones_like(trace.objective)]
-    for p, s in signals.items():
-        if s is not None:
-            targets.append(trace.outputs[p])
-            grads_out.append(tf.cast(s, trace.outputs[p].dtype))
-    method_grads = trace.tape.gradient(targets, variables, output_gradients=grads_out)
-    del trace.tape
+    if getattr(method, "computes_gradients", False):
+        # A forward-only rule forms its whole update in one call, which may advance its
+        # state (forward gradients' step counter): put the state back afterwards.
+        state = list(method.state.weights) if method.state is not None else []
+        saved = [v.numpy() for v in state]
+        method_grads = list(method.compute_gradients(model, x, y, sample_weight,
+                                                     training=training).gradients)
+        for v, value in zip(state, saved):
+            v.assign(value)
+        signals = {}
+    else:
+        trace = record(model, x, y, sample_weight, method=method, training=training)
+        signals = method.signals(trace) or {}
+        targets, grads_out = [trace.objective], [tf.ones_like(trace.objective)]
+        for p, s in signals.items():
+            if s is not None:
+                targets.append(trace.outputs[p])
+                grads_out.append(tf.cast(s, trace.outputs[p].dtype))
+        method_grads = trace.tape.gradient(targets, variables, output_gradients=grads_out)
+        del trace.tape
 
     # Backprop's, with the points recorded (not cut) to read the true dL/dh_p.
     true = record(model, x, y, sample_weight, method=method, training=training, cut=False,

@@ -305,3 +305,24 @@ def test_summary_names_the_forward_rule_of_every_layer(name, hidden, last):
     assert hidden in table["signal"][0] and last in table["signal"][1]
     assert (table["transport"] == "none (no backward pass)").all()
     assert not table["signal"].str.contains("true gradient").any()
+
+
+@pytest.mark.parametrize("name", ["forward_gradient", "pepita"])
+def test_alignment_measures_a_forward_rule_without_changing_its_state(name):
+    """The comparison's alignment callback asked these methods for signals they do not
+    have: every forward-gradient run of experiments.compare failed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    model = credit.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="tanh"),
+                               keras.layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", method=name)
+    before = [v.numpy() for v in model.method.state.weights]
+    table = credit.alignment(model, x, y)
+    again = credit.alignment(model, x, y)
+    assert len(table) == 2 and np.isfinite(table["update_cosine"]).all()
+    np.testing.assert_array_equal(table["update_cosine"], again["update_cosine"])
+    for v, value in zip(model.method.state.weights, before):
+        np.testing.assert_array_equal(v.numpy(), value)
+    by_block = credit.alignment(model, x, y, by="block")
+    assert np.isfinite(by_block["update_cosine"]).all()
