@@ -139,7 +139,7 @@ class Block:
     @property
     def units(self):
         """Number of values in the block's output per example."""
-        return _size(self.output_shape)
+        return size_of(self.output_shape)
 
     def __repr__(self):
         return f"Block({self.index}: {', '.join(l.name for l in self.layers)})"
@@ -303,6 +303,10 @@ class Graph:
             if any(layer.name == name for layer in block.layers):
                 return block
         return None
+
+    def point_units(self, name):
+        """Values per example at point ``name``'s output."""
+        return size_of(self.point_shape(name))
 
     def point_shape(self, name):
         node = self.node(name)
@@ -652,7 +656,9 @@ def _shape(t):
     return tuple(t.shape[1:])
 
 
-def _size(shape):
+def size_of(shape):
+    """Values per example in a tensor of ``shape`` (without the batch axis): the one size
+    helper of credit's points, outputs and feedback matrices."""
     size = 1
     for d in shape or ():
         if d is None:

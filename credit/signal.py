@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from credit import _keras_compat as compat
-from credit.graph import GraphError
+from credit.graph import GraphError, size_of
 
 
 class MethodState(keras.layers.Layer):
@@ -152,18 +152,11 @@ class Trace:
     def output_units(self):
         """Number of values in the output error per example."""
         self._single_output("the output error")
-        shape = self.graph.output_shapes[0]
-        return int(np.prod(shape))
+        return size_of(self.graph.output_shapes[0])
 
     def _single_output(self, what):
-        if len(self.graph.output_shapes) != 1:
-            raise GraphError(
-                f"{what} needs a model with one output; model {self.graph.model.name!r} "
-                f"has {len(self.graph.output_shapes)} outputs "
-                f"({', '.join(self.graph.output_names)}). Use output_errors() (one error "
-                "per output), or a method that does not read the output error (backprop, "
-                "feedback alignment and its sign variants, Kolen-Pollack, synthetic "
-                "gradients without conditioning).")
+        require_one_output(self.graph, what, "Use output_errors() (one error per output), "
+                           "or a method")
 
     def output_error(self):
         """``e = dL/da_N``: the loss gradient at the logits (the model output if none).
@@ -669,18 +662,28 @@ def transported_layers(graph, layers=None):
 def output_error_units(graph):
     """Units of the output errors of all the model's outputs together (see
     :meth:`Trace.flat_output_error`)."""
-    return sum(int(np.prod(shape)) for shape in graph.output_shapes)
+    return sum(size_of(shape) for shape in graph.output_shapes)
+
+
+def require_one_output(graph, what, use="Use a method"):
+    """Raise a GraphError naming the outputs unless the model has one output.
+
+    The one check for every reader of the output error or the target of one output
+    (``what`` says who reads it; ``use`` starts the suggested fix).
+    """
+    if len(graph.output_shapes) != 1:
+        raise GraphError(
+            f"{what} needs a model with one output; model {graph.model.name!r} has "
+            f"{len(graph.output_shapes)} outputs ({', '.join(graph.output_names)}). {use} "
+            "that does not read the output error or the target (backprop, feedback "
+            "alignment and its sign variants, Kolen-Pollack, synthetic gradients without "
+            "conditioning).")
 
 
 def output_units(graph, method):
     """Units of the model output (the output error's size); an error for several outputs."""
-    if len(graph.output_shapes) != 1:
-        raise GraphError(
-            f"{method} reads the output error, which needs a model with one output; model "
-            f"{graph.model.name!r} has {len(graph.output_shapes)}. Use a method that does "
-            "not (backprop, feedback alignment and its sign variants, Kolen-Pollack, "
-            "unconditioned synthetic gradients).")
-    return int(np.prod(graph.output_shapes[0]))
+    require_one_output(graph, f"{method}, which reads the output error,")
+    return size_of(graph.output_shapes[0])
 
 
 def flat(t):

@@ -53,7 +53,7 @@ class DirectFeedbackAlignment(ErrorSignal):
         self.points = hidden_points(graph, self.at, "at")
         self.feedback_matrices = {}
         for i, name in enumerate(self.points):
-            units = _units(graph.point_shape(name))
+            units = graph.point_units(name)
             value = uniform_feedback(self.seed_for(i), (d_out, units), d_out, self.scale)
             self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
 
@@ -69,10 +69,3 @@ class DirectFeedbackAlignment(ErrorSignal):
 
     def update(self, trace, signals):
         return {}
-
-
-def _units(shape):
-    size = 1
-    for d in shape:
-        size *= int(d)
-    return size

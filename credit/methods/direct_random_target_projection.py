@@ -3,10 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
-from credit.graph import GraphError
+from credit.graph import size_of
 from credit.methods import _sign
 from credit.registry import register
-from credit.signal import ErrorSignal, hidden_points, project
+from credit.signal import ErrorSignal, hidden_points, project, require_one_output
 
 
 @register
@@ -74,18 +74,13 @@ class DirectRandomTargetProjection(ErrorSignal):
         self.at = _sign.check_at(at)
 
     def build(self, graph):
-        if len(graph.output_shapes) != 1:
-            raise GraphError(
-                f"direct random target projection projects the target of the model's one "
-                f"output; model {graph.model.name!r} has {len(graph.output_shapes)} "
-                "outputs. Use a method that does not read the target or the output error "
-                "(feedback alignment and its sign variants, Kolen-Pollack, unconditioned "
-                "synthetic gradients).")
-        d_y = int(np.prod(graph.output_shapes[0]))
+        require_one_output(graph, "direct random target projection (it projects the "
+                           "target of one output)")
+        d_y = size_of(graph.output_shapes[0])
         self.points = hidden_points(graph, self.at, "at")
         self.feedback_matrices = {}
         for i, name in enumerate(self.points):
-            units = int(np.prod(graph.point_shape(name)))
+            units = graph.point_units(name)
             bound = np.sqrt(6.0 / units) if self.scale is None else self.scale
             value = self.seed_for(i).uniform(-bound, bound, size=(d_y, units))
             self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
