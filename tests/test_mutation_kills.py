@@ -303,7 +303,7 @@ def test_einsum_adjoint_is_the_tape_gradient(equation, output_shape, shape):
 # -- synthetic gradients through time: DNI's auxiliary task ---------------------------------
 
 
-class _FixedFuture(credit.methods.SyntheticGradients):
+class _FixedFuture(credit.methods.SyntheticGradientsThroughTime):
     """Injects a fixed gradient G at the window's final state instead of M(s_T)."""
 
     future = None
@@ -319,8 +319,7 @@ def test_auxiliary_loss_regresses_the_head_onto_the_future_gradient_per_example(
         keras.Input(batch_shape=(batch, window, 2)),
         L.SimpleRNN(units, stateful=True, return_sequences=True, name="rnn"),
         L.Dense(1, name="out")])
-    method = _FixedFuture(through_time=True, aux_weight=0.5, seed=0, optimizer="sgd",
-                          learning_rate=0.1)
+    method = _FixedFuture(aux_weight=0.5, seed=0, optimizer="sgd", learning_rate=0.1)
     method.future = (np.arange(batch * units).reshape(batch, units) / 10).astype("float32")
     model.compile("sgd", "mse", method=method)
     rng = np.random.default_rng(0)
@@ -381,7 +380,7 @@ def test_through_time_optimizer_is_built_at_compile():
     model = credit.Sequential([
         keras.Input(batch_shape=(3, 4, 2)),
         L.SimpleRNN(2, stateful=True, return_sequences=True, name="rnn"), L.Dense(1)])
-    method = credit.methods.SyntheticGradients(through_time=True, seed=0)
+    method = credit.methods.SyntheticGradientsThroughTime(seed=0)
     model.compile("sgd", "mse", method=method)
     optimizer = method.optimizer_instance
     assert optimizer.built
@@ -398,8 +397,14 @@ def test_documented_defaults():
         "name": "synthetic_gradients", "synthesizer": "linear", "conditioned": False,
         "target": "bootstrap", "at": None, "update_probability": 1.0, "warmup_steps": 0,
         "hidden_units": [1024, 1024], "hidden_filters": [128, 128], "kernel_size": 5,
-        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01,
-        "through_time": False, "scale": None, "aux_weight": 0.0, "normalize": True}
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01}
+    config = credit.methods.SyntheticGradientsThroughTime().get_config()
+    del config["seed"]
+    assert config == {
+        "name": "synthetic_gradients_through_time", "synthesizer": "linear",
+        "conditioned": False, "at": None, "warmup_steps": 0, "hidden_units": [1024, 1024],
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "scale": 0.1,
+        "aux_weight": 0.0, "normalize": True}
     kp = credit.methods.KolenPollack().get_config()
     assert kp["learning_rate"] == 0.01 and kp["weight_decay"] is None
     assert credit.get("cdni").conditioned is True
