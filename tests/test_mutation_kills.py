@@ -641,3 +641,22 @@ def test_local_loss_log_is_the_mean_of_the_heads_losses():
     expected = (cross_entropy(h1, "d1") + cross_entropy(h2, "d2")) / 2
     out = credit.compute_gradients(model, tf.constant(x, "float32"), tf.constant(y))
     assert float(out.logs["local_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_drtp_squeezes_trailing_unit_axes_of_the_sample_weight_like_keras():
+    """Weights of shape (batch, 1, 1) on a (batch, 3) output: DRTP's weighted target
+    squeezes the trailing unit axes (the hidden layers' gradients are those of weights of
+    shape (batch,)). The output layer is left out: Keras 3.15's sparse cross-entropy
+    squeezes only one axis and broadcasts (batch, 1) against (batch,), a different loss."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "drtp", "seed": 0})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4)).astype("float32"), rng.integers(0, 3, size=6)
+    w = rng.uniform(0, 2, size=6).astype("float32")
+    flat_w = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                      tf.constant(w)).gradients
+    deep_w = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                      tf.constant(w[:, None, None])).gradients
+    for g, want in zip(deep_w[:2], flat_w[:2]):
+        np.testing.assert_allclose(g.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
