@@ -660,3 +660,25 @@ def test_drtp_squeezes_trailing_unit_axes_of_the_sample_weight_like_keras():
                                       tf.constant(w[:, None, None])).gradients
     for g, want in zip(deep_w[:2], flat_w[:2]):
         np.testing.assert_allclose(g.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["pepita", "forward_gradient"])
+def test_methods_without_a_backward_pass_scale_their_update_by_the_loss_scale(name):
+    """Under a LossScaleOptimizer the optimizer divides the gradients by the loss scale,
+    so a method that forms the whole update must multiply it by that scale."""
+    def gradients(optimizer):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="relu"),
+                                   L.Dense(3, activation="softmax")])
+        model.compile(optimizer, "sparse_categorical_crossentropy",
+                      method={"name": name, "seed": 0})
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(6, 4)).astype("float32"), rng.integers(0, 3, size=6)
+        return credit.compute_gradients(model, tf.constant(x), tf.constant(y)).gradients
+
+    plain = gradients(keras.optimizers.SGD(0.1))
+    scaled = gradients(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
+                                                           initial_scale=8.0))
+    assert float(tf.norm(plain[0])) > 0
+    for g, p in zip(scaled, plain):
+        np.testing.assert_allclose(g.numpy(), 8.0 * p.numpy(), rtol=1e-5, atol=1e-6)
