@@ -682,3 +682,19 @@ def test_methods_without_a_backward_pass_scale_their_update_by_the_loss_scale(na
     assert float(tf.norm(plain[0])) > 0
     for g, p in zip(scaled, plain):
         np.testing.assert_allclose(g.numpy(), 8.0 * p.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pepita", "forward_gradient"])
+def test_methods_without_a_backward_pass_refuse_the_signal_path(name):
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", method={"name": name, "seed": 0})
+    x, y = np.ones((2, 4), "float32"), np.array([0, 1])
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method=model.method)
+    with pytest.raises(RuntimeError, match="compute_gradients"):
+        model.method.signals(trace)
+
+
+def test_an_unknown_hyperparameter_in_a_config_is_an_error_with_a_suggestion():
+    with pytest.raises(ValueError, match="sacle=2.*Did you mean 'scale'"):
+        credit.get({"name": "feedback_alignment", "sacle": 2})
