@@ -601,7 +601,8 @@ def test_kolen_pollack_skips_the_feedback_update_of_a_non_finite_loss_scaled_ste
     weights nor B (as the optimizer skips it)."""
     model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
                                L.Dense(3)])
-    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)), "mse",
+    model.compile(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1, weight_decay=1e-2)), "mse",
                   method={"name": "kp", "seed": 0})
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(4, 4)).astype("float32"), rng.normal(size=(4, 3)).astype("float32")
