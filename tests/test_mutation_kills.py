@@ -699,3 +699,15 @@ def test_methods_without_a_backward_pass_refuse_the_signal_path(name):
 def test_an_unknown_hyperparameter_in_a_config_is_an_error_with_a_suggestion():
     with pytest.raises(ValueError, match="sacle=2.*Did you mean 'scale'"):
         credit.get({"name": "feedback_alignment", "sacle": 2})
+
+
+def test_similarity_features_of_a_single_position_map_are_its_channels():
+    """A map with one spatial position (1x1) is flattened (a spread over one position
+    would be 0); a map with several positions gives each channel's spread."""
+    from credit.methods.local_losses import _similarity_features
+    h = np.random.default_rng(0).normal(size=(2, 1, 1, 5)).astype("float32")
+    np.testing.assert_array_equal(_similarity_features(tf.constant(h)).numpy(),
+                                  h.reshape(2, 5))
+    h = np.random.default_rng(1).normal(size=(2, 3, 2, 5)).astype("float32")
+    np.testing.assert_allclose(_similarity_features(tf.constant(h)).numpy(),
+                               h.reshape(2, 6, 5).std(1), rtol=1e-5, atol=1e-6)
