@@ -711,3 +711,11 @@ def test_similarity_features_of_a_single_position_map_are_its_channels():
     h = np.random.default_rng(1).normal(size=(2, 3, 2, 5)).astype("float32")
     np.testing.assert_allclose(_similarity_features(tf.constant(h)).numpy(),
                                h.reshape(2, 6, 5).std(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,word", [({"scale": "big"}, "scale"),
+                                        ({"learning_rate": "0.1"}, "learning_rate"),
+                                        ({"scale": None, "aux_weight": [1]}, "aux_weight")])
+def test_a_real_hyperparameter_given_a_non_number_is_a_value_error_naming_it(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        credit.methods.SyntheticGradientsThroughTime(**kwargs)
