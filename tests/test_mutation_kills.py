@@ -719,3 +719,12 @@ def test_similarity_features_of_a_single_position_map_are_its_channels():
 def test_a_real_hyperparameter_given_a_non_number_is_a_value_error_naming_it(kwargs, word):
     with pytest.raises(ValueError, match=word):
         credit.methods.SyntheticGradientsThroughTime(**kwargs)
+
+
+def test_synthesizers_base_seed_follows_the_documented_derivation():
+    """The step's stochastic draws start from seed_for(n_synthesizers, 0xD41)."""
+    model = _mlp(hidden=6)
+    method = credit.methods.SyntheticGradients(seed=3)
+    model.compile(loss="sparse_categorical_crossentropy", method=method)
+    expected = int(method.seed_for(len(method.synthesizers), 0xD41).integers(0, 2**31 - 1))
+    assert int(method.state.seed_variable.numpy()) == expected
