@@ -216,6 +216,28 @@ def test_flat_output_error_concatenates_the_outputs_errors():
     assert signal.output_error_units(trace.graph) == 5
 
 
+@pytest.mark.parametrize("dtypes,expected", [(("float64", "float64"), "float64"),
+                                             (("float64", "float32"), "float32")])
+def test_flat_output_error_casts_only_mixed_dtypes_to_float32(dtypes, expected):
+    """Outputs of one dtype keep it (float64 stays exact); mixed ones meet in float32."""
+    inputs = keras.Input((4,))
+    h = L.Dense(5, activation="tanh")(inputs)
+    outs = [L.Dense(n, name=name, dtype=d)(h) for n, name, d in zip((2, 3), "ab", dtypes)]
+    model = credit.Model(inputs, outs)
+    model.compile(loss=["mse", "mse"])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 4)).astype("float32")
+    ys = [rng.normal(size=(6, n)) for n in (2, 3)]
+    trace = credit.model.record(model, tf.constant(x),
+                                tuple(tf.constant(y, d) for y, d in zip(ys, dtypes)),
+                                method="bp")
+    got = trace.flat_output_error()
+    assert got.dtype == expected
+    p = [t.numpy().astype("float64") for t in trace.y_pred]
+    reference = np.concatenate([2 * (pi - yi) / yi.size for pi, yi in zip(p, ys)], axis=1)
+    np.testing.assert_allclose(got.numpy(), reference, rtol=1e-5, atol=1e-7)
+
+
 # -- transports.linear: the layer's own op without the bias ---------------------------------
 
 
@@ -303,7 +325,7 @@ def test_einsum_adjoint_is_the_tape_gradient(equation, output_shape, shape):
 # -- synthetic gradients through time: DNI's auxiliary task ---------------------------------
 
 
-class _FixedFuture(credit.methods.SyntheticGradients):
+class _FixedFuture(credit.methods.SyntheticGradientsThroughTime):
     """Injects a fixed gradient G at the window's final state instead of M(s_T)."""
 
     future = None
@@ -319,8 +341,7 @@ def test_auxiliary_loss_regresses_the_head_onto_the_future_gradient_per_example(
         keras.Input(batch_shape=(batch, window, 2)),
         L.SimpleRNN(units, stateful=True, return_sequences=True, name="rnn"),
         L.Dense(1, name="out")])
-    method = _FixedFuture(through_time=True, aux_weight=0.5, seed=0, optimizer="sgd",
-                          learning_rate=0.1)
+    method = _FixedFuture(aux_weight=0.5, seed=0, optimizer="sgd", learning_rate=0.1)
     method.future = (np.arange(batch * units).reshape(batch, units) / 10).astype("float32")
     model.compile("sgd", "mse", method=method)
     rng = np.random.default_rng(0)
@@ -381,7 +402,7 @@ def test_through_time_optimizer_is_built_at_compile():
     model = credit.Sequential([
         keras.Input(batch_shape=(3, 4, 2)),
         L.SimpleRNN(2, stateful=True, return_sequences=True, name="rnn"), L.Dense(1)])
-    method = credit.methods.SyntheticGradients(through_time=True, seed=0)
+    method = credit.methods.SyntheticGradientsThroughTime(seed=0)
     model.compile("sgd", "mse", method=method)
     optimizer = method.optimizer_instance
     assert optimizer.built
@@ -398,8 +419,14 @@ def test_documented_defaults():
         "name": "synthetic_gradients", "synthesizer": "linear", "conditioned": False,
         "target": "bootstrap", "at": None, "update_probability": 1.0, "warmup_steps": 0,
         "hidden_units": [1024, 1024], "hidden_filters": [128, 128], "kernel_size": 5,
-        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01,
-        "through_time": False, "scale": None, "aux_weight": 0.0, "normalize": True}
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01}
+    config = credit.methods.SyntheticGradientsThroughTime().get_config()
+    del config["seed"]
+    assert config == {
+        "name": "synthetic_gradients_through_time", "synthesizer": "linear",
+        "conditioned": False, "at": None, "warmup_steps": 0, "hidden_units": [1024, 1024],
+        "activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "scale": 0.1,
+        "aux_weight": 0.0, "normalize": True}
     kp = credit.methods.KolenPollack().get_config()
     assert kp["learning_rate"] == 0.01 and kp["weight_decay"] is None
     assert credit.get("cdni").conditioned is True
@@ -469,3 +496,235 @@ def test_fan_in_defaults_to_the_first_kernel_and_usf_scales_per_kernel():
     assert scales["out"] == pytest.approx(_sign.glorot_std(model.get_layer("out")))
     sep = model.get_layer("sep")
     assert scales["sep"] == pytest.approx((_sign.glorot_std(sep, 0), _sign.glorot_std(sep, 1)))
+
+
+# -- fresh sample (seed 2) on current main ----------------------------------------------
+
+
+def test_drtp_weights_a_batch_of_one_like_the_loss():
+    """A sample weight of shape (1,) (a batch of one) is one weight per example, not a
+    unit axis to squeeze: the gradients are the unweighted ones times the weight."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "drtp", "seed": 0})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(1, 4)).astype("float32"), np.array([2])
+    plain = credit.compute_gradients(model, tf.constant(x), tf.constant(y)).gradients
+    weighted = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                        tf.constant([0.25])).gradients
+    assert float(tf.norm(plain[0])) > 0
+    for g, p in zip(weighted, plain):
+        np.testing.assert_allclose(g.numpy(), 0.25 * p.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_dgl_head_pools_to_at_most_two_per_spatial_axis():
+    from credit.methods.local_losses import LocalHead
+    head = LocalHead((5, 7, 3), units=4, kind="dgl", seed=0)
+    pool = [layer for layer in head.predictor if layer.name == "aux_pool"][0]
+    assert tuple(pool.pool_size) == (3, 4)  # ceil(5 / 2), ceil(7 / 2)
+    out = head(tf.ones((2, 5, 7, 3)))[0]
+    assert out.shape == (2, 4)
+    assert head.predictor[-1].kernel.shape == (2 * 2 * 3, 4)  # a 2x2 map of 3 channels
+
+
+def test_pool_size_doubles_axis_by_axis_until_max_features_and_terminates():
+    import threading
+
+    from credit.methods.local_losses import _pool_size
+    cases = [((8, 8, 16), 64, (4, 4)), ((5, 3, 2), 4, (4, 3)), ((6, 6, 1), 100, (1, 1)),
+             ((9, 4), 3, (9,))]  # 4 channels: never 3 features; the whole axis
+    got = {}
+
+    def run():
+        for shape, limit, _ in cases:
+            got[shape] = _pool_size(shape, limit)
+
+    # A broken doubling loop never ends: fail in seconds instead of hanging the suite.
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "_pool_size did not return"
+    for shape, _, expected in cases:
+        assert got[shape] == expected, shape
+
+
+def test_through_time_running_rms_of_the_targets_matches_numpy():
+    """sigma = sqrt(power / (1 - 0.99^n)), power the running mean square over the rows
+    that gave a target (an update with no row changes nothing); below 1 it is used as is."""
+    model = credit.Sequential([
+        keras.Input(batch_shape=(3, 4, 2)),
+        L.SimpleRNN(2, stateful=True, return_sequences=True, name="rnn"), L.Dense(1)])
+    method = credit.methods.SyntheticGradientsThroughTime(seed=0)
+    model.compile("sgd", "mse", method=method)
+    assert float(method.target_scale("rnn")) == 0.0  # no target yet
+    rng = np.random.default_rng(0)
+    power, n = 0.0, 0
+    for rows in ([1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]):
+        target = (0.2 * rng.normal(size=(3, 2))).astype("float32")
+        rows = np.array(rows, "float32")
+        got = float(method._update_moments("rnn", tf.constant(target), tf.constant(rows)))
+        if rows.sum():
+            square = (rows * (target.astype("float64") ** 2).mean(1)).sum() / rows.sum()
+            power += 0.01 * (square - power)
+            n += 1
+        sigma = np.sqrt(power / (1 - 0.99**n))
+        assert 0 < sigma < 1
+        assert got == pytest.approx(sigma, rel=1e-5)
+        assert float(method.target_scale("rnn")) == pytest.approx(sigma, rel=1e-5)
+
+
+def test_through_time_loss_of_two_layers_is_the_mean_of_their_losses():
+    """At the first step every synthesizer is zero, so each layer's target is its own:
+    the logged loss of two layers is the mean of those of each alone."""
+    def loss(at):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([
+            keras.Input(batch_shape=(3, 4, 2)),
+            L.SimpleRNN(3, stateful=True, return_sequences=True, name="r1"),
+            L.SimpleRNN(2, stateful=True, return_sequences=True, name="r2"), L.Dense(1)])
+        model.compile("sgd", "mse", method=credit.methods.SyntheticGradientsThroughTime(
+            seed=0, at=at, normalize=False))
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(3, 4, 2)).astype("float32")
+        y = rng.normal(size=(3, 4, 1)).astype("float32")
+        out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+        out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+        return float(out.logs["sg_loss"])
+
+    one, two = loss(["r1"]), loss(["r2"])
+    assert one > 0 and two > 0
+    assert loss(None) == pytest.approx((one + two) / 2, rel=1e-5)
+
+
+def test_kolen_pollack_skips_the_feedback_update_of_a_non_finite_loss_scaled_step():
+    """Under a LossScaleOptimizer a step with non-finite gradients updates neither the
+    weights nor B (as the optimizer skips it)."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(3)])
+    model.compile(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1, weight_decay=1e-2)), "mse",
+                  method={"name": "kp", "seed": 0})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 4)).astype("float32"), rng.normal(size=(4, 3)).astype("float32")
+    matrices = model.method.feedback_matrices
+    before = {k: v.numpy() for k, v in matrices.items()}
+    x[0, 0] = np.inf
+    credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+    for k, v in matrices.items():
+        np.testing.assert_array_equal(v.numpy(), before[k])
+    # A finite step does move B (the check above is not vacuous).
+    credit.compute_gradients(model, tf.constant(np.nan_to_num(x, posinf=1.0)), tf.constant(y))
+    assert any(np.abs(v.numpy() - before[k]).max() > 1e-7 for k, v in matrices.items())
+
+
+def test_local_loss_log_is_the_mean_of_the_heads_losses():
+    """Two heads: the logged local loss is the mean of their cross-entropies."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh", name="d1"),
+                               L.Dense(6, activation="tanh", name="d2"),
+                               L.Dense(3, activation="softmax", name="out")])
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "local_losses", "seed": 3})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.integers(0, 3, size=8)
+    w1, b1, w2, b2 = (v.astype("float64") for v in model.get_weights()[:4])
+    h1 = np.tanh(x @ w1 + b1)
+    h2 = np.tanh(h1 @ w2 + b2)
+    heads = model.method.heads
+    assert sorted(heads) == ["d1", "d2"]
+
+    def cross_entropy(h, name):
+        a, c = (v.numpy().astype("float64") for v in heads[name].predictor[-1].weights)
+        logits = h @ a + c
+        logits = logits - logits.max(1, keepdims=True)
+        log_q = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -log_q[np.arange(len(y)), y].mean()
+
+    expected = (cross_entropy(h1, "d1") + cross_entropy(h2, "d2")) / 2
+    out = credit.compute_gradients(model, tf.constant(x, "float32"), tf.constant(y))
+    assert float(out.logs["local_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_drtp_squeezes_trailing_unit_axes_of_the_sample_weight_like_keras():
+    """Weights of shape (batch, 1, 1) on a (batch, 3) output: DRTP's weighted target
+    squeezes the trailing unit axes (the hidden layers' gradients are those of weights of
+    shape (batch,)). The output layer is left out: Keras 3.15's sparse cross-entropy
+    squeezes only one axis and broadcasts (batch, 1) against (batch,), a different loss."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "drtp", "seed": 0})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4)).astype("float32"), rng.integers(0, 3, size=6)
+    w = rng.uniform(0, 2, size=6).astype("float32")
+    flat_w = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                      tf.constant(w)).gradients
+    deep_w = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                      tf.constant(w[:, None, None])).gradients
+    for g, want in zip(deep_w[:2], flat_w[:2]):
+        np.testing.assert_allclose(g.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["pepita", "forward_gradient"])
+def test_methods_without_a_backward_pass_scale_their_update_by_the_loss_scale(name):
+    """Under a LossScaleOptimizer the optimizer divides the gradients by the loss scale,
+    so a method that forms the whole update must multiply it by that scale."""
+    def gradients(optimizer):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="relu"),
+                                   L.Dense(3, activation="softmax")])
+        model.compile(optimizer, "sparse_categorical_crossentropy",
+                      method={"name": name, "seed": 0})
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(6, 4)).astype("float32"), rng.integers(0, 3, size=6)
+        return credit.compute_gradients(model, tf.constant(x), tf.constant(y)).gradients
+
+    plain = gradients(keras.optimizers.SGD(0.1))
+    scaled = gradients(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
+                                                           initial_scale=8.0))
+    assert float(tf.norm(plain[0])) > 0
+    for g, p in zip(scaled, plain):
+        np.testing.assert_allclose(g.numpy(), 8.0 * p.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pepita", "forward_gradient"])
+def test_methods_without_a_backward_pass_refuse_the_signal_path(name):
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", method={"name": name, "seed": 0})
+    x, y = np.ones((2, 4), "float32"), np.array([0, 1])
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method=model.method)
+    with pytest.raises(RuntimeError, match="compute_gradients"):
+        model.method.signals(trace)
+
+
+def test_an_unknown_hyperparameter_in_a_config_is_an_error_with_a_suggestion():
+    with pytest.raises(ValueError, match="sacle=2.*Did you mean 'scale'"):
+        credit.get({"name": "feedback_alignment", "sacle": 2})
+
+
+def test_similarity_features_of_a_single_position_map_are_its_channels():
+    """A map with one spatial position (1x1) is flattened (a spread over one position
+    would be 0); a map with several positions gives each channel's spread."""
+    from credit.methods.local_losses import _similarity_features
+    h = np.random.default_rng(0).normal(size=(2, 1, 1, 5)).astype("float32")
+    np.testing.assert_array_equal(_similarity_features(tf.constant(h)).numpy(),
+                                  h.reshape(2, 5))
+    h = np.random.default_rng(1).normal(size=(2, 3, 2, 5)).astype("float32")
+    np.testing.assert_allclose(_similarity_features(tf.constant(h)).numpy(),
+                               h.reshape(2, 6, 5).std(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,word", [({"scale": "big"}, "scale"),
+                                        ({"learning_rate": "0.1"}, "learning_rate"),
+                                        ({"scale": None, "aux_weight": [1]}, "aux_weight")])
+def test_a_real_hyperparameter_given_a_non_number_is_a_value_error_naming_it(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        credit.methods.SyntheticGradientsThroughTime(**kwargs)
+
+
+def test_synthesizers_base_seed_follows_the_documented_derivation():
+    """The step's stochastic draws start from seed_for(n_synthesizers, 0xD41)."""
+    model = _mlp(hidden=6)
+    method = credit.methods.SyntheticGradients(seed=3)
+    model.compile(loss="sparse_categorical_crossentropy", method=method)
+    expected = int(method.seed_for(len(method.synthesizers), 0xD41).integers(0, 2**31 - 1))
+    assert int(method.state.seed_variable.numpy()) == expected
