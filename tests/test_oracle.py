@@ -91,8 +91,21 @@ def known_defect(method, name):
     return None
 
 
+#: Seeds whose point-method cases fail on a known defect (found by the slow run).
+KNOWN_SEEDS = {
+    241: "credit defect: a subclassed layer called twice, with a layer inside it, gets a "
+         "point per call on both (inner:1, outer:1), but the step's recorder does not "
+         "reach the second calls' points (GraphError 'did not reach the feedback "
+         "point(s)'): the per-call numbering of nested calls differs between the "
+         "analysis and the step",
+    250: "credit defect: the same as seed 241 (inner:1, outer:1 not reached)",
+}
+
+
 def _run(request, seed, name):
     problem = model_generator.generate(seed)
+    if seed in KNOWN_SEEDS and name in oracle_check.POINT_METHODS:
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=KNOWN_SEEDS[seed]))
     try:
         deviation, where, method = oracle_check.check(problem, name)
     except ValueError as err:
