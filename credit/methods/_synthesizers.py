@@ -202,6 +202,33 @@ def make_optimizer(optimizer, learning_rate):
     return made
 
 
+def take_pending(method, trace):
+    """What ``method.signals(trace)`` left in ``method._pending`` for its ``update``
+    (the synthesizers' or heads' tape and targets), taken once; ``signals`` is run first
+    if it was not run on this trace (an ``update`` called on its own)."""
+    pending = method._pending
+    if pending is None or pending["trace"] is not trace:
+        method.signals(trace)
+        pending = method._pending
+    method._pending = None
+    return pending
+
+
+def optimizer_arguments(optimizer, learning_rate):
+    """``(optimizer, learning_rate)`` checked and stored as configs: the optimizer as a
+    name or a ``keras.optimizers.serialize`` dict, the learning rate as None or a float."""
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = keras.optimizers.serialize(optimizer)
+    if not isinstance(optimizer, (str, dict)):
+        raise ValueError("optimizer must be a Keras optimizer name (e.g. 'adam', "
+                         "'sgd') or a config dict from keras.optimizers.serialize; "
+                         f"got {optimizer!r} of type {type(optimizer).__name__}.")
+    if learning_rate is not None and (not is_real(learning_rate) or not learning_rate > 0):
+        raise ValueError("learning_rate must be None (the optimizer's default) or a "
+                         f"positive number; got {learning_rate!r}.")
+    return optimizer, None if learning_rate is None else float(learning_rate)
+
+
 def check_common(method, *, seed, synthesizer, conditioned, warmup_steps, hidden_units,
                  activation, optimizer, learning_rate):
     """Check the arguments both synthetic-gradient methods take; set them on ``method``."""
@@ -220,17 +247,7 @@ def check_common(method, *, seed, synthesizer, conditioned, warmup_steps, hidden
         raise ValueError(f"activation {activation!r} is not a Keras activation: "
                          f"{err}") from None
     method.activation = activation
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        optimizer = keras.optimizers.serialize(optimizer)
-    if not isinstance(optimizer, (str, dict)):
-        raise ValueError("optimizer must be a Keras optimizer name (e.g. 'adam', "
-                         "'sgd') or a config dict from keras.optimizers.serialize; "
-                         f"got {optimizer!r} of type {type(optimizer).__name__}.")
-    method.optimizer = optimizer
-    if learning_rate is not None and (not is_real(learning_rate) or not learning_rate > 0):
-        raise ValueError("learning_rate must be None (the optimizer's default) or a "
-                         f"positive number; got {learning_rate!r}.")
-    method.learning_rate = None if learning_rate is None else float(learning_rate)
+    method.optimizer, method.learning_rate = optimizer_arguments(optimizer, learning_rate)
     with tf.init_scope():
         make_optimizer(method.optimizer, method.learning_rate)  # fail now, not at compile
 

@@ -216,18 +216,8 @@ class LocalLosses(ErrorSignal):
             raise ValueError(f"max_features must be a positive integer; got "
                              f"{max_features!r}.")
         self.max_features = int(max_features)
-        if isinstance(optimizer, keras.optimizers.Optimizer):
-            optimizer = keras.optimizers.serialize(optimizer)
-        if not isinstance(optimizer, (str, dict)):
-            raise ValueError("optimizer must be a Keras optimizer name (e.g. 'adam') or a "
-                             "config dict from keras.optimizers.serialize; got "
-                             f"{optimizer!r} of type {type(optimizer).__name__}.")
-        self.optimizer = optimizer
-        if learning_rate is not None and (not sg.is_real(learning_rate)
-                                          or not learning_rate > 0):
-            raise ValueError("learning_rate must be None (the optimizer's default) or a "
-                             f"positive number; got {learning_rate!r}.")
-        self.learning_rate = None if learning_rate is None else float(learning_rate)
+        self.optimizer, self.learning_rate = sg.optimizer_arguments(optimizer,
+                                                                    learning_rate)
         with tf.init_scope():
             sg.make_optimizer(self.optimizer, self.learning_rate)  # fail now
         self._pending = None
@@ -331,11 +321,7 @@ class LocalLosses(ErrorSignal):
         return deltas
 
     def update(self, trace, signals):
-        pending = self._pending
-        if pending is None or pending["trace"] is not trace:
-            self.signals(trace)
-            pending = self._pending
-        self._pending = None
+        pending = sg.take_pending(self, trace)
         pairs = [(g, v) for g, v in zip(pending["gradients"], pending["variables"])
                  if g is not None]
         if pairs:

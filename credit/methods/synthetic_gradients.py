@@ -311,11 +311,7 @@ class SyntheticGradients(ErrorSignal):
     # -- training the synthesizers ---------------------------------------------------
 
     def update(self, trace, signals):
-        pending = self._pending
-        if pending is None or pending["trace"] is not trace:
-            self.signals(trace)
-            pending = self._pending
-        self._pending = None
+        pending = sg.take_pending(self, trace)
         tape, predictions = pending["tape"], pending["predictions"]
         with tape:
             losses = []
