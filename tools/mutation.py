@@ -36,6 +36,7 @@ equivalent and left out of the denominator.
 import argparse
 import ast
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -55,7 +56,11 @@ DEFAULT_FILES = ["credit/transports.py", "credit/signal.py", "credit/methods"]
 # every file covers (test_core, test_engine, test_keras_suite and test_distributed, 25 min
 # under coverage, add 21 lines of transports.py, kickback, signal.py and DFA). Pass --tests
 # to use more.
-DEFAULT_TESTS = ["tests/test_mutation_kills.py", "tests/test_methods.py",
+# Every tests/test_mutation_kills*.py counts too (one file per area, so that tests added
+# for one file's survivors rerun only that file's coverage map).
+DEFAULT_TESTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, "tests", "test_mutation_kills*.py"))) + [
+                 "tests/test_methods.py",
                  "tests/test_synthetic_gradients.py", "tests/test_recurrent.py",
                  "tests/test_local_losses.py", "tests/test_forward_methods.py",
                  "tests/test_method_state.py", "tests/test_engine_trust.py"]
