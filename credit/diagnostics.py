@@ -115,7 +115,7 @@ def summary(model, method=None):
 def _signal_rule(graph, method, name, points):
     found, loss = graph.reaches(name, points)
     rule = method.point_rule or type(method).__name__
-    own = [p for p in found if graph.point_layer(p).name == name]
+    own = [p for p in found if graph.name_of(graph.point_layer(p)) == name]
     if found == [name]:
         return f"point: {rule}"
     if found and len(own) == len(found) == graph.calls(name) > 1:
@@ -136,7 +136,7 @@ def _signal_rule(graph, method, name, points):
 def _is_container(graph, name):
     """Whether layer ``name`` owns weights and is made of units (not taken apart as a
     composite such as attention or a recurrent layer)."""
-    return any(node.layer.name == name and not node.unit for node in graph.nodes)
+    return any(graph.name_of(node.layer) == name and not node.unit for node in graph.nodes)
 
 
 def _container_units(graph, name):
@@ -149,7 +149,7 @@ def _container_passes_down(graph, name):
     """Whether anything below the container's inputs is trained (its input gradient is
     used): a unit outside it that one of its calls consumes."""
     for node in graph.nodes:
-        if node.layer.name == name and not node.unit:
+        if graph.name_of(node.layer) == name and not node.unit:
             for t in node.input_tensors:
                 if graph._producers(t)[0]:
                     return True
@@ -159,7 +159,7 @@ def _container_passes_down(graph, name):
 def _container_signal(graph, method, name, points):
     found, loss = [], False
     for node in _container_units(graph, name):
-        units_found, units_loss = graph.reaches(node.layer.name, points)
+        units_found, units_loss = graph.reaches(graph.name_of(node.layer), points)
         found += [p for p in units_found if p not in found]
         loss = loss or units_loss
     parts = (["the loss"] if loss else []) + (
@@ -283,7 +283,7 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
             if signals.get(point) is not None:
                 signal_cosine = _cosine(signals[point], true_signals[point])
             norm = np.linalg.norm(reference)
-            rows.append({"block": block.index, "layers": ", ".join(l.name for l in block.layers),
+            rows.append({"block": block.index, "layers": ", ".join(graph.name_of(l) for l in block.layers),
                          "update_cosine": _cosine(mine, reference),
                          "norm_ratio": float(np.linalg.norm(mine) / norm) if norm else float("nan"),
                          "signal_cosine": signal_cosine})

@@ -24,6 +24,7 @@ replicas (``tf.distribute``) and other uses of the same layers are not disturbed
 """
 
 import threading
+from collections import Counter
 
 import keras
 import tensorflow as tf
@@ -177,8 +178,10 @@ class Graph:
             ``("output", None)``.
     """
 
-    def __init__(self, model, nodes, inputs, outputs, layers, inner):
+    def __init__(self, model, nodes, inputs, outputs, layers, inner, names=None):
         self.model = model
+        # id(layer) -> the name credit knows it by (see unique_names).
+        self._names = names if names is not None else unique_names(model)
         self.nodes = nodes
         self._inputs = inputs
         self._outputs = outputs
@@ -193,7 +196,7 @@ class Graph:
         self.output_logits = []
         self._calls = {}
         for node in nodes:
-            self._calls.setdefault(node.layer.name, []).append(node)
+            self._calls.setdefault(self.name_of(node.layer), []).append(node)
         self._points = {}  # point name -> node
         for name, calls in self._calls.items():
             for k, node in enumerate(calls):
@@ -243,6 +246,12 @@ class Graph:
         """The blocks that are not output blocks: the default places for points."""
         return [b for b in self.blocks if not b.is_output]
 
+    def name_of(self, layer):
+        """The name credit knows ``layer`` by: its own name, or, where several layers of
+        the model share it (the ``query`` of two MultiHeadAttention layers), the name
+        qualified by the layers that hold it (``multi_head_attention_1/query``)."""
+        return self._names.get(id(layer), layer.name)
+
     def needs_input_gradient(self, name):
         """Whether anything trainable lies below layer ``name`` (else its input gradient
         is never used, and a transport on it would be wasted)."""
@@ -251,7 +260,8 @@ class Graph:
             return any(n.upstream for n in nodes)
         for node in self.nodes:  # a layer inside a composite: ask about the composite
             if node.unit and isinstance(node.layer, COMPOSITE) and any(
-                    l.name == name for l in compat.sublayers(node.layer, recursive=True)):
+                    self.name_of(l) == name
+                    for l in compat.sublayers(node.layer, recursive=True)):
                 return bool(node.upstream)
         return True
 
@@ -266,6 +276,11 @@ class Graph:
         if name in self._points:
             return self._points[name]
         if name not in self.layers:
+            shared = sorted(n for n in self.layers if n.rpartition("/")[2] == name)
+            if shared:
+                raise GraphError(
+                    f"model {self.model.name!r} has {len(shared)} layers named {name!r}, "
+                    f"inside other layers; name the one you mean: {', '.join(shared)}.")
             raise GraphError(
                 f"model {self.model.name!r} has no layer named {name!r}. Its layers: "
                 f"{', '.join(sorted(self.layers))}.")
@@ -300,7 +315,7 @@ class Graph:
             if block.point == name:
                 return block
         for block in self.blocks:
-            if any(layer.name == name for layer in block.layers):
+            if any(self.name_of(layer) == name for layer in block.layers):
                 return block
         return None
 
@@ -396,7 +411,8 @@ class Graph:
             return nodes[0]
         for node in self.nodes:
             if node.unit and isinstance(node.layer, COMPOSITE) and any(
-                    l.name == name for l in compat.sublayers(node.layer, recursive=True)):
+                    self.name_of(l) == name
+                    for l in compat.sublayers(node.layer, recursive=True)):
                 return node
         return None
 
@@ -409,7 +425,7 @@ class Graph:
         several times is fed, at each call, by that call's point or by what that call's
         output reaches.
         """
-        own = [p for p in points if p in self._points and self._points[p].layer.name == name]
+        own = [p for p in points if p in self._points and self.name_of(self._points[p].layer) == name]
         nodes = self._calls.get(name)
         if not nodes:
             node = self.owner_node(name)
@@ -459,7 +475,7 @@ class Graph:
     # -- analysis ----------------------------------------------------------------------
 
     def _inside_recurrent(self, layer):
-        return self._inner.get(layer.name) == "recurrent"
+        return self._inner.get(self.name_of(layer)) == "recurrent"
 
     def _producers(self, tensor):
         """(unit node indices, reaches the model input) behind ``tensor``."""
@@ -564,26 +580,26 @@ class Graph:
                 layer = node.layer
                 if isinstance(layer, _L.Softmax):
                     self.output_squashing.append("softmax")
-                    return ("input", layer.name)
+                    return ("input", self.name_of(layer))
                 if isinstance(layer, _L.Activation) and _squashing(layer.activation):
                     self.output_squashing.append(layer.activation.__name__)
-                    return ("input", layer.name)
+                    return ("input", self.name_of(layer))
                 if _squashing(getattr(layer, "activation", None)):
                     self.output_squashing.append(layer.activation.__name__)
-                    return ("activation", layer.name)
+                    return ("activation", self.name_of(layer))
                 if isinstance(layer, SHAPE_LAYERS) and node.inputs == 1:
                     t, through, before = node.input_tensors[0], True, node.index
                     continue
                 if op in _SQUASHING_OPS:  # ops.softmax at the end of the layer's call
                     self.output_squashing.append(op.lower())
-                    return ("returned", layer.name)
+                    return ("returned", self.name_of(layer))
                 self.output_squashing.append(None)
                 return ("output", None)
             if op in _SQUASHING_OPS:  # ops.softmax in a call between the layers
                 self.output_squashing.append(op.lower())
                 below = self._unit_producing(t.op.inputs[0])
                 if below is not None:
-                    return ("output_of", below.layer.name)
+                    return ("output_of", self.name_of(below.layer))
                 if not through:
                     return ("keras_logits", None)
                 return ("unreachable", f"its {op.lower()} is applied to the result of "
@@ -670,9 +686,48 @@ def size_of(shape):
     return size
 
 
-def walk(model):
+def unique_names(model):
+    """A dict from ``id(layer)`` to a name unique among the layers ``model`` holds.
+
+    A layer keeps its own name unless another layer of the model (at any depth) has the
+    same one: Keras makes names unique only among a model's own layers, and the layers
+    inside a custom layer or MultiHeadAttention (``query``, ``key``, ...) repeat in
+    every instance. Those are qualified by the name of the layer that holds them
+    (``multi_head_attention_1/query``), so that each gets its own point, transport and
+    feedback matrix; credit keys all of them by name.
+    """
+    parents, order = {}, []
+
+    def visit(layer, parent):
+        for sub in compat.sublayers(layer):
+            if isinstance(sub, _L.InputLayer) or id(sub) in parents:
+                continue
+            parents[id(sub)] = parent
+            order.append(sub)
+            visit(sub, sub)
+
+    visit(model, None)
+    counts = Counter(layer.name for layer in order)
+    names, taken = {}, set()
+    for layer in order:  # a layer's holder comes before it
+        name = layer.name
+        if counts[name] > 1:
+            parent = parents[id(layer)]
+            name = name if parent is None else f"{names[id(parent)]}/{name}"
+        base, k = name, 1
+        while name in taken:  # two layers of one holder share a name
+            k += 1
+            name = f"{base}#{k}"
+        taken.add(name)
+        names[id(layer)] = name
+    return names
+
+
+def walk(model, names=None):
     """The layers of ``model``: (units, containers, inner) with ``inner`` a dict from name
-    to ``"recurrent"`` or ``"composite"`` for layers inside composites."""
+    (see :func:`unique_names`) to ``"recurrent"`` or ``"composite"`` for layers inside
+    composites."""
+    names = unique_names(model) if names is None else names
     units, containers, inner, seen = [], [], {}, set()
 
     def visit(layer):
@@ -684,7 +739,7 @@ def walk(model):
                 units.append(sub)
                 kind = "recurrent" if isinstance(sub, RECURRENT) else "composite"
                 for deep in compat.sublayers(sub, recursive=True):
-                    inner[deep.name] = kind
+                    inner[names.get(id(deep), deep.name)] = kind
                     if kind == "composite":
                         inner_layers.append(deep)
             elif compat.sublayers(sub):
@@ -706,7 +761,8 @@ def analyse(model, input_spec):
         input_spec: a ``tf.TensorSpec`` or a nested structure of them, batch axis None
             (None for an optional input the batches leave out).
     """
-    units, containers, inner, inner_layers = walk(model)
+    names = unique_names(model)
+    units, containers, inner, inner_layers = walk(model, names)
     records = []
     recorder = _ProbeRecorder(records, {id(l) for l in units})
     flat_spec = tf.nest.flatten(input_spec)
@@ -738,9 +794,9 @@ def analyse(model, input_spec):
     for layer in units + containers + inner_layers + [
             l for l in compat.sublayers(model, recursive=True)
             if not isinstance(l, _L.InputLayer)]:
-        layers.setdefault(layer.name, layer)
+        layers.setdefault(names.get(id(layer), layer.name), layer)
     return Graph(model, nodes, {t.name for t in captured["inputs"]}, captured["outputs"],
-                 layers, inner)
+                 layers, inner, names)
 
 
 # --------------------------------------------------------------------------------------

@@ -405,3 +405,88 @@ def test_a_point_on_one_call_of_a_shared_layer_by_name():
     assert "at its other calls: true gradient from the loss" in table.loc["enc", "signal"]
     with pytest.raises(GraphError, match="'enc:0' ... 'enc:1'"):
         model.method.graph.node("enc")
+
+
+# -- layers that share a name (inside custom layers, MultiHeadAttention) ------------------
+
+
+class _Wrapped(L.Layer):
+    """A custom layer holding a Dense named "inner": every instance repeats the name."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = L.Dense(units, activation="tanh", name="inner")
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def _two_wrapped(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = L.Dense(5, activation="tanh", name="first")(inp)
+    h = _Wrapped(4, name="block_a")(h)
+    h = _Wrapped(4, name="block_b")(h)
+    out = L.Dense(3, activation="softmax", name="out")(h)
+    model = credit.wrap(keras.Model(inp, out))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_layers_sharing_a_name_each_get_their_own_feedback():
+    """Two custom blocks each hold a Dense named "inner". FA with every B = c W scales the
+    signal by c at each transported layer it crosses, so on this chain each layer's
+    weight gradient is Keras's times c to the number of transports above it. Before the
+    names were made unique, the second "inner" was crossed with its true W (one factor
+    c missing below it), silently."""
+    model = _two_wrapped()
+    x, y, _ = batch()
+    method = credit.get("fa")
+    credit.compute_gradients(model, x, y, method=method)
+    assert sorted(method.feedback_matrices) == ["block_a/inner", "block_b/inner", "out"]
+    c = 0.5
+    for name, b in method.feedback_matrices.items():
+        b.assign(c * method.graph.layers[name].kernel)
+    got = by_path(model, credit.compute_gradients(model, x, y, method=method).gradients)
+    want = by_path(model, keras_gradients(model, x, y))
+    above = {"out": 0, "block_b": 1, "block_a": 2, "first": 3}
+    for path, g in want.items():
+        k = above[path.split("/")[0]]
+        np.testing.assert_allclose(dense(got[path]), c ** k * dense(g), rtol=1e-5, atol=1e-7,
+                                   err_msg=path)
+
+
+def test_points_on_layers_sharing_a_name_are_qualified_and_reached():
+    model = _two_wrapped()
+    x, y, _ = batch()
+    method = credit.get({"name": "backprop", "blockwise": True})
+    got = credit.compute_gradients(model, x, y, method=method).gradients
+    assert "block_b/inner" in method.points and "block_a/inner" in method.points
+    assert_all_close(got, keras_gradients(model, x, y))
+    with pytest.raises(GraphError, match=r"2 layers named 'inner'.*block_a/inner, "
+                                         r"block_b/inner"):
+        credit.compute_gradients(model, x, y, method=credit.get({"name": "dfa",
+                                                                "at": ["inner"]}))
+
+
+def test_two_attention_layers_each_get_feedback_for_their_projections():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((4, 6))
+    h = inp
+    for _ in range(2):
+        h = L.LayerNormalization()(h + L.MultiHeadAttention(2, 3)(h, h))
+    out = L.Dense(3, activation="softmax")(L.Flatten()(h))
+    model = credit.wrap(keras.Model(inp, out))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = tf.constant(np.random.default_rng(0).normal(size=(5, 4, 6)).astype("float32"))
+    y = tf.constant([0, 1, 2, 0, 1])
+    method = credit.get("fa")
+    credit.compute_gradients(model, x, y, method=method)
+    second = [n for n in method.feedback_matrices if n.startswith("multi_head_attention_1/")]
+    assert sorted(n.split("/")[1] for n in second) == ["attention_output", "key", "query",
+                                                       "value"]
+    rules = credit.summary(model, method).set_index("layer")["rule"]
+    assert all("B (fixed random" in rules[n] for n in second)

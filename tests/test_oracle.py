@@ -92,14 +92,7 @@ def known_defect(method, name):
 
 
 #: Seeds whose point-method cases fail on a known defect (found by the slow run).
-KNOWN_SEEDS = {
-    241: "credit defect: a subclassed layer called twice, with a layer inside it, gets a "
-         "point per call on both (inner:1, outer:1), but the step's recorder does not "
-         "reach the second calls' points (GraphError 'did not reach the feedback "
-         "point(s)'): the per-call numbering of nested calls differs between the "
-         "analysis and the step",
-    250: "credit defect: the same as seed 241 (inner:1, outer:1 not reached)",
-}
+KNOWN_SEEDS = {}  # seed -> reason: a known credit defect (none at present)
 
 
 def _run(request, seed, name):

@@ -102,7 +102,7 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
         return tuple(out)
 
     def transport(self, layer, kernels):
-        return tuple(_sign.signed(m, w) for m, w in zip(self.draw(layer.name), kernels))
+        return tuple(_sign.signed(m, w) for m, w in zip(self.draw(self.graph.name_of(layer)), kernels))
 
     def signals(self, trace):
         return {}

@@ -52,7 +52,7 @@ class FeedbackAlignment(ErrorSignal):
         self.feedback_matrices = random_kernels(self, graph, self.scale)
 
     def transport(self, layer, kernels):
-        matrices = self.feedback_matrices[layer.name]
+        matrices = self.feedback_matrices[self.graph.name_of(layer)]
         return matrices if isinstance(matrices, tuple) else (matrices,)
 
     def signals(self, trace):

@@ -61,7 +61,7 @@ class FixedRandomSignFeedback(ErrorSignal):
             self.magnitudes[name] = values[0] if len(values) == 1 else tuple(values)
 
     def transport(self, layer, kernels):
-        magnitudes = self.magnitudes[layer.name]
+        magnitudes = self.magnitudes[self.graph.name_of(layer)]
         if not isinstance(magnitudes, tuple):
             magnitudes = (magnitudes,)
         return tuple(_sign.signed(m, k) for m, k in zip(magnitudes, kernels))

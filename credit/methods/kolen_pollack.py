@@ -169,7 +169,7 @@ class KolenPollack(ErrorSignal):
         self._source = source
 
     def transport(self, layer, kernels):
-        matrices = self.feedback_matrices[layer.name]
+        matrices = self.feedback_matrices[self.graph.name_of(layer)]
         return matrices if isinstance(matrices, tuple) else (matrices,)
 
     def signals(self, trace):
@@ -228,7 +228,7 @@ class KolenPollack(ErrorSignal):
         for layer, j, matrix in self._pairs:
             w = keras.ops.convert_to_numpy(transports.kernels(layer)[j]).astype("float64")
             b = matrix.numpy().astype("float64")
-            out.setdefault(layer.name, []).append(
+            out.setdefault(self.graph.name_of(layer), []).append(
                 float(np.linalg.norm(b - w) / max(np.linalg.norm(w), 1e-30)))
         return {n: v[0] if len(v) == 1 else tuple(v) for n, v in out.items()}
 

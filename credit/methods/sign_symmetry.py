@@ -70,7 +70,7 @@ class SignSymmetry(ErrorSignal):
         self._scales = scales
 
     def transport(self, layer, kernels):
-        return tuple(_sign.signed(s, k) for s, k in zip(self._scales[layer.name], kernels))
+        return tuple(_sign.signed(s, k) for s, k in zip(self._scales[self.graph.name_of(layer)], kernels))
 
     def signals(self, trace):
         return {}
