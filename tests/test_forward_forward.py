@@ -16,7 +16,8 @@ import test_core as core
 
 def mlp(sizes=(12, 16, 16, 3), activations=("relu", "tanh")):
     layers = [keras.Input((sizes[0],))]
-    layers += [keras.layers.Dense(u, activation=a) for u, a in zip(sizes[1:-1], activations)]
+    layers += [keras.layers.Dense(u, activation=a)
+               for u, a in zip(sizes[1:-1], activations)]
     layers += [keras.layers.Dense(sizes[-1], activation="softmax")]
     return credit.Sequential(layers)
 
@@ -34,7 +35,7 @@ def compiled(config=None, **kwargs):
     return model
 
 
-# -- numpy reference ------------------------------------------------------------------------
+# -- numpy reference ---------------------------------------------------------------------
 
 PHI = {"relu": (lambda a: np.maximum(a, 0), lambda a: (a > 0).astype("float64")),
        "tanh": (np.tanh, lambda a: 1 - np.tanh(a) ** 2)}
@@ -118,7 +119,7 @@ def step_gradients(model, x, y):
     return [g.numpy() for g in out.gradients], out
 
 
-# -- the rule -------------------------------------------------------------------------------
+# -- the rule ----------------------------------------------------------------------------
 
 
 def test_forward_forward_is_listed_for_dense_chains_only():
@@ -266,6 +267,37 @@ def test_learns_digits_well_above_chance():
     assert by_goodness > 0.8 and head > 0.7, (by_goodness, head)
 
 
+@pytest.mark.parametrize("head", ["model", "neutral"])
+def test_the_step_reports_the_head_on_the_pass_it_trains_on(head):
+    """fit's loss and metrics read the step's y_pred: with head="model" the model's own
+    pass (what model.evaluate runs), with head="neutral" the neutral-label pass."""
+    x, y = batch()
+    model = compiled({"head": head})
+    _, out = step_gradients(model, x, y)
+    want = model(x) if head == "model" else model.method.head_output(x)
+    np.testing.assert_allclose(out.y_pred.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+    loss = keras.losses.SparseCategoricalCrossentropy()(y, want)
+    np.testing.assert_allclose(float(out.loss), float(loss), rtol=1e-6)
+
+
+# About 15 s each: the random draws (the same hash as forward_gradient's tangents) run
+# in the slow set.
+@pytest.mark.parametrize("negatives", [pytest.param("random", marks=pytest.mark.slow),
+                                       "hardest"])
+def test_xla_step_matches_the_plain_one(classification_data, negatives):
+    x, y = classification_data
+    weights_ = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = mlp()
+        model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=jit,
+                      method={"name": "ff", "seed": 1, "negatives": negatives})
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        weights_.append(model.get_weights())
+    for a, b in zip(*weights_):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_summary_names_each_layers_rule():
     model = compiled()
     table = credit.summary(model)
@@ -274,7 +306,7 @@ def test_summary_names_each_layers_rule():
     assert (table["transport"] == "none (no backward pass)").all()
 
 
-# -- bad input ------------------------------------------------------------------------------
+# -- bad input ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("config,match", [
@@ -322,7 +354,7 @@ def test_predict_before_binding_and_softmax_without_its_head_are_refused():
         credit.compute_gradients(model, tf.zeros((2, 12)))
 
 
-# -- the core contract (test_core's tests over credit.available() leave it out) -------------
+# -- the core contract (test_core's tests over credit.available() leave it out) ----------
 
 
 def test_every_hidden_block_gets_a_nonzero_update(classification_data, regression_data):

@@ -307,7 +307,7 @@ class ForwardForward(ErrorSignal):
             h = layer(h, training=training)
         return h
 
-    # -- the step --------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------
 
     def wrong_labels(self, labels, step=None):
         """A uniformly random wrong label per example, from the seed and the step."""
@@ -387,8 +387,7 @@ class ForwardForward(ErrorSignal):
     def class_indices(self, y):
         """``y`` as int32 class indices: one index per example, or one-hot rows."""
         y = tf.convert_to_tensor(y)
-        if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == self.n_classes \
-                and self.n_classes > 1:
+        if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == self.n_classes:
             return tf.cast(tf.argmax(tf.reshape(y, (-1, self.n_classes)), axis=-1), "int32")
         return tf.cast(tf.reshape(y, (-1,)), "int32")
 
