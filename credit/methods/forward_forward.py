@@ -49,20 +49,24 @@ class ForwardForward(ErrorSignal):
       the neutral label ``1/n_classes`` in every label feature (``head="neutral"``,
       the paper's alternative to prediction by goodness).
 
-    What could be checked against references: the goodness as the sum of squared
-    activities, the logistic ``P(positive) = sigmoid(g - θ)`` and the label in the
-    first features of the input, replaced by a one-hot vector (the paper; MNIST's
-    first 10 pixels); loeweX/Forward-Forward (``src/ff_model.py``, ``src/ff_mnist.py``)
-    uses this goodness with ``θ`` = the number of units, binary cross-entropy with
-    logits ``g - θ`` averaged over the 2 N positive and negative examples (so its loss
-    is half of ``L_l`` here), normalises every layer's input (the first's too) to unit
+    What could be checked, and where: the paper's abstract gives the goodness as the
+    sum of squared activities; descriptions of it (not its full text, which was not
+    at hand) give the logistic ``P(positive) = sigmoid(g - θ)``, the one-hot label
+    written over MNIST's first 10 pixels, the normalisation by the length of the
+    activity vector between layers and the softmax head on the normalised activities
+    of all hidden layers but the first. Two public implementations were read:
+    loeweX/Forward-Forward (``src/ff_model.py``, ``src/ff_mnist.py``) uses this
+    goodness with ``θ`` = the number of units and binary cross-entropy with logits
+    ``g - θ`` averaged over the 2 N positive and negative examples (so its loss is
+    half of ``L_l`` here), normalises every layer's input (the first's too) to unit
     root mean square, draws the wrong label uniformly among the others and gives the
     neutral sample ``1/n_classes`` per label feature; mpezeshki/pytorch_forward_forward
-    (``main.py``) uses the mean of the squares with ``θ = 2``, normalises to unit
-    length and writes ``max(x)`` as the label value. The paper's softmax head reads
-    all hidden layers but the first; a Dense chain's output layer reads the last
-    hidden layer only. The paper picks hard negatives with the network's own
-    predictions; ``"hardest"`` takes the most likely wrong label, deterministically.
+    (``main.py``) uses the mean of the squares with ``θ = 2`` and this softplus form,
+    normalises to unit length and writes ``max(x)`` as the label value. Differences
+    here: a Dense chain's output layer reads the last hidden layer only (not all but
+    the first); ``"hardest"`` takes the wrong label of highest goodness,
+    deterministically, an option in the spirit of the paper's hard negatives whose
+    exact recipe could not be checked.
 
     What ``fit`` and ``model.evaluate`` report: the loss and metrics of the output
     layer on the pass it trains on. With ``head="model"`` (default) that is the
@@ -98,7 +102,10 @@ class ForwardForward(ErrorSignal):
             asks for a mean square of 2, ``2 x units`` here, over 1000 full-batch
             epochs).
         negatives: ``"random"`` or ``"hardest"``.
-        normalization: ``"rms"`` or ``"l2"``.
+        normalization: ``"rms"`` (default, as loeweX's code) or ``"l2"`` (the paper's
+            division by the length). They differ by the constant ``sqrt(d)``, which
+            decides where the goodness starts: with unit-RMS inputs and Keras's Glorot
+            initialisation the pre-activations are of order one from the first step.
         head: ``"model"`` or ``"neutral"``.
 
     Attributes:
