@@ -78,18 +78,20 @@ def ff_pass(w, x, activations, kind="rms"):
     return us, as_, hs
 
 
-def ff_reference(w, x, y, wrong, activations, theta, n, kind="rms"):
+def ff_reference(w, x, y, wrong, activations, theta, n, kind="rms", weight=None):
     """Per-layer losses and the hidden layers' weight gradients, layer by layer."""
     pos = ff_pass(w, embed(x, y, n), activations, kind)
     neg = ff_pass(w, embed(x, wrong, n), activations, kind)
     losses, grads = [], []
     batch_size = len(x)
+    weight = np.ones(batch_size) if weight is None else weight
     for l, act in enumerate(activations):
         g_pos = (pos[2][l] ** 2).sum(1)
         g_neg = (neg[2][l] ** 2).sum(1)
-        losses.append(np.mean(softplus(theta[l] - g_pos) + softplus(g_neg - theta[l])))
-        d_pos = -sigmoid(theta[l] - g_pos) / batch_size  # dL/dg+
-        d_neg = sigmoid(g_neg - theta[l]) / batch_size   # dL/dg-
+        losses.append(np.mean(weight * (softplus(theta[l] - g_pos)
+                                        + softplus(g_neg - theta[l]))))
+        d_pos = -weight * sigmoid(theta[l] - g_pos) / batch_size  # dL/dg+
+        d_neg = weight * sigmoid(g_neg - theta[l]) / batch_size   # dL/dg-
         kernel = bias = 0
         for (us, as_, hs), d in ((pos, d_pos), (neg, d_neg)):
             delta = d[:, None] * 2 * hs[l] * PHI[act][1](as_[l])
@@ -174,6 +176,45 @@ def test_layer_losses_and_weight_gradients_match_numpy(config):
     for g, r in zip(got[4:], head):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
     assert int(method.step.numpy()) == 1
+
+
+@pytest.mark.parametrize("shape", [(8,), (8, 1)])
+def test_sample_weights_weigh_each_examples_terms(shape):
+    x, y = batch()
+    weight = np.random.default_rng(3).uniform(0, 2, size=8)
+    model = compiled()
+    method = model.method
+    wrong = method.wrong_labels(tf.constant(y), step=0).numpy()
+    losses, want = ff_reference(weights(model), x, y, wrong, ("relu", "tanh"), [8.0, 8.0],
+                                3, weight=weight)
+    out = credit.compute_gradients(model, tf.constant(x), tf.constant(y),
+                                   tf.constant(weight.reshape(shape), "float32"))
+    np.testing.assert_allclose(float(out.logs["ff_loss"]), sum(losses), rtol=1e-5)
+    for g, r in zip(out.gradients[:4], want):
+        np.testing.assert_allclose(g.numpy(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_update_is_scaled_by_the_loss_scale():
+    """Under a LossScaleOptimizer the optimizer divides the gradients by the loss scale,
+    so the update that FF forms must carry it."""
+    x, y = batch()
+    grads = []
+    for optimizer in (keras.optimizers.SGD(0.1), keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=8.0)):
+        keras.utils.set_random_seed(0)
+        model = mlp()
+        model.compile(optimizer, "sparse_categorical_crossentropy",
+                      method={"name": "ff", "seed": 0})
+        grads.append(step_gradients(model, x, y)[0])
+    assert all(np.abs(g).max() > 0 for g in grads[0])
+    for g, p in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(g, 8.0 * p, rtol=1e-5, atol=1e-6)
+
+
+def test_the_signal_path_is_refused():
+    model = compiled()
+    with pytest.raises(RuntimeError, match="compute_gradients"):
+        model.method.signals(None)
 
 
 def test_neutral_head_reads_the_normalised_neutral_pass():

@@ -78,8 +78,9 @@ class ForwardForward(ErrorSignal):
     paper's softmax head on the neutral pass, which ``model.evaluate`` does not run:
     use :meth:`predict` (``by="softmax"``). Prediction by goodness, the paper's main
     classifier: :meth:`predict` (``by="goodness"``). ``fit`` also logs ``ff_loss``,
-    the sum of the per-layer losses. Sample weights and regularisation terms do not
-    enter the hidden layers' losses.
+    the sum of the per-layer losses. Sample weights weigh each example's terms in
+    the hidden layers' losses (and the head's loss, as Keras does); regularisation
+    terms do not enter the hidden layers' losses.
 
     Supported models: chains of Dense blocks with a classification output of
     ``n_classes >= 2`` units, at least one hidden block and at least ``n_classes``
@@ -332,13 +333,24 @@ class ForwardForward(ErrorSignal):
                           tf.constant(-np.inf, scores.dtype), scores)
         return tf.cast(tf.argmax(scores, axis=-1), "int32")
 
-    def layer_losses(self, positive, negative):
-        """``L_l`` of every hidden layer from its positive and negative outputs (lists)."""
+    def layer_losses(self, positive, negative, sample_weight=None):
+        """``L_l`` of every hidden layer from its positive and negative outputs (lists).
+
+        With ``sample_weight`` (one weight per example; trailing axes of size one, as
+        ``(batch, 1)``, are averaged away) each example's term is weighted and the sum
+        divided by the batch size, as Keras's default loss reduction does.
+        """
         batch = tf.cast(tf.shape(positive[0])[0] * sg.replicas(), "float32")
+        weight = None
+        if sample_weight is not None:
+            weight = tf.cast(tf.convert_to_tensor(sample_weight), "float32")
+            weight = tf.reduce_mean(tf.reshape(weight, (tf.shape(weight)[0], -1)), axis=1)
         losses = []
         for h_pos, h_neg, theta in zip(positive, negative, self.thresholds()):
             per_example = (ops.softplus(theta - self.goodness(h_pos))
                            + ops.softplus(self.goodness(h_neg) - theta))
+            if weight is not None:
+                per_example = per_example * weight
             losses.append(ops.sum(per_example) / batch)
         return losses
 
@@ -368,7 +380,7 @@ class ForwardForward(ErrorSignal):
         with tf.GradientTape(persistent=True) as tape:
             positive, _ = self.activities(self.embed(flat_x, labels), training)
             negative, _ = self.activities(self.embed(flat_x, wrong), training)
-            ff_loss = tf.add_n(self.layer_losses(positive, negative))
+            ff_loss = tf.add_n(self.layer_losses(positive, negative, sample_weight))
             scaled_ff = engine._scale(model, ff_loss)
             if self.head == "model":
                 y_pred = model(x, training=training)
