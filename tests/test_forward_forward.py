@@ -339,6 +339,20 @@ def test_xla_step_matches_the_plain_one(classification_data, negatives):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_alignment_measures_it_without_changing_its_state():
+    """credit.alignment (the comparison's callback) calls compute_gradients, which
+    advances the step that draws the wrong labels: it must be put back."""
+    x, y = batch(n=32)
+    model = compiled()
+    first = credit.alignment(model, x, y)
+    assert int(model.method.step.numpy()) == 0
+    again = credit.alignment(model, x, y)
+    assert len(first) == 3 and np.isfinite(first["update_cosine"]).all()
+    np.testing.assert_array_equal(first["update_cosine"], again["update_cosine"])
+    # The output layer's update is its true gradient (the model's loss at its input).
+    assert first["update_cosine"].iloc[-1] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_summary_names_each_layers_rule():
     model = compiled()
     table = credit.summary(model)
