@@ -6,6 +6,7 @@ from credit.methods.direct_feedback_alignment import DirectFeedbackAlignment
 from credit.methods.direct_random_target_projection import DirectRandomTargetProjection
 from credit.methods.feedback_alignment import FeedbackAlignment
 from credit.methods.fixed_random_sign_feedback import FixedRandomSignFeedback
+from credit.methods.forward_forward import ForwardForward
 from credit.methods.forward_gradient import ForwardGradient
 from credit.methods.kickback import Kickback
 from credit.methods.kolen_pollack import KolenPollack
@@ -17,5 +18,5 @@ from credit.methods.synthetic_gradients_through_time import SyntheticGradientsTh
 
 __all__ = ["Backprop", "BatchwiseRandomSignFeedback", "DirectFeedbackAlignment",
            "DirectRandomTargetProjection", "FeedbackAlignment", "FixedRandomSignFeedback",
-           "ForwardGradient", "Kickback", "KolenPollack", "LocalLosses", "Pepita",
-           "SignSymmetry", "SyntheticGradients", "SyntheticGradientsThroughTime"]
+           "ForwardForward", "ForwardGradient", "Kickback", "KolenPollack", "LocalLosses",
+           "Pepita", "SignSymmetry", "SyntheticGradients", "SyntheticGradientsThroughTime"]
