@@ -55,7 +55,7 @@ def is_recurrent(layer):
     return isinstance(layer, TYPES)
 
 
-def _rnns(layer):
+def rnns(layer):
     """The RNN layers that run ``layer``'s cells (two for a Bidirectional layer)."""
     if isinstance(layer, _L.Bidirectional):
         return [layer.forward_layer, layer.backward_layer]
@@ -66,7 +66,7 @@ def cells(layer):
     """The cells of a recurrent layer, in order (forward then backward; stacked cells
     in stack order)."""
     found = []
-    for rnn in _rnns(layer):
+    for rnn in rnns(layer):
         cell = rnn.cell
         found.extend(cell.cells if isinstance(cell, _L.StackedRNNCells) else [cell])
     return found
@@ -75,7 +75,7 @@ def cells(layer):
 def covered_type(layer):
     """Whether ``layer`` is a recurrent layer over SimpleRNN, GRU or LSTM cells (whatever
     their options)."""
-    return is_recurrent(layer) and all(isinstance(rnn, _L.RNN) for rnn in _rnns(layer)) \
+    return is_recurrent(layer) and all(isinstance(rnn, _L.RNN) for rnn in rnns(layer)) \
         and all(isinstance(cell, CELLS) for cell in cells(layer))
 
 
@@ -83,7 +83,7 @@ def refusal(layer):
     """Why ``layer``'s kernels cannot be crossed through time (a phrase), or None."""
     if not is_recurrent(layer):
         return "it is not a recurrent layer"
-    for rnn in _rnns(layer):
+    for rnn in rnns(layer):
         if not isinstance(rnn, _L.RNN):
             return (f"it wraps {type(rnn).__name__}, not a SimpleRNN, GRU or LSTM layer")
     for cell in cells(layer):
@@ -121,7 +121,7 @@ def kernel_names(layer):
 def _path(layer, i):
     """A name for the i-th cell of ``layer`` (its RNN's name, and its index if stacked)."""
     k = 0
-    for rnn in _rnns(layer):
+    for rnn in rnns(layer):
         cell = rnn.cell
         inner = cell.cells if isinstance(cell, _L.StackedRNNCells) else [cell]
         for j in range(len(inner)):
@@ -240,8 +240,10 @@ def _step(cell, original, feedback, args, kwargs):
     h = states[0] if nested else states
     inputs = ops.convert_to_tensor(inputs)
     x_masks, h_masks = _gate_masks(cell, inputs, h, training)
-    b_x, b_h = feedback
-    recurrent = ops.convert_to_tensor(cell.recurrent_kernel)
+    # Read in the forward step, so that the backward step (inside the gradient of the
+    # layer's While loop, in graph mode) captures tensors, not variables.
+    b_x, b_h = (tf.convert_to_tensor(b) for b in feedback)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
     shape, to_bias, x_parts, h_parts = _layout(cell, tf.shape(inputs)[0])
     dtype = inputs.dtype
 
@@ -284,9 +286,9 @@ def _cell_wrapper(cell, original):
     return call
 
 
-def _install(cell, rnns):
+def _install(cell, layers):
     with _lock:
-        for obj in [cell] + rnns:
+        for obj in [cell] + layers:
             entry = _installed.get(id(obj))
             if entry is None:
                 if obj is cell:
@@ -337,13 +339,13 @@ def through_time(layer, feedback):
     if len(feedback) != 2 * len(found):
         raise ValueError(f"layer {layer.name!r} needs {2 * len(found)} feedback kernels "
                          f"(input and recurrent, per cell); got {len(feedback)}.")
-    rnns = _rnns(layer)
+    layers = rnns(layer)
     active = getattr(_local, "active", None)
     if active is None:
         active = _local.active = {}
     previous = {id(c): active.get(id(c)) for c in found}
     for i, cell in enumerate(found):
-        _install(cell, rnns if i == 0 else [])
+        _install(cell, layers if i == 0 else [])
         active[id(cell)] = (feedback[2 * i], feedback[2 * i + 1])
     try:
         yield
@@ -353,4 +355,4 @@ def through_time(layer, feedback):
                 active.pop(id(cell), None)
             else:
                 active[id(cell)] = previous[id(cell)]
-        _uninstall(found + rnns)
+        _uninstall(found + layers)
