@@ -158,15 +158,17 @@ def test_fa_with_the_kernels_as_feedback_is_keras_bptt(case):
     expected = keras_gradients(model, x, y, saved)
     set_feedback(method, model, lambda w: w)
     assert_all_close(credit_gradients(model, x, y, method, saved), expected)
-    # Random feedback changes the update: the transport is in the path.
-    set_feedback(method, model, lambda w: np.random.default_rng(7).uniform(
-        -0.5, 0.5, size=w.shape).astype("float32"))
+    # Random feedback in the recurrent layers alone changes the update: their
+    # transports are in the path.
+    for name in recurrent:
+        for b in method.feedback_matrices[name]:
+            b.assign(np.random.default_rng(7).uniform(-0.5, 0.5, size=b.shape))
     assert max_gap(credit_gradients(model, x, y, method, saved), expected) > 1e-3
 
 
 def test_fa_is_keras_bptt_inside_tf_function_too():
     x, y = data()
-    model = rnn_model("LSTM", {"dropout": 0.2, "seed": 3}, wrap="bidirectional")
+    model = rnn_model("LSTM", {"dropout": 0.2, "recurrent_dropout": 0.2, "seed": 3})
     saved = model_generator.seed_generators(model)
     method = bound("fa", model, x)
     set_feedback(method, model, lambda w: w)
@@ -350,7 +352,13 @@ def test_every_fa_family_method_crosses_the_recurrent_kernels(name):
     set_feedback_out = {"out": transports_of(method, model, "out")}
     fa.feedback_matrices["out"].assign(set_feedback_out["out"][0])
     expected = credit_gradients(model, x, y, fa)
-    assert_all_close(credit_gradients(model, x, y, method), expected, atol=1e-6)
+    got = credit_gradients(model, x, y, method)
+    assert_all_close(got, expected, atol=1e-6)
+    # The recurrent layer's feedback is in the path: with its kernels in its place
+    # (and the same feedback at "out"), the gradients differ.
+    for target, w in zip(fa.feedback_matrices["rnn"], kernels):
+        target.assign(w)
+    assert max_gap(got, credit_gradients(model, x, y, fa)) > 1e-4
 
 
 def transports_of(method, model, name):
