@@ -487,7 +487,13 @@ def test_through_time_checks_its_feedback_and_recurrent_layers_have_no_single_op
         transports.adjoint(layer, tf.zeros((1, 3)), tf.zeros((1, T, D)),
                            transports.kernels(layer))
     assert transports.fan_in(layer, 0) == transports.fan_in(layer, 1) == 12
-    # Nothing stays installed on the cell or the layer after a step.
+    # During the call the cell's step is wrapped and cuDNN (which fuses the steps, so
+    # that no cell runs) is off; nothing stays installed afterwards.
+    with recurrent_transports.through_time(layer, transports.kernels(layer)):
+        assert layer.use_cudnn is False and "call" in layer.cell.__dict__
+        with recurrent_transports.through_time(layer, transports.kernels(layer)):
+            pass  # nested (as replicas of a strategy may): the outer one stays in place
+        assert layer.use_cudnn is False and "call" in layer.cell.__dict__
     assert "call" not in layer.cell.__dict__ and layer.use_cudnn == "auto"
 
 
@@ -502,3 +508,21 @@ def test_the_cell_is_restored_after_a_step():
     assert model.get_layer("rnn").use_cudnn == "auto"
     # Outside a step the layer is Keras's own: its output does not change.
     np.testing.assert_allclose(model(x), model(x))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_mixed_precision_layers_are_crossed_in_their_compute_dtype(kind):
+    """A float16 recurrent layer under float32 feedback: the step casts, and with the
+    feedback set to the kernels the update is backprop's to float16 precision."""
+    x, y = data()
+    model = credit.Sequential([keras.Input((T, D)), L.Dense(3, activation="tanh"),
+                               getattr(L, kind)(4, name="rnn", dtype="mixed_float16"),
+                               L.Dense(2, name="out")])
+    model.compile(loss="mse")
+    method = bound("fa", model, x)
+    set_feedback(method, model, lambda w: w)
+    got = credit_gradients(model, x, y, method)
+    expected = credit_gradients(model, x, y, credit.get("bp"))
+    scale = max(float(np.abs(np.asarray(e, "float32")).max()) for e in expected)
+    assert max_gap([np.asarray(g, "float32") for g in got],
+                   [np.asarray(e, "float32") for e in expected]) < 2e-3 * scale
