@@ -179,6 +179,42 @@ def test_fa_is_keras_bptt_inside_tf_function_too():
     assert_all_close(step(x, y), expected)
 
 
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM"])
+def test_fa_is_keras_bptt_through_an_encoder_decoder_state_handoff(kind):
+    """The decoder starts from the encoder's states (``initial_state=``): the signal at
+    its initial h crosses its first step with its recurrent feedback."""
+    rng = np.random.default_rng(0)
+    x = [tf.constant(rng.normal(size=(N, T, D)).astype("float32")),
+         tf.constant(rng.normal(size=(N, 3, 2)).astype("float32"))]
+    y = tf.constant(rng.normal(size=(N, 3, 2)).astype("float32"))
+    source, target = keras.Input((T, D)), keras.Input((3, 2))
+    layer = getattr(L, kind)
+    _, *states = layer(4, return_state=True, name="encoder")(L.Dense(3)(source))
+    decoded = layer(4, return_sequences=True, name="decoder")(target, initial_state=states)
+    model = credit.Model([source, target], L.Dense(2, name="out")(decoded))
+    model.compile(loss="mse")
+    method = bound("fa", model, x)
+    assert method.transported == ("encoder", "decoder", "out")
+    expected = keras_gradients(model, x, y, ())
+    set_feedback(method, model, lambda w: w)
+    assert_all_close(credit_gradients(model, x, y, method), expected)
+    recurrent = method.feedback_matrices["decoder"][1]
+    recurrent.assign(tf.zeros(recurrent.shape))
+    got = credit_gradients(model, x, y, method)
+    encoder = model.get_layer("encoder").cell
+    kernels = [i for i, v in enumerate(model.trainable_variables)
+               if v is encoder.kernel or v is encoder.recurrent_kernel]
+    if kind == "SimpleRNN":
+        # Its state enters a step through the recurrent kernel alone: with no recurrent
+        # feedback in the decoder, nothing reaches the encoder.
+        for i in kernels:
+            np.testing.assert_array_equal(got[i], np.zeros(got[i].shape))
+    else:
+        # An LSTM's carry passes on elementwise (the true derivative), h does not.
+        assert all(np.abs(got[i]).max() > 0 for i in kernels)
+        assert max_gap([got[i] for i in kernels], [expected[i] for i in kernels]) > 1e-4
+
+
 # -- 2. Random feedback: numpy references ------------------------------------------------
 
 
