@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import transports
+from credit import recurrent_transports, transports
 from credit.model import _resolve as resolve
 from credit.model import bind, record
 
@@ -98,7 +98,15 @@ def summary(model, method=None):
             signal = _signal_rule(graph, method, name, points)
             crossing = _transport_rule(graph, method, plan, name, layer)
         if isinstance(layer, graph_lib.RECURRENT):
-            crossing = "BPTT inside; " + crossing
+            # A recurrent layer inside a transported Bidirectional one is crossed with it.
+            outer = [o for o in plan.transported.values() if o is not layer and any(
+                r is layer for r in recurrent_transports.rnns(o))]
+            if (id(layer) in plan.transported or outer) and not method.exact:
+                crossing = ((method.transport_rule or "transport") + ", at every step "
+                            "through time (input and recurrent kernels)"
+                            + (f", within {outer[0].name!r}" if outer else ""))
+            else:
+                crossing = "BPTT inside; " + crossing
         rule = getattr(method, "intercept_rule", None)
         if rule and name in method.intercepted:
             signal = f"{signal}, {rule}"

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from credit import _keras_compat as compat
-from credit import transports
+from credit import recurrent_transports, transports
 
 _L = keras.layers
 #: Layers with weights whose inside credit does not take apart into blocks.
@@ -1011,6 +1011,10 @@ class StepRecorder:
             feedback = self.transport(layer, transports.kernels(layer))
             if feedback is None:
                 output = original(*args, **kwargs)
+            elif recurrent_transports.is_recurrent(layer):
+                # Crossed at every step, inside the layer's own loop.
+                with recurrent_transports.through_time(layer, feedback):
+                    output = original(*args, **kwargs)
             else:
                 frame = {"x": x, "feedback": tuple(feedback), "used": False}
                 self.frames.setdefault(key, []).append(frame)

@@ -18,12 +18,14 @@ own local one, given the signal that reaches its output.
 import abc
 import difflib
 import inspect
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from credit import _keras_compat as compat
+from credit import recurrent_transports
 from credit.graph import GraphError, size_of
 
 
@@ -646,9 +648,25 @@ def hidden_points(graph, points, argument="points"):
 
 def transported_layers(graph, layers=None):
     """The layers a transport method crosses: ``layers`` checked, or by default every
-    layer with a transport whose input gradient is used."""
+    layer with a transport whose input gradient is used, and every recurrent layer (its
+    recurrent kernel is crossed at every step through time, whatever lies below it).
+
+    A recurrent layer with an option that has no transport through time is left out of
+    the default, with a warning that names it and the option (its kernels are then
+    crossed with the true W, by backpropagation through time).
+    """
     if layers is None:
-        return [n for n in graph.transportable if graph.needs_input_gradient(n)]
+        for node in graph.units:
+            layer = node.layer
+            if recurrent_transports.covered_type(layer) and layer.trainable_weights:
+                reason = recurrent_transports.refusal(layer)
+                if reason is not None:
+                    warnings.warn(
+                        f"layer {layer.name!r} ({type(layer).__name__}) is crossed with its "
+                        f"true kernels (backpropagation through time): {reason}.",
+                        UserWarning, stacklevel=3)
+        return [n for n in graph.transportable if graph.needs_input_gradient(n)
+                or recurrent_transports.is_recurrent(graph.layers[n])]
     names = []
     for name in layers:
         if name not in graph.layers:

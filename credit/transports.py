@@ -13,7 +13,10 @@ VJP of the layer's call with respect to its input (the tests check this for ever
 type, padding and dilation).
 
 Supported: Dense, EinsumDense, Conv1D/2D/3D (every padding, causal included, and
-dilation), Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, SeparableConv1D/2D.
+dilation), Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, SeparableConv1D/2D. Recurrent
+layers (SimpleRNN, GRU, LSTM, alone or in a Bidirectional) have two kernels per cell,
+the input and the recurrent one, crossed at every step through time: they have no
+single linear op here; :mod:`credit.recurrent_transports` crosses them.
 
 Example:
     >>> layer = keras.layers.Conv1D(4, 3, padding="causal")     # doctest: +SKIP
@@ -23,6 +26,8 @@ Example:
 import keras
 import tensorflow as tf
 from keras import ops
+
+from credit import recurrent_transports
 
 _L = keras.layers
 _CONV = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
@@ -46,23 +51,40 @@ TYPES = tuple(t for types, _ in KERNELS for t in types)
 
 
 def supports(layer):
-    """Whether ``layer`` is of a type with an adjoint (a transport can replace its kernel)."""
-    return isinstance(layer, TYPES)
+    """Whether a transport can replace ``layer``'s kernels: a layer type with an adjoint,
+    or a recurrent layer whose kernels are crossed through time."""
+    return isinstance(layer, TYPES) or recurrent_transports.supports(layer)
 
 
 def kernel_names(layer):
-    """The names of the kernels the transport of ``layer`` replaces, e.g. ``("kernel",)``."""
+    """The names of the kernels the transport of ``layer`` replaces, e.g. ``("kernel",)``
+    (``("kernel", "recurrent_kernel")`` for a recurrent layer, on its cell)."""
     for types, names in KERNELS:
         if isinstance(layer, types):
             return names
+    if recurrent_transports.covered_type(layer):
+        reason = recurrent_transports.refusal(layer)
+        if reason is None:
+            return recurrent_transports.kernel_names(layer)
+        raise ValueError(
+            f"layer {layer.name!r} ({type(layer).__name__}) has no transport through "
+            f"time: {reason}. Or leave it out of the method's layers= (its input and "
+            "recurrent kernels are then crossed with the true W, by backpropagation "
+            "through time).")
     raise TypeError(
         f"layer {layer.name!r} ({type(layer).__name__}) has no transport: credit has "
-        f"adjoints for {', '.join(sorted({t.__name__ for t in TYPES}))}. Its input "
-        "gradient is the true one; do not ask for a transport on it.")
+        f"adjoints for {', '.join(sorted({t.__name__ for t in TYPES}))}, and crosses the "
+        "kernels of SimpleRNN, GRU and LSTM layers (and RNN layers over their cells) "
+        "through time. Its input gradient is the true one; do not ask for a transport "
+        "on it.")
 
 
 def kernels(layer):
-    """The layer's current kernels (with LoRA, the effective kernels), as a tuple."""
+    """The layer's current kernels (with LoRA, the effective kernels), as a tuple; for a
+    recurrent layer each cell's input and recurrent kernel."""
+    if recurrent_transports.is_recurrent(layer):
+        kernel_names(layer)  # the explanatory error for what is not covered
+        return recurrent_transports.kernels(layer)
     return tuple(getattr(layer, name) for name in kernel_names(layer))
 
 
@@ -75,6 +97,8 @@ def fan_in(layer, kernel_index=0):
     multiplier of a depthwise one). The default scale of the feedback matrices,
     ``1/sqrt(fan_in)``, keeps a signal's size across the transport.
     """
+    if recurrent_transports.is_recurrent(layer):
+        return recurrent_transports.fan_in(layer, kernel_index)
     shape = tuple(kernels(layer)[kernel_index].shape)
     if isinstance(layer, _L.Dense):
         return int(shape[-1])
@@ -120,6 +144,7 @@ def linear(layer, x, kernels_):
     This mirrors the first line of each layer type's ``call``, with the layer's own
     strides, padding, dilation and data format.
     """
+    _not_recurrent(layer)
     if isinstance(layer, _L.Dense):
         return ops.matmul(x, kernels_[0])
     if isinstance(layer, _L.EinsumDense):
@@ -148,6 +173,14 @@ def linear(layer, x, kernels_):
     raise AssertionError("unreachable")
 
 
+def _not_recurrent(layer):
+    if recurrent_transports.is_recurrent(layer):
+        raise TypeError(
+            f"layer {layer.name!r} ({type(layer).__name__}) has no transport as one linear "
+            "op: its kernels are crossed at every step through time, inside its call "
+            "(credit.recurrent_transports.through_time).")
+
+
 def _einsum_adjoint(equation):
     """``"out,kernel->x"`` for ``"x,kernel->out"``, when every axis of x is in out or in
     the kernel (else None: an axis summed within x alone needs the generic VJP)."""
@@ -170,6 +203,7 @@ def adjoint(layer, g, x, kernels_):
         x: the layer's input (only its shape and dtype are used).
         kernels_: the kernels to cross with, shaped like the layer's own.
     """
+    _not_recurrent(layer)
     kernels_ = tuple(tf.cast(k, g.dtype) for k in kernels_)
     if isinstance(layer, _L.Dense):
         return tf.tensordot(g, kernels_[0], [[-1], [1]])

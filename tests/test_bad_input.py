@@ -160,8 +160,9 @@ def residual():
 
 @functools.lru_cache(maxsize=None)
 def rnn():
-    model = credit.Sequential([keras.Input((3, 4)), keras.layers.SimpleRNN(4, name="rnn"),
-                               keras.layers.Dense(2)], name="with_rnn")
+    # A recurrent layer over a cell without a transport (SimpleRNN, GRU and LSTM have one).
+    model = credit.Sequential([keras.Input((3, 4, 1)), keras.layers.ConvLSTM1D(2, 2, name="rnn"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)], name="with_rnn")
     model.compile(loss="mse")
     return model
 
@@ -306,7 +307,7 @@ CASES = [
                  r"its layers with a transport: \['h1', 'h2', 'out'\]"),
     ("layers names a layer without a transport",
      lambda: rnn().compile(loss="mse", method={"name": "fa", "layers": ["rnn"]}), TypeError,
-     r"layer 'rnn' \(SimpleRNN\) has no transport: credit has adjoints for .*Dense"),
+     r"layer 'rnn' \(ConvLSTM1D\) has no transport: credit has adjoints for .*Dense"),
     ("probability outside [0, 1]", get(name="sg", update_probability=1.5), ValueError,
      r"update_probability must be a number in \[0, 1\] .*got 1\.5"),
     ("unknown synthesizer kind", get(name="sg", synthesizer="cnn"), ValueError,

@@ -600,9 +600,9 @@ def test_backprop_trains_any_model(classification_data):
 
 
 def test_transport_on_a_layer_type_without_one_is_refused():
-    model = credit.Sequential([keras.Input((5, 4)), keras.layers.SimpleRNN(4, name="rnn"),
-                               keras.layers.Dense(2)])
-    with pytest.raises(TypeError, match="layer 'rnn' \\(SimpleRNN\\) has no transport"):
+    model = credit.Sequential([keras.Input((5, 4, 1)), keras.layers.ConvLSTM1D(2, 2, name="rnn"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="layer 'rnn' \\(ConvLSTM1D\\) has no transport"):
         model.compile(loss="mse", method={"name": "fa", "layers": ["rnn"]})
     model.compile(loss="mse", method="fa")
     table = credit.summary(model).set_index("layer")

@@ -173,8 +173,8 @@ def test_adjoint_of_a_lora_layer_uses_its_effective_kernel():
 
 
 def test_a_layer_type_without_a_transport_is_named():
-    with pytest.raises(TypeError, match="'lstm' \\(LSTM\\) has no transport.*Dense"):
-        transports.kernel_names(L.LSTM(3, name="lstm"))
+    with pytest.raises(TypeError, match="'lstm' \\(ConvLSTM1D\\) has no transport.*Dense"):
+        transports.kernel_names(L.ConvLSTM1D(3, 2, name="lstm"))
 
 
 # -- the graph: blocks and points of real architectures -----------------------------------
@@ -217,7 +217,8 @@ def test_blocks_of_a_transformer_gru_and_subclassed_model():
     assert [[l.name for l in b.layers] for b in model.method.graph.blocks] == [
         ["gru"], ["hidden"], ["head"]]
     assert model.method.graph.is_chain()
-    assert list(model.method.transported) == ["hidden", "head"]
+    # The GRU is the first layer, but its recurrent kernel is crossed at every step.
+    assert list(model.method.transported) == ["gru", "hidden", "head"]
 
 
 def test_points_by_name_on_a_residual_block_and_errors_that_name_the_layer():
@@ -378,7 +379,8 @@ def test_summary_lists_the_rule_of_every_layer():
     gru_model = gru()
     gru_model.compile(loss="sparse_categorical_crossentropy", method="fa")
     table = credit.summary(gru_model).set_index("layer")
-    assert table.loc["gru", "transport"].startswith("BPTT inside")
+    assert table.loc["gru", "transport"] == ("B (fixed random, shaped like W), at every step "
+                                             "through time (input and recurrent kernels)")
     assert str(credit.summary(gru_model)).count("gru") >= 1
 
 

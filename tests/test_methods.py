@@ -143,10 +143,10 @@ def test_config_round_trip_and_bad_options():
 
 
 def test_transport_on_a_layer_without_one_and_drtp_on_two_outputs_say_why():
-    model = credit.Sequential([keras.Input((5, 4)), keras.layers.SimpleRNN(4, name="rnn"),
-                               keras.layers.Dense(2)])
+    model = credit.Sequential([keras.Input((5, 4, 1)), keras.layers.ConvLSTM1D(2, 2, name="rnn"),
+                               keras.layers.Flatten(), keras.layers.Dense(2)])
     for name in TRANSPORTS:
-        with pytest.raises(TypeError, match="layer 'rnn' \\(SimpleRNN\\) has no transport"):
+        with pytest.raises(TypeError, match="layer 'rnn' \\(ConvLSTM1D\\) has no transport"):
             model.compile(loss="mse", method={"name": name, "layers": ["rnn"]})
         with pytest.raises(GraphError, match="'nope', which is not a layer"):
             model.compile(loss="mse", method={"name": name, "layers": ["nope"]})

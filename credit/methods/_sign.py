@@ -10,6 +10,8 @@ layer's kernel, whose layout differs from PyTorch's:
 layer (Keras kernel)    fan_in                          fan_out
 ======================  ==============================  ==============================
 Dense ``(in, out)``     ``in``                          ``out``
+RNN kernels             ``in`` (input or state size)    ``gates * units``
+``(in, gates * units)``
 ConvND                  ``in * prod(k)``                ``out * prod(k)``
 ``(k..., in, out)``
 ConvNDTranspose         ``filters * prod(k)``           ``in * prod(k)``
@@ -32,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from credit import transports
+from credit import recurrent_transports, transports
 
 _L = keras.layers
 _DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
@@ -50,7 +52,9 @@ def torch_fans(layer, kernel_index=0):
     """``(fan_in, fan_out)`` of a layer's kernel as PyTorch computes them (see above)."""
     kernel = transports.kernels(layer)[kernel_index]
     shape = tuple(int(d) for d in kernel.shape)
-    if isinstance(layer, _L.Dense):
+    if isinstance(layer, _L.Dense) or recurrent_transports.is_recurrent(layer):
+        # A recurrent kernel (in, gates * units) is PyTorch's weight_ih / weight_hh
+        # (gates * units, in): the Dense rule.
         return shape[0], shape[1]
     if isinstance(layer, _L.EinsumDense):
         eq = layer.equation.replace(" ", "")

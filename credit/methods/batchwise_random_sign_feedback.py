@@ -37,7 +37,8 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
         seed: seed of the draws (None: drawn from numpy's global state, then kept in
             the method's state).
         layers: names of the layers to cross (default: every Dense, EinsumDense and
-            convolution whose input gradient is used).
+            convolution whose input gradient is used, and every recurrent layer: its
+            input and recurrent kernels, at every step).
 
     Attributes:
         step: the number of training steps taken (a non-trainable int64 variable).

@@ -17,9 +17,12 @@ class FeedbackAlignment(ErrorSignal):
     (activation, normalisation, pooling derivatives, residual additions) is the true
     one, and each layer's weight gradient is its own local one. Removes weight transport.
 
-    Layers whose input gradient nothing uses (the first layer) get no matrix. Recurrent
-    layers are crossed with their true weights (backpropagation through time inside);
-    ``credit.summary`` lists what each layer trains with.
+    Layers whose input gradient nothing uses (the first layer) get no matrix. Inside a
+    SimpleRNN, GRU or LSTM layer (also Bidirectional, stacked) the input kernel and the
+    recurrent kernel each have their own ``B``, crossed at every step of the backward
+    pass through time (``credit.recurrent_transports``); such a layer gets its two
+    matrices even as the first layer. ``credit.summary`` lists what each layer trains
+    with.
 
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
@@ -27,11 +30,14 @@ class FeedbackAlignment(ErrorSignal):
             number of terms each backward sum has (units of a Dense layer; kernel size
             x filters / groups of a convolution; see ``credit.transports.fan_in``).
         layers: names of the layers to cross with feedback matrices (default: every
-            Dense, EinsumDense and convolution whose input gradient is used).
+            Dense, EinsumDense and convolution whose input gradient is used, and every
+            recurrent layer).
 
     Attributes:
         feedback_matrices: dict from layer name to its non-trainable ``B`` (shaped like
-            the kernel; a (depthwise, pointwise) pair for separable convolutions).
+            the kernel; a (depthwise, pointwise) pair for separable convolutions; an
+            (input, recurrent) pair per cell for a recurrent layer, in the order of
+            ``credit.transports.kernel_names``).
 
     Example:
         >>> model.compile(optimizer="adam", loss="mse", method="fa")  # doctest: +SKIP

@@ -29,7 +29,8 @@ class FixedRandomSignFeedback(ErrorSignal):
     Args:
         seed: seed of the magnitudes (None: drawn from numpy's global state).
         layers: names of the layers to cross (default: every Dense, EinsumDense and
-            convolution whose input gradient is used).
+            convolution whose input gradient is used, and every recurrent layer: its
+            input and recurrent kernels, at every step).
 
     Attributes:
         magnitudes: dict from layer name to its non-trainable ``|M|`` (shaped like the

@@ -71,7 +71,8 @@ class KolenPollack(ErrorSignal):
             d the number of terms each backward sum has, as feedback alignment's: with
             the same seed, ``B`` starts as feedback alignment's ``B``.
         layers: names of the layers to cross with feedback matrices (default: every
-            Dense, EinsumDense and convolution whose input gradient is used).
+            Dense, EinsumDense and convolution whose input gradient is used, and every
+            recurrent layer: its input and recurrent kernels, at every step).
         weight_decay: ``B``'s weight decay, see above (None: the model optimizer's).
         learning_rate: the learning rate of the SGD used when the model has no
             optimizer; unused otherwise.

@@ -34,7 +34,8 @@ class SignSymmetry(ErrorSignal):
         scale: ``s`` for every layer, in place of the Glorot standard deviation
             (``scale=1`` is plain ``sign(W)``, Liao et al.'s form).
         layers: names of the layers to cross with signs (default: every Dense,
-            EinsumDense and convolution whose input gradient is used).
+            EinsumDense and convolution whose input gradient is used, and every
+            recurrent layer: its input and recurrent kernels, at every step).
 
     Attributes:
         scales: dict from layer name to its ``s`` (a tuple of two for a separable
