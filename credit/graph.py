@@ -24,6 +24,7 @@ replicas (``tf.distribute``) and other uses of the same layers are not disturbed
 """
 
 import threading
+import warnings
 
 import keras
 import tensorflow as tf
@@ -145,6 +146,38 @@ class Block:
         return f"Block({self.index}: {', '.join(l.name for l in self.layers)})"
 
 
+class Residual:
+    """A residual merge: an addition of paths that split earlier (one of them a skip).
+
+    Found from the graph, not from layer names: an ``Add`` or ``Average`` layer, or an
+    addition op between layers (``x + f(x)`` in a ``call`` or a functional model),
+    whose inputs share an ancestor (a unit or the model input).
+
+    Attributes:
+        merge: the name of the merging layer, or of the addition op's output tensor.
+        region: indices of the unit calls on the merged paths after they split (the
+            residual branch, and a projection shortcut if there is one).
+        exit: the call where the stream leaves the residual block: the merge layer, or
+            the layer that an addition op feeds, followed through the normalisation,
+            activation and dropout layers after it on a single path. None when no
+            layer's output is the stream (an addition op whose result several layers
+            read, as in a pre-norm block written ``x = x + f(norm(x))``).
+    """
+
+    def __init__(self, merge, region, exit):
+        self.merge = merge
+        self.region = frozenset(region)
+        self.exit = exit
+
+    @property
+    def point(self):
+        """The point on the stream after this block (a layer name), or None."""
+        return None if self.exit is None else self.exit.point
+
+    def __repr__(self):
+        return f"Residual({self.merge} -> {self.point})"
+
+
 class Graph:
     """What :func:`analyse` learns of a model. Read-only.
 
@@ -152,6 +185,8 @@ class Graph:
         model: the model.
         nodes: every recorded layer call (units and containers), in call order.
         blocks: the model's blocks, in topological order.
+        residuals: the model's residual merges (:class:`Residual`), in call order:
+            where :meth:`stream_points` puts the default points.
         layers: dict from name to layer, for every layer of the model (recursively).
         transportable: names of the layers a transport can cross (Dense, Conv, ...),
             outside recurrent layers.
@@ -208,6 +243,7 @@ class Graph:
                     self._producer[t.name] = node.index
         self._connect_units()
         self._cut_blocks()
+        self._find_residuals()
         self._find_logits()
 
     # -- public queries ----------------------------------------------------------------
@@ -439,6 +475,51 @@ class Graph:
             found.update(point_out[t] for t in start if t in point_out)
         return self.order(found), loss
 
+    def stream_points(self):
+        """The default points: on the residual stream, and on blocks outside residuals.
+
+        One point where the stream leaves each residual block (:attr:`residuals`,
+        after the merge and the normalisation or activation that follows it), none on
+        the blocks inside a residual block's branches (they learn from the point above
+        them through their own true gradient), and one on every other hidden block (a
+        plain chain keeps a point per block; so do a ResNet's stem and the layers
+        between stages). A residual whose stream is no layer's output keeps the points
+        of its branch blocks, with a warning. Points that would sit where the output
+        is reached through parameter-free layers are left out: the loss's own gradient
+        arrives there.
+        """
+        inside, orphans = set(), []
+        for r in self.residuals:
+            if r.exit is not None:
+                inside |= r.region
+            else:
+                orphans.append(r)
+        points = [b.point for b in self.hidden_blocks
+                  if not any(n.index in inside for n in b.nodes)]
+        points += [r.point for r in self.residuals
+                   if r.exit is not None and r.exit.index not in self._output_side]
+        kept = [r for r in orphans
+                if any(not b.is_output and b.nodes[0].index in r.region
+                       and b.nodes[0].index not in inside for b in self.blocks)]
+        if kept:
+            warnings.warn(
+                f"model {self.model.name!r}: the residual addition(s) "
+                f"{', '.join(r.merge for r in kept)} are no layer's output, so no feedback "
+                "point can sit on the stream there; the blocks on their branches keep "
+                "points of their own. Merge with keras.layers.Add() (or put a layer on "
+                "the sum) to have a point on the stream, or name the points with at=[...].",
+                stacklevel=3)
+        return self.order(dict.fromkeys(points))
+
+    def points(self, placement="stream"):
+        """The default points of a point method: ``"stream"`` (see
+        :meth:`stream_points`) or ``"blocks"`` (every hidden block's output)."""
+        if placement == "blocks":
+            return self.order([block.point for block in self.hidden_blocks])
+        if placement == "stream":
+            return self.stream_points()
+        raise GraphError(f"placement must be 'stream' or 'blocks'; got {placement!r}.")
+
     def is_chain(self):
         """Whether the blocks form one chain: each feeds only the next, no merges."""
         units = self.units
@@ -529,6 +610,96 @@ class Graph:
                 continue
             stack.extend(by_index[i].upstream)
         self.blocks = blocks
+        # Units outside blocks that reach the model output through such units only: a
+        # point there would stand in for the loss's own gradient.
+        self._output_side = {i for i in seen if i not in block_of}
+
+    # Ops that add their inputs: a residual merge written as ``x + f(x)``.
+    _ADD_OPS = ("AddV2", "Add", "AddN")
+
+    def _find_residuals(self):
+        """Fill :attr:`residuals`: the additive merges of paths that split earlier."""
+        by_index = {n.index: n for n in self.nodes}
+        ancestors = {}  # unit index -> itself, its ancestors, -1 for the model input
+        for node in self.units:
+            a = {node.index}
+            for u in node.upstream:
+                a |= ancestors[u]
+            if node.from_input:
+                a.add(-1)
+            ancestors[node.index] = a
+
+        def reach(tensor):  # a merge input's units and their ancestors
+            nodes, from_input = self._producers(tensor)
+            a = {-1} if from_input else set()
+            for u in nodes:
+                a |= ancestors[u]
+            return a
+
+        def residual(merge, inputs, start):
+            sets = [reach(t) for t in inputs]
+            if len(sets) < 2 or not set.intersection(*sets):
+                return None  # no skip: the paths never split (a position table, say)
+            region = set.union(*sets) - set.intersection(*sets) - {-1}
+            exit = None if start is None else self._follow_stream(start, by_index)
+            return Residual(merge, region, exit)
+
+        found = []
+        for node in self.units:
+            if isinstance(node.layer, (_L.Add, _L.Average)) and node.inputs > 1:
+                r = residual(node.point, node.input_tensors, node)
+                if r is not None:
+                    found.append((node.index, r))
+        # Additions between layers: which units (or the model output) read each sum.
+        readers, sums = {}, {}
+        for node in self.units:
+            for t in self._between(node.input_tensors):
+                if t.op.type in self._ADD_OPS:
+                    readers.setdefault(t.name, set()).add(node.index)
+                    sums[t.name] = t
+        for t in self._between(self._outputs):
+            if t.op.type in self._ADD_OPS:
+                readers.setdefault(t.name, set()).add(None)
+                sums[t.name] = t
+        for name, t in sums.items():
+            start = None
+            if len(readers[name]) == 1 and None not in readers[name]:
+                (i,) = readers[name]
+                if by_index[i].inputs == 1 and isinstance(by_index[i].layer, _STREAM_LAYERS):
+                    start = by_index[i]
+            r = residual(name.split(":")[0], list(t.op.inputs), start)
+            if r is not None:
+                before = min(readers[name] - {None}, default=len(self.nodes))
+                found.append((before - 0.5, r))
+        self.residuals = [r for _, r in sorted(found, key=lambda x: x[0])]
+
+    def _follow_stream(self, node, by_index):
+        """From ``node``, on through the normalisation, activation and dropout layers
+        that alone read its output: the call where the stream leaves."""
+        while node.index not in self._output_producers:
+            readers = self._consumers[node.index]
+            if len(readers) != 1:
+                break
+            nxt = by_index[readers[0]]
+            if (nxt.inputs != 1 or nxt.upstream != {node.index} or nxt.from_input
+                    or not isinstance(nxt.layer, _STREAM_LAYERS)):
+                break
+            node = nxt
+        return node
+
+    def _between(self, tensors):
+        """The tensors between layers behind ``tensors``: reached backwards through ops,
+        not past a unit's output or a model input."""
+        out, seen, stack = [], set(), list(tensors)
+        while stack:
+            t = stack.pop()
+            if t.name in seen or t.name in self._producer or t.name in self._inputs:
+                continue
+            seen.add(t.name)
+            out.append(t)
+            if t.op.type not in _NO_GRADIENT_OPS:
+                stack.extend(i for i in t.op.inputs if _differentiable(i))
+        return out
 
     def _find_logits(self):
         self.output_squashing = []
@@ -600,6 +771,13 @@ def _own_weights(layer):
     inner = {id(w) for sub in compat.sublayers(layer) for w in sub.weights}
     return [w for w in layer.weights if id(w) not in inner]
 
+
+#: Layers that the residual stream passes through after a merge on its way out of a
+#: residual block: normalisation, activation, dropout and noise.
+_STREAM_LAYERS = NORMALIZATION + (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU,
+                                  _L.Dropout, _L.AlphaDropout, _L.GaussianDropout,
+                                  _L.GaussianNoise, _L.SpatialDropout1D,
+                                  _L.SpatialDropout2D, _L.SpatialDropout3D, _L.Identity)
 
 #: Parameter-free layers that only move values around: an output's logits are looked
 #: for behind them.

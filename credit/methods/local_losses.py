@@ -7,7 +7,7 @@ import tensorflow as tf
 from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register
-from credit.signal import ErrorSignal, hidden_points, output_units
+from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
 
 LOSSES = ("pred", "sim", "predsim")
 HEADS = ("linear", "mlp", "dgl")
@@ -206,7 +206,8 @@ class LocalLosses(ErrorSignal):
         super().__init__(seed=seed)
         self.loss = sg.choice("loss", loss, LOSSES)
         self.head = sg.choice("head", head, HEADS)
-        self.at = sg.indices("at", at)
+        # "stream" and "blocks" name a placement (see credit.signal.hidden_points).
+        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
         if not sg.is_real(beta) or not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"beta must be a number in [0, 1] (the weight of the "
                              f"similarity loss in 'predsim'); got {beta!r}.")
