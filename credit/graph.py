@@ -13,7 +13,10 @@ From the record it derives:
   inside) and attention layers (their projections still get transports).
 - **blocks**: a weighted unit and the parameter-free or normalisation units after it on a
   single path, up to a branch, a merge or the next weighted unit. A block's last layer is
-  where its feedback point goes by default.
+  where its feedback point goes (``at="blocks"``).
+- **residuals**: additions of paths that split earlier (a skip path), and where the
+  stream leaves each: the default feedback points go there, not on the blocks of the
+  residual branches (:meth:`Graph.stream_points`).
 - **connectivity** between feedback points: which points feed which, and which reach the
   model output without crossing another point.
 
@@ -276,7 +279,7 @@ class Graph:
 
     @property
     def hidden_blocks(self):
-        """The blocks that are not output blocks: the default places for points."""
+        """The blocks that are not output blocks: where ``at="blocks"`` puts points."""
         return [b for b in self.blocks if not b.is_output]
 
     def needs_input_gradient(self, name):
@@ -620,27 +623,35 @@ class Graph:
     def _find_residuals(self):
         """Fill :attr:`residuals`: the additive merges of paths that split earlier."""
         by_index = {n.index: n for n in self.nodes}
-        ancestors = {}  # unit index -> itself, its ancestors, -1 for the model input
+
+        def sources(tensor):  # the units and model inputs right behind ``tensor``
+            hits, _ = _walk([tensor], lambda t: t.name in self._producer
+                            or t.name in self._inputs)
+            return {self._producer.get(t.name, t.name) for t in hits}
+
+        # unit index -> itself and its ancestors: units, and model inputs by name
+        ancestors = {}
         for node in self.units:
             a = {node.index}
-            for u in node.upstream:
-                a |= ancestors[u]
-            if node.from_input:
-                a.add(-1)
+            for t in node.input_tensors:
+                for u in sources(t):
+                    a |= ancestors.get(u, {u})
             ancestors[node.index] = a
 
-        def reach(tensor):  # a merge input's units and their ancestors
-            nodes, from_input = self._producers(tensor)
-            a = {-1} if from_input else set()
-            for u in nodes:
-                a |= ancestors[u]
+        def reach(tensor):  # a merge input's units and inputs, and their ancestors
+            a = set()
+            for u in sources(tensor):
+                a |= ancestors.get(u, {u})
             return a
 
         def residual(merge, inputs, start):
             sets = [reach(t) for t in inputs]
             if len(sets) < 2 or not set.intersection(*sets):
                 return None  # no skip: the paths never split (a position table, say)
-            region = set.union(*sets) - set.intersection(*sets) - {-1}
+            region = {i for i in set.union(*sets) - set.intersection(*sets)
+                      if isinstance(i, int)}
+            if not region:
+                return None  # the same tensor twice, or two outputs of one layer
             exit = None if start is None else self._follow_stream(start, by_index)
             return Residual(merge, region, exit)
 

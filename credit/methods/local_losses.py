@@ -149,7 +149,8 @@ class LocalLosses(ErrorSignal):
     Neural Networks with Local Error Signals", ICML; Belilovsky, Eickenberg & Oyallon
     2020, "Decoupled Greedy Learning of CNNs", ICML).
 
-    Rule: a feedback point at every hidden block output ``h_p`` (or at ``at=``), each
+    Rule: a feedback point at every hidden block output ``h_p`` (on a residual model,
+    where the stream leaves each residual block; or at ``at=``), each
     with an auxiliary head ``A_p``. The signal at the point is the gradient of a local
     loss through the head, ``delta_p = d L_p(A_p(h_p), y) / d h_p``; the backward pass
     is cut at every point, so nothing crosses below a point (each block learns from its
@@ -171,7 +172,9 @@ class LocalLosses(ErrorSignal):
         seed: seed of the heads' initial weights (None: from numpy's global state).
         loss: ``"pred"``, ``"sim"`` or ``"predsim"``.
         head: ``"linear"``, ``"mlp"`` or ``"dgl"`` (see :class:`LocalHead`).
-        at: layer names or block indices of the points (default: every hidden block).
+        at: layer names or block indices of the points, or ``"stream"`` (the default,
+            also None: one where the residual stream leaves each residual block, one at
+            every other hidden block) or ``"blocks"`` (every hidden block).
         beta: the weight of the similarity loss in ``"predsim"``.
         hidden_units: widths of an ``"mlp"`` head's hidden layers.
         max_features: spatial block outputs are average-pooled to at most this many

@@ -69,7 +69,10 @@ class SyntheticGradients(ErrorSignal):
             used as it is.
         target: ``"bootstrap"`` or ``"true"``, see above.
         at: layer names, or block indices (negative ones count from the end), whose
-            outputs carry a synthesizer. Default: every hidden block's output. It may
+            outputs carry a synthesizer; or ``"stream"`` (the default, also None: one
+            where the residual stream leaves each residual block, one at every other
+            hidden block's output) or ``"blocks"`` (every hidden block's output,
+            residual branches included). It may
             include the output block (``-1``): the synthesizer then replaces the loss
             gradient at the model output (the
             linear-regression setting of the paper's convergence theorem; for a softmax
