@@ -40,6 +40,10 @@ _L = keras.layers
 COMPOSITE = tuple(t for t in (_L.RNN, _L.Bidirectional, _L.MultiHeadAttention,
                               getattr(_L, "GroupedQueryAttention", None)) if t is not None)
 RECURRENT = (_L.RNN, _L.Bidirectional)
+#: Attention layers: a residual with one on its branch and the residual after it make
+#: one transformer block (one point by default).
+ATTENTION = tuple(t for t in (_L.MultiHeadAttention, getattr(_L, "GroupedQueryAttention", None),
+                              _L.Attention, _L.AdditiveAttention) if t is not None)
 #: Layers with weights that join the block before them instead of starting one.
 NORMALIZATION = tuple(t for t in (_L.BatchNormalization, _L.LayerNormalization,
                                   _L.GroupNormalization, _L.UnitNormalization,
@@ -165,12 +169,20 @@ class Residual:
             activation and dropout layers after it on a single path. None when no
             layer's output is the stream (an addition op whose result several layers
             read, as in a pre-norm block written ``x = x + f(norm(x))``).
+        attention: whether an attention layer is on the branch.
     """
 
     def __init__(self, merge, region, exit):
         self.merge = merge
         self.region = frozenset(region)
         self.exit = exit
+        self.skips = []  # per merge input, the units (and model inputs) right behind it
+        self.attention = False  # whether an attention layer is on its branch
+
+    def continues(self, other):
+        """Whether this residual's skip starts where ``other``'s stream leaves."""
+        return other.exit is not None and any(
+            s == {other.exit.index} for s in self.skips)
 
     @property
     def point(self):
@@ -478,7 +490,7 @@ class Graph:
             found.update(point_out[t] for t in start if t in point_out)
         return self.order(found), loss
 
-    def stream_points(self):
+    def stream_points(self, joined=True):
         """The default points: on the residual stream, and on blocks outside residuals.
 
         One point where the stream leaves each residual block (:attr:`residuals`,
@@ -486,10 +498,18 @@ class Graph:
         the blocks inside a residual block's branches (they learn from the point above
         them through their own true gradient), and one on every other hidden block (a
         plain chain keeps a point per block; so do a ResNet's stem and the layers
-        between stages). A residual whose stream is no layer's output keeps the points
-        of its branch blocks, with a warning. Points that would sit where the output
-        is reached through parameter-free layers are left out: the loss's own gradient
-        arrives there.
+        between stages).
+
+        With ``joined``, a transformer block is one residual block: a residual with
+        attention on its branch whose stream goes straight into the next residual
+        (the feed-forward sublayer, or a decoder's cross-attention) gets no point of
+        its own, so a transformer block has one point, after its last merge and
+        normalisation, as in LightOn's DFA transformers (their "macro" placement).
+
+        A residual whose stream is no layer's output keeps the points of its branch
+        blocks, with a warning. Points that would sit where the output is reached
+        through parameter-free layers are left out: the loss's own gradient arrives
+        there.
         """
         inside, orphans = set(), []
         for r in self.residuals:
@@ -499,8 +519,13 @@ class Graph:
                 orphans.append(r)
         points = [b.point for b in self.hidden_blocks
                   if not any(n.index in inside for n in b.nodes)]
-        points += [r.point for r in self.residuals
-                   if r.exit is not None and r.exit.index not in self._output_side]
+        for r in self.residuals:
+            if r.exit is None or r.exit.index in self._output_side:
+                continue
+            if joined and r.attention and any(
+                    q.exit is not None and q.continues(r) for q in self.residuals):
+                continue  # one point per transformer block, after its last sublayer
+            points.append(r.point)
         kept = [r for r in orphans
                 if any(not b.is_output and b.nodes[0].index in r.region
                        and b.nodes[0].index not in inside for b in self.blocks)]
@@ -515,13 +540,22 @@ class Graph:
         return self.order(dict.fromkeys(points))
 
     def points(self, placement="stream"):
-        """The default points of a point method: ``"stream"`` (see
-        :meth:`stream_points`) or ``"blocks"`` (every hidden block's output)."""
+        """The points of a named placement (see ``at=`` of the point methods).
+
+        ``"stream"``: :meth:`stream_points`, one point per residual block (a
+        transformer block counting as one); ``"residuals"``: one point after every
+        residual merge (a transformer block's attention and feed-forward sublayers
+        each get one); ``"blocks"``: every hidden block's output, residual branches
+        included.
+        """
         if placement == "blocks":
             return self.order([block.point for block in self.hidden_blocks])
         if placement == "stream":
             return self.stream_points()
-        raise GraphError(f"placement must be 'stream' or 'blocks'; got {placement!r}.")
+        if placement == "residuals":
+            return self.stream_points(joined=False)
+        raise GraphError(f"placement must be 'stream', 'residuals' or 'blocks'; got "
+                         f"{placement!r}.")
 
     def is_chain(self):
         """Whether the blocks form one chain: each feeds only the next, no merges."""
@@ -653,7 +687,10 @@ class Graph:
             if not region:
                 return None  # the same tensor twice, or two outputs of one layer
             exit = None if start is None else self._follow_stream(start, by_index)
-            return Residual(merge, region, exit)
+            r = Residual(merge, region, exit)
+            r.skips = [frozenset(sources(t)) for t in inputs]
+            r.attention = any(isinstance(by_index[i].layer, ATTENTION) for i in region)
+            return r
 
         found = []
         for node in self.units:

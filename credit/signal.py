@@ -628,9 +628,10 @@ def project(v, matrices, trace):
 
 
 #: The named placements of a point method's ``at=``: ``"stream"`` (the default: one point
-#: where the stream leaves each residual block, one per block elsewhere) and ``"blocks"``
+#: where the stream leaves each residual block, a transformer block counting as one, and
+#: one per block elsewhere), ``"residuals"`` (after every residual merge) and ``"blocks"``
 #: (every hidden block's output, residual branches included).
-PLACEMENTS = ("stream", "blocks")
+PLACEMENTS = ("stream", "residuals", "blocks")
 
 
 def hidden_points(graph, points, argument="points"):
@@ -638,10 +639,11 @@ def hidden_points(graph, points, argument="points"):
 
     ``points`` is None or ``"stream"`` (the default placement: one point where the
     residual stream leaves each residual block, after its merge and the normalisation
-    or activation that follows it, and none on the blocks of its branches; a plain
+    or activation that follows it, a transformer block's attention and feed-forward
+    sublayers counting as one block, and none on the blocks of the branches; a plain
     chain keeps one point per block, see :meth:`credit.graph.Graph.stream_points`),
-    ``"blocks"`` (every hidden block's output, residual branches included), or layer
-    names and block indices.
+    ``"residuals"`` (one after every residual merge), ``"blocks"`` (every hidden
+    block's output, residual branches included), or layer names and block indices.
 
     A layer called several times (a shared encoder, a layer inside TimeDistributed) gets
     a point on each call, named ``"name:0"``, ``"name:1"``, ...; naming the layer in

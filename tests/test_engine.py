@@ -211,9 +211,9 @@ def test_blocks_of_a_transformer_gru_and_subclassed_model():
     model.compile(loss="sparse_categorical_crossentropy", method="dfa")
     assert [[l.name for l in b.layers] for b in model.method.graph.blocks] == [
         ["embed"], ["attention"], ["ff_1"], ["ff_2"], ["head"]]
-    # The default points: after the embedding and where the stream leaves each
-    # residual block (after its layer normalisation).
-    assert list(model.method.points) == ["embed", "ln_1", "ln_2"]
+    # The default points: after the embedding and where the stream leaves the
+    # transformer block (after its second layer normalisation).
+    assert list(model.method.points) == ["embed", "ln_2"]
     assert set(model.method.graph.transportable) >= {"ff_1", "ff_2", "head", "query", "key",
                                                      "value", "attention_output"}
 

@@ -1,9 +1,10 @@
 """Default feedback points on the residual stream (issue 15, item 3).
 
 Point methods put one point where the stream leaves each residual block (after its
-merge and the normalisation or activation that follows it), none on the blocks of the
-residual branches, and one per block elsewhere; ``at="blocks"`` is the earlier
-placement, every hidden block's output.
+merge and the normalisation or activation that follows it; a transformer block's
+attention and feed-forward sublayers count as one block), none on the blocks of the
+residual branches, and one per block elsewhere. ``at="residuals"`` puts one after every
+merge; ``at="blocks"`` is the earlier placement, every hidden block's output.
 """
 
 import keras
@@ -116,7 +117,10 @@ def test_preactivation_resnet_points_are_the_sums_and_the_final_activation():
 def test_post_norm_transformer_points_follow_each_layer_normalisation(add_layers):
     model = encoder(blocks=2, add_layers=add_layers)
     graph = analyse(model)
-    assert graph.points("stream") == ["embed", "ln1_0", "ln2_0", "ln1_1", "ln2_1"]
+    # One point per transformer block, after its second normalisation (LightOn's
+    # "macro" placement); one per residual merge with at="residuals".
+    assert graph.points("stream") == ["embed", "ln2_0", "ln2_1"]
+    assert graph.points("residuals") == ["embed", "ln1_0", "ln2_0", "ln1_1", "ln2_1"]
     assert graph.points("blocks") == ["embed", "mha_0", "ff1_0", "ff2_0", "mha_1",
                                       "ff1_1", "ff2_1"]
     regions = [sorted(graph.nodes[i].layer.name for i in r.region)
@@ -126,7 +130,8 @@ def test_post_norm_transformer_points_follow_each_layer_normalisation(add_layers
 
 def test_pre_norm_transformer_points_are_the_sums():
     graph = analyse(encoder(blocks=2, prenorm=True))
-    assert graph.points("stream") == ["embed", "add1_0", "add2_0", "add1_1", "final_ln"]
+    assert graph.points("stream") == ["embed", "add2_0", "final_ln"]
+    assert graph.points("residuals") == ["embed", "add1_0", "add2_0", "add1_1", "final_ln"]
     regions = [sorted(graph.nodes[i].layer.name for i in r.region)
                for r in graph.residuals]
     assert regions[0] == ["ln1_0", "mha_0"]
@@ -141,6 +146,18 @@ def test_pre_norm_sums_that_no_layer_returns_keep_branch_points_and_warn():
     with pytest.warns(UserWarning, match="no layer's output.*keras.layers.Add"):
         points = graph.points("stream")
     assert points == ["embed", "mha_0", "ff1_0", "ff2_0", "mha_1", "final_ln"]
+
+
+def test_an_attention_residual_keeps_its_point_unless_another_residual_follows():
+    inputs = keras.Input((4, 3))
+    x = L.Dense(8, name="embed")(inputs)
+    h = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    x = L.LayerNormalization(name="ln")(L.Add(name="add")([x, h]))
+    x = L.Dense(8, activation="relu", name="after")(x)  # no residual follows
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    graph = analyse(keras.Model(inputs, L.Dense(3, name="head")(x)))
+    # "after"'s block ends at the pooling.
+    assert graph.points("stream") == graph.points("residuals") == ["embed", "ln", "pool"]
 
 
 def test_chains_and_additions_without_a_skip_keep_a_point_per_block():
@@ -186,7 +203,7 @@ def test_point_methods_default_to_the_stream_and_take_at_blocks(method):
     model = credit.wrap(encoder(blocks=1))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   method={"name": method, "seed": 0})
-    assert list(model.method.points) == ["embed", "ln1_0", "ln2_0"]
+    assert list(model.method.points) == ["embed", "ln2_0"]
     assert model.method.get_config()["at"] is None
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   method={"name": method, "seed": 0, "at": "blocks"})
@@ -196,6 +213,9 @@ def test_point_methods_default_to_the_stream_and_take_at_blocks(method):
     assert credit.get(config).at == "blocks"
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   method={"name": method, "seed": 0, "at": "stream"})
+    assert list(model.method.points) == ["embed", "ln2_0"]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  method={"name": method, "seed": 0, "at": "residuals"})
     assert list(model.method.points) == ["embed", "ln1_0", "ln2_0"]
 
 
@@ -203,10 +223,9 @@ def test_summary_shows_the_stream_points():
     model = credit.wrap(encoder(blocks=1))
     model.compile(loss="sparse_categorical_crossentropy", method="dfa")
     table = credit.summary(model).set_index("layer")
-    assert table.loc["ln1_0", "signal"].startswith("point: e B_p")
     assert table.loc["ln2_0", "signal"].startswith("point: e B_p")
-    assert table.loc["ff1_0", "signal"] == "true gradient from point ln2_0"
-    assert table.loc["query", "signal"] == "true gradient from point ln1_0"
+    for name in ("ln1_0", "ff1_0", "query", "attention_output"):
+        assert table.loc[name, "signal"] == "true gradient from point ln2_0"
 
 
 def test_a_bad_placement_names_the_argument():
@@ -285,16 +304,18 @@ def test_digits_encoder_default_points_are_on_the_stream():
     graph = model.method.graph
     norms = [n for n, layer in graph.layers.items()
              if isinstance(layer, L.LayerNormalization)]
-    # After the positional encoding, then after each of the 4 layer normalisations.
+    # After the positional encoding, then after each block's second normalisation.
     assert len(norms) == 4
     points = list(model.method.points)
     assert type(graph.point_layer(points[0])).__name__ == "PositionalEncoding"
-    assert points[1:] == graph.order(norms)
+    assert points[1:] == graph.order(norms)[1::2]
 
 
 @pytest.mark.slow
 def test_dfa_trains_a_post_norm_encoder_on_digits_at_its_default_points():
-    model, (x, y), (xt, yt) = _digits_encoder({"name": "dfa", "seed": 0}, seed=0, epochs=6)
-    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    """About 60 s. Measured (results/zoo/dfa_stream_points.txt, 10 epochs, 3 seeds):
+    backprop 0.94-0.96; DFA 0.80-0.91 at the default points, 0.21-0.48 at "blocks"."""
+    model, (x, y), (xt, yt) = _digits_encoder({"name": "dfa", "seed": 0}, seed=0, epochs=10)
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0)
     accuracy = model.evaluate(xt, yt, verbose=0)[1]
-    assert accuracy > 0.75, accuracy  # chance is 0.1; the old default reached 0.3-0.5
+    assert accuracy > 0.7, accuracy  # chance is 0.1

@@ -119,7 +119,7 @@ def check_at(at):
     """``at`` (where a point method puts its points) as a list, or None.
 
     One layer name or block index may be given bare (``at="dense_1"``, ``at=0``); the
-    named placements ``"stream"`` and ``"blocks"`` stay strings (a layer called
+    named placements ``"stream"``, ``"residuals"`` and ``"blocks"`` stay strings (a layer called
     ``"stream"`` is named in a list: ``at=["stream"]``).
     """
     if at is None or (isinstance(at, str) and at in PLACEMENTS):
@@ -128,7 +128,8 @@ def check_at(at):
         return [at]
     if not isinstance(at, (list, tuple)):
         raise ValueError(f"at must be None or 'stream' (points on the residual stream), "
-                         f"'blocks' (every hidden block), a layer name, a block index or a "
+                         f"'residuals' (after every residual merge), 'blocks' (every hidden "
+                         f"block), a layer name, a block index or a "
                          f"list of them, e.g. at=['dense_1', 2]; got {at!r} of "
                          f"type {type(at).__name__}.")
     return list(at)

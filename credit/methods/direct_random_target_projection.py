@@ -49,7 +49,8 @@ class DirectRandomTargetProjection(ErrorSignal):
             h_p)``, see above).
         at: where the points go: ``"stream"`` (the default, also None: one point where
             the residual stream leaves each residual block, one at every other hidden
-            block's output), ``"blocks"`` (every hidden block's output, residual
+            block's output), ``"residuals"`` (after every residual merge),
+            ``"blocks"`` (every hidden block's output, residual
             branches included), or layer names and block indices (see
             ``credit.summary``). The authors' convolutional
             blocks put the point after the activation, before max-pooling; credit's

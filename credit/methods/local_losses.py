@@ -174,7 +174,8 @@ class LocalLosses(ErrorSignal):
         head: ``"linear"``, ``"mlp"`` or ``"dgl"`` (see :class:`LocalHead`).
         at: layer names or block indices of the points, or ``"stream"`` (the default,
             also None: one where the residual stream leaves each residual block, one at
-            every other hidden block) or ``"blocks"`` (every hidden block).
+            every other hidden block), ``"residuals"`` (after every residual merge) or
+            ``"blocks"`` (every hidden block).
         beta: the weight of the similarity loss in ``"predsim"``.
         hidden_units: widths of an ``"mlp"`` head's hidden layers.
         max_features: spatial block outputs are average-pooled to at most this many
@@ -209,7 +210,7 @@ class LocalLosses(ErrorSignal):
         super().__init__(seed=seed)
         self.loss = sg.choice("loss", loss, LOSSES)
         self.head = sg.choice("head", head, HEADS)
-        # "stream" and "blocks" name a placement (see credit.signal.hidden_points).
+        # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
         self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
         if not sg.is_real(beta) or not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"beta must be a number in [0, 1] (the weight of the "

@@ -71,8 +71,9 @@ class SyntheticGradients(ErrorSignal):
         at: layer names, or block indices (negative ones count from the end), whose
             outputs carry a synthesizer; or ``"stream"`` (the default, also None: one
             where the residual stream leaves each residual block, one at every other
-            hidden block's output) or ``"blocks"`` (every hidden block's output,
-            residual branches included). It may
+            hidden block's output), ``"residuals"`` (after every residual merge) or
+            ``"blocks"`` (every hidden block's output, residual branches included). It
+            may
             include the output block (``-1``): the synthesizer then replaces the loss
             gradient at the model output (the
             linear-regression setting of the paper's convergence theorem; for a softmax
@@ -141,7 +142,7 @@ class SyntheticGradients(ErrorSignal):
                         activation=activation, optimizer=optimizer,
                         learning_rate=learning_rate)
         self.target = sg.choice("target", target, TARGETS)
-        # "stream" and "blocks" name a placement (see credit.signal.hidden_points).
+        # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
         self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
         if not sg.is_real(update_probability) or not 0.0 <= float(update_probability) <= 1.0:
             raise ValueError("update_probability must be a number in [0, 1] (the chance "
