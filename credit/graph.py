@@ -13,7 +13,10 @@ From the record it derives:
   inside) and attention layers (their projections still get transports).
 - **blocks**: a weighted unit and the parameter-free or normalisation units after it on a
   single path, up to a branch, a merge or the next weighted unit. A block's last layer is
-  where its feedback point goes by default.
+  where its feedback point goes (``at="blocks"``).
+- **residuals**: additions of paths that split earlier (a skip path), and where the
+  stream leaves each: the default feedback points go there, not on the blocks of the
+  residual branches (:meth:`Graph.stream_points`).
 - **connectivity** between feedback points: which points feed which, and which reach the
   model output without crossing another point.
 
@@ -24,6 +27,7 @@ replicas (``tf.distribute``) and other uses of the same layers are not disturbed
 """
 
 import threading
+import warnings
 from collections import Counter
 
 import keras
@@ -37,6 +41,10 @@ _L = keras.layers
 COMPOSITE = tuple(t for t in (_L.RNN, _L.Bidirectional, _L.MultiHeadAttention,
                               getattr(_L, "GroupedQueryAttention", None)) if t is not None)
 RECURRENT = (_L.RNN, _L.Bidirectional)
+#: Attention layers: a residual with one on its branch and the residual after it make
+#: one transformer block (one point by default).
+ATTENTION = tuple(t for t in (_L.MultiHeadAttention, getattr(_L, "GroupedQueryAttention", None),
+                              _L.Attention, _L.AdditiveAttention) if t is not None)
 #: Layers with weights that join the block before them instead of starting one.
 NORMALIZATION = tuple(t for t in (_L.BatchNormalization, _L.LayerNormalization,
                                   _L.GroupNormalization, _L.UnitNormalization,
@@ -146,6 +154,46 @@ class Block:
         return f"Block({self.index}: {', '.join(l.name for l in self.layers)})"
 
 
+class Residual:
+    """A residual merge: an addition of paths that split earlier (one of them a skip).
+
+    Found from the graph, not from layer names: an ``Add`` or ``Average`` layer, or an
+    addition op between layers (``x + f(x)`` in a ``call`` or a functional model),
+    whose inputs share an ancestor (a unit or the model input).
+
+    Attributes:
+        merge: the name of the merging layer, or of the addition op's output tensor.
+        region: indices of the unit calls on the merged paths after they split (the
+            residual branch, and a projection shortcut if there is one).
+        exit: the call where the stream leaves the residual block: the merge layer, or
+            the layer that an addition op feeds, followed through the normalisation,
+            activation and dropout layers after it on a single path. None when no
+            layer's output is the stream (an addition op whose result several layers
+            read, as in a pre-norm block written ``x = x + f(norm(x))``).
+        attention: whether an attention layer is on the branch.
+    """
+
+    def __init__(self, merge, region, exit):
+        self.merge = merge
+        self.region = frozenset(region)
+        self.exit = exit
+        self.skips = []  # per merge input, the units (and model inputs) right behind it
+        self.attention = False  # whether an attention layer is on its branch
+
+    def continues(self, other):
+        """Whether this residual's skip starts where ``other``'s stream leaves."""
+        return other.exit is not None and any(
+            s == {other.exit.index} for s in self.skips)
+
+    @property
+    def point(self):
+        """The point on the stream after this block (a layer name), or None."""
+        return None if self.exit is None else self.exit.point
+
+    def __repr__(self):
+        return f"Residual({self.merge} -> {self.point})"
+
+
 class Graph:
     """What :func:`analyse` learns of a model. Read-only.
 
@@ -153,6 +201,8 @@ class Graph:
         model: the model.
         nodes: every recorded layer call (units and containers), in call order.
         blocks: the model's blocks, in topological order.
+        residuals: the model's residual merges (:class:`Residual`), in call order:
+            where :meth:`stream_points` puts the default points.
         layers: dict from name to layer, for every layer of the model (recursively).
         transportable: names of the layers a transport can cross (Dense, Conv, ...),
             outside recurrent layers.
@@ -211,6 +261,7 @@ class Graph:
                     self._producer[t.name] = node.index
         self._connect_units()
         self._cut_blocks()
+        self._find_residuals()
         self._find_logits()
 
     # -- public queries ----------------------------------------------------------------
@@ -243,7 +294,7 @@ class Graph:
 
     @property
     def hidden_blocks(self):
-        """The blocks that are not output blocks: the default places for points."""
+        """The blocks that are not output blocks: where ``at="blocks"`` puts points."""
         return [b for b in self.blocks if not b.is_output]
 
     def name_of(self, layer):
@@ -455,6 +506,73 @@ class Graph:
             found.update(point_out[t] for t in start if t in point_out)
         return self.order(found), loss
 
+    def stream_points(self, joined=True):
+        """The default points: on the residual stream, and on blocks outside residuals.
+
+        One point where the stream leaves each residual block (:attr:`residuals`,
+        after the merge and the normalisation or activation that follows it), none on
+        the blocks inside a residual block's branches (they learn from the point above
+        them through their own true gradient), and one on every other hidden block (a
+        plain chain keeps a point per block; so do a ResNet's stem and the layers
+        between stages).
+
+        With ``joined``, a transformer block is one residual block: a residual with
+        attention on its branch whose stream goes straight into the next residual
+        (the feed-forward sublayer, or a decoder's cross-attention) gets no point of
+        its own, so a transformer block has one point, after its last merge and
+        normalisation, as in LightOn's DFA transformers (their "macro" placement).
+
+        A residual whose stream is no layer's output keeps the points of its branch
+        blocks, with a warning. Points that would sit where the output is reached
+        through parameter-free layers are left out: the loss's own gradient arrives
+        there.
+        """
+        inside, orphans = set(), []
+        for r in self.residuals:
+            if r.exit is not None:
+                inside |= r.region
+            else:
+                orphans.append(r)
+        points = [b.point for b in self.hidden_blocks
+                  if not any(n.index in inside for n in b.nodes)]
+        for r in self.residuals:
+            if r.exit is None or r.exit.index in self._output_side:
+                continue
+            if joined and r.attention and any(
+                    q.exit is not None and q.continues(r) for q in self.residuals):
+                continue  # one point per transformer block, after its last sublayer
+            points.append(r.point)
+        kept = [r for r in orphans
+                if any(not b.is_output and b.nodes[0].index in r.region
+                       and b.nodes[0].index not in inside for b in self.blocks)]
+        if kept:
+            warnings.warn(
+                f"model {self.model.name!r}: the residual addition(s) "
+                f"{', '.join(r.merge for r in kept)} are no layer's output, so no feedback "
+                "point can sit on the stream there; the blocks on their branches keep "
+                "points of their own. Merge with keras.layers.Add() (or put a layer on "
+                "the sum) to have a point on the stream, or name the points with at=[...].",
+                stacklevel=3)
+        return self.order(dict.fromkeys(points))
+
+    def points(self, placement="stream"):
+        """The points of a named placement (see ``at=`` of the point methods).
+
+        ``"stream"``: :meth:`stream_points`, one point per residual block (a
+        transformer block counting as one); ``"residuals"``: one point after every
+        residual merge (a transformer block's attention and feed-forward sublayers
+        each get one); ``"blocks"``: every hidden block's output, residual branches
+        included.
+        """
+        if placement == "blocks":
+            return self.order([block.point for block in self.hidden_blocks])
+        if placement == "stream":
+            return self.stream_points()
+        if placement == "residuals":
+            return self.stream_points(joined=False)
+        raise GraphError(f"placement must be 'stream', 'residuals' or 'blocks'; got "
+                         f"{placement!r}.")
+
     def is_chain(self):
         """Whether the blocks form one chain: each feeds only the next, no merges."""
         units = self.units
@@ -545,6 +663,107 @@ class Graph:
                 continue
             stack.extend(by_index[i].upstream)
         self.blocks = blocks
+        # Units outside blocks that reach the model output through such units only: a
+        # point there would stand in for the loss's own gradient.
+        self._output_side = {i for i in seen if i not in block_of}
+
+    # Ops that add their inputs: a residual merge written as ``x + f(x)``.
+    _ADD_OPS = ("AddV2", "Add", "AddN")
+
+    def _find_residuals(self):
+        """Fill :attr:`residuals`: the additive merges of paths that split earlier."""
+        by_index = {n.index: n for n in self.nodes}
+
+        def sources(tensor):  # the units and model inputs right behind ``tensor``
+            hits, _ = _walk([tensor], lambda t: t.name in self._producer
+                            or t.name in self._inputs)
+            return {self._producer.get(t.name, t.name) for t in hits}
+
+        # unit index -> itself and its ancestors: units, and model inputs by name
+        ancestors = {}
+        for node in self.units:
+            a = {node.index}
+            for t in node.input_tensors:
+                for u in sources(t):
+                    a |= ancestors.get(u, {u})
+            ancestors[node.index] = a
+
+        def reach(tensor):  # a merge input's units and inputs, and their ancestors
+            a = set()
+            for u in sources(tensor):
+                a |= ancestors.get(u, {u})
+            return a
+
+        def residual(merge, inputs, start):
+            sets = [reach(t) for t in inputs]
+            if len(sets) < 2 or not set.intersection(*sets):
+                return None  # no skip: the paths never split (a position table, say)
+            region = {i for i in set.union(*sets) - set.intersection(*sets)
+                      if isinstance(i, int)}
+            if not region:
+                return None  # the same tensor twice, or two outputs of one layer
+            exit = None if start is None else self._follow_stream(start, by_index)
+            r = Residual(merge, region, exit)
+            r.skips = [frozenset(sources(t)) for t in inputs]
+            r.attention = any(isinstance(by_index[i].layer, ATTENTION) for i in region)
+            return r
+
+        found = []
+        for node in self.units:
+            if isinstance(node.layer, (_L.Add, _L.Average)) and node.inputs > 1:
+                r = residual(node.point, node.input_tensors, node)
+                if r is not None:
+                    found.append((node.index, r))
+        # Additions between layers: which units (or the model output) read each sum.
+        readers, sums = {}, {}
+        for node in self.units:
+            for t in self._between(node.input_tensors):
+                if t.op.type in self._ADD_OPS:
+                    readers.setdefault(t.name, set()).add(node.index)
+                    sums[t.name] = t
+        for t in self._between(self._outputs):
+            if t.op.type in self._ADD_OPS:
+                readers.setdefault(t.name, set()).add(None)
+                sums[t.name] = t
+        for name, t in sums.items():
+            start = None
+            if len(readers[name]) == 1 and None not in readers[name]:
+                (i,) = readers[name]
+                if by_index[i].inputs == 1 and isinstance(by_index[i].layer, _STREAM_LAYERS):
+                    start = by_index[i]
+            r = residual(name.split(":")[0], list(t.op.inputs), start)
+            if r is not None:
+                before = min(readers[name] - {None}, default=len(self.nodes))
+                found.append((before - 0.5, r))
+        self.residuals = [r for _, r in sorted(found, key=lambda x: x[0])]
+
+    def _follow_stream(self, node, by_index):
+        """From ``node``, on through the normalisation, activation and dropout layers
+        that alone read its output: the call where the stream leaves."""
+        while node.index not in self._output_producers:
+            readers = self._consumers[node.index]
+            if len(readers) != 1:
+                break
+            nxt = by_index[readers[0]]
+            if (nxt.inputs != 1 or nxt.upstream != {node.index} or nxt.from_input
+                    or not isinstance(nxt.layer, _STREAM_LAYERS)):
+                break
+            node = nxt
+        return node
+
+    def _between(self, tensors):
+        """The tensors between layers behind ``tensors``: reached backwards through ops,
+        not past a unit's output or a model input."""
+        out, seen, stack = [], set(), list(tensors)
+        while stack:
+            t = stack.pop()
+            if t.name in seen or t.name in self._producer or t.name in self._inputs:
+                continue
+            seen.add(t.name)
+            out.append(t)
+            if t.op.type not in _NO_GRADIENT_OPS:
+                stack.extend(i for i in t.op.inputs if _differentiable(i))
+        return out
 
     def _find_logits(self):
         self.output_squashing = []
@@ -616,6 +835,13 @@ def _own_weights(layer):
     inner = {id(w) for sub in compat.sublayers(layer) for w in sub.weights}
     return [w for w in layer.weights if id(w) not in inner]
 
+
+#: Layers that the residual stream passes through after a merge on its way out of a
+#: residual block: normalisation, activation, dropout and noise.
+_STREAM_LAYERS = NORMALIZATION + (_L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU,
+                                  _L.Dropout, _L.AlphaDropout, _L.GaussianDropout,
+                                  _L.GaussianNoise, _L.SpatialDropout1D,
+                                  _L.SpatialDropout2D, _L.SpatialDropout3D, _L.Identity)
 
 #: Parameter-free layers that only move values around: an output's logits are looked
 #: for behind them.

@@ -437,7 +437,7 @@ class ErrorSignal(abc.ABC):
         >>> class Zero(credit.ErrorSignal):                  # doctest: +SKIP
         ...     name = "zero"
         ...     def build(self, graph):
-        ...         self.points = [b.point for b in graph.hidden_blocks]
+        ...         self.points = graph.points("stream")
         ...     def transport(self, layer, kernels):
         ...         return None
         ...     def signals(self, trace):
@@ -629,8 +629,23 @@ def project(v, matrices, trace):
     return deltas
 
 
+#: The named placements of a point method's ``at=``: ``"stream"`` (the default: one point
+#: where the stream leaves each residual block, a transformer block counting as one, and
+#: one per block elsewhere), ``"residuals"`` (after every residual merge) and ``"blocks"``
+#: (every hidden block's output, residual branches included).
+PLACEMENTS = ("stream", "residuals", "blocks")
+
+
 def hidden_points(graph, points, argument="points"):
-    """The points a point method uses: ``points`` resolved, or every hidden block's output.
+    """The points a point method uses: ``points`` resolved, or a named placement.
+
+    ``points`` is None or ``"stream"`` (the default placement: one point where the
+    residual stream leaves each residual block, after its merge and the normalisation
+    or activation that follows it, a transformer block's attention and feed-forward
+    sublayers counting as one block, and none on the blocks of the branches; a plain
+    chain keeps one point per block, see :meth:`credit.graph.Graph.stream_points`),
+    ``"residuals"`` (one after every residual merge), ``"blocks"`` (every hidden
+    block's output, residual branches included), or layer names and block indices.
 
     A layer called several times (a shared encoder, a layer inside TimeDistributed) gets
     a point on each call, named ``"name:0"``, ``"name:1"``, ...; naming the layer in
@@ -641,8 +656,9 @@ def hidden_points(graph, points, argument="points"):
             without hidden blocks.
     """
     if points is None:
-        # A layer called several times has a block, and a point, per call.
-        return graph.order([block.point for block in graph.hidden_blocks])
+        return graph.points("stream")
+    if isinstance(points, str) and points in PLACEMENTS:
+        return graph.points(points)
     return graph.resolve_points(points, argument)
 
 

@@ -266,8 +266,9 @@ CASES = [
     ("at bool in list", at([True]), GraphError,
      r"at must hold layer names or block indices; got True of type bool"),
     ("at bare bool", at(True, "drtp"), ValueError,
-     r"at must be None \(every hidden block\), a layer name, a block index or a list of "
-     r"them, e\.g\. at=\['dense_1', 2\]; got True of type bool"),
+     r"at must be None or 'stream' \(points on the residual stream\), 'residuals' "
+     r"\(after every residual merge\), 'blocks' \(every hidden block\), a layer name, a "
+     r"block index or a list of them, e\.g\. at=\['dense_1', 2\]; got True of type bool"),
     ("at duplicate", at(["h1", 0]), GraphError,
      r"at=\['h1', 0\] names point 'h1' twice .*name each point once"),
     ("at layer with two outputs",

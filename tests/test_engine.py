@@ -182,7 +182,10 @@ def test_a_layer_type_without_a_transport_is_named():
 
 def test_blocks_of_a_resnet_follow_single_paths_and_stop_at_merges():
     model = resnet()
-    model.compile(loss="sparse_categorical_crossentropy", method="dfa")
+    # Points on every block (not the default, which is on the residual stream, see
+    # test_residual_points.py): the connectivity of points inside residual branches.
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "dfa", "at": "blocks"})
     graph = model.method.graph
     blocks = [[layer.name for layer in b.layers] for b in graph.blocks]
     assert blocks == [
@@ -208,7 +211,9 @@ def test_blocks_of_a_transformer_gru_and_subclassed_model():
     model.compile(loss="sparse_categorical_crossentropy", method="dfa")
     assert [[l.name for l in b.layers] for b in model.method.graph.blocks] == [
         ["embed"], ["attention"], ["ff_1"], ["ff_2"], ["head"]]
-    assert list(model.method.points) == ["embed", "attention", "ff_1", "ff_2"]
+    # The default points: after the embedding and where the stream leaves the
+    # transformer block (after its second layer normalisation).
+    assert list(model.method.points) == ["embed", "ln_2"]
     assert set(model.method.graph.transportable) >= {"ff_1", "ff_2", "head", "query", "key",
                                                      "value", "attention_output"}
 
@@ -271,6 +276,9 @@ def test_synthetic_gradients_with_the_true_gradient_is_backprop_on_a_resnet():
     model = compiled("resnet", "backprop")
     oracle = OracleSG()
     assert_grads_equal(grads(model, x, y, oracle), grads(model, x, y, "backprop"))
+    assert list(oracle.points) == ["stem_relu", "res0_out", "res1_out"]
+    oracle = OracleSG(at="blocks")  # inside the residual branches too
+    assert_grads_equal(grads(model, x, y, oracle), grads(model, x, y, "backprop"))
     assert len(oracle.points) == 6
 
 
@@ -319,7 +327,10 @@ def test_fa_and_dfa_on_a_residual_mlp_match_numpy():
                        _residual_update(x64, h1, s, e, g1, g2), rtol=1e-4, atol=1e-7)
 
     model = residual_mlp()
-    model.compile(loss="sparse_categorical_crossentropy", method={"name": "dfa", "seed": 2})
+    # Points on every block, the residual branch d2 included (the default puts one on
+    # the stream, at "add": test_residual_points.py).
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "dfa", "seed": 2, "at": "blocks"})
     fb = {k: v.numpy().astype("float64") for k, v in model.method.feedback_matrices.items()}
     assert sorted(fb) == ["d1", "d2"]
     x64, h1, h2, s, e, _ = _residual_forward(model, x, y)
@@ -364,6 +375,14 @@ def test_summary_lists_the_rule_of_every_layer():
     table = credit.summary(model).set_index("layer")
     assert list(table.index)[:3] == ["stem", "stem_bn", "res0_a"]
     assert len(table) == 12  # 6 convolutions, 5 batch norms, the head
+    # The default points are on the residual stream: a residual branch learns from the
+    # point where the stream leaves its block.
+    for name in ("res0_a", "res0_bn_a", "res0_b", "res0_bn_b"):
+        assert table.loc[name, "signal"] == "true gradient from point res0_out"
+    assert table.loc["res1_proj", "signal"] == "true gradient from point res1_out"
+    assert table.loc["head", "signal"] == "true gradient from the loss"
+    model.compile(loss="sparse_categorical_crossentropy", method={"name": "dfa", "at": "blocks"})
+    table = credit.summary(model).set_index("layer")
     assert table.loc["res0_a", "signal"] == "true gradient from point res0_relu_a"
     assert table.loc["res0_bn_a", "signal"] == "true gradient from point res0_relu_a"
     assert table.loc["res0_b", "signal"] == "true gradient from point res0_bn_b"

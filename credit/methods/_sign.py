@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from credit import recurrent_transports, transports
+from credit.signal import PLACEMENTS
 
 _L = keras.layers
 _DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
@@ -121,14 +122,18 @@ def check_layers(layers):
 def check_at(at):
     """``at`` (where a point method puts its points) as a list, or None.
 
-    One layer name or block index may be given bare (``at="dense_1"``, ``at=0``).
+    One layer name or block index may be given bare (``at="dense_1"``, ``at=0``); the
+    named placements ``"stream"``, ``"residuals"`` and ``"blocks"`` stay strings (a layer called
+    ``"stream"`` is named in a list: ``at=["stream"]``).
     """
-    if at is None:
-        return None
+    if at is None or (isinstance(at, str) and at in PLACEMENTS):
+        return at
     if isinstance(at, (str, int, np.integer)) and not isinstance(at, (bool, np.bool_)):
         return [at]
     if not isinstance(at, (list, tuple)):
-        raise ValueError(f"at must be None (every hidden block), a layer name, a block "
-                         f"index or a list of them, e.g. at=['dense_1', 2]; got {at!r} of "
+        raise ValueError(f"at must be None or 'stream' (points on the residual stream), "
+                         f"'residuals' (after every residual merge), 'blocks' (every hidden "
+                         f"block), a layer name, a block index or a "
+                         f"list of them, e.g. at=['dense_1', 2]; got {at!r} of "
                          f"type {type(at).__name__}.")
     return list(at)

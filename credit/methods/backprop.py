@@ -43,7 +43,9 @@ class Backprop(ErrorSignal):
 
     def build(self, graph):
         if self.blockwise:
-            self.points = hidden_points(graph, None)
+            # Every block, residual branches included: the engine's check cuts and
+            # carries the gradient at as many points as it can.
+            self.points = hidden_points(graph, "blocks")
 
     def transport(self, layer, kernels):
         return None

@@ -25,9 +25,15 @@ class DirectFeedbackAlignment(ErrorSignal):
     Args:
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
         scale: the matrices are uniform in ``±scale``; default ``1/sqrt(units of e)``.
-        at: where the points go: layer names or block indices (default: the output of
-            every hidden block, see ``credit.summary``). One point per residual or
-            transformer block, as in LightOn's experiments, is ``at=[names]``.
+        at: where the points go. ``"stream"`` (the default, also None): on the
+            residual stream, one point where it leaves each residual block (after the
+            merge and the normalisation or activation that follows it; a transformer
+            block's attention and feed-forward sublayers count as one block, as in
+            LightOn's transformer experiments), and one at every other hidden block's
+            output (a plain chain: every block). ``"residuals"``: one after every
+            residual merge. ``"blocks"``: every hidden block's output, residual
+            branches included. Or layer names and block indices (see
+            ``credit.summary``).
             A layer called several times (a shared encoder, the layer inside a
             TimeDistributed) gets a point, and a matrix, per call: ``"name:0"``,
             ``"name:1"``, ... (naming the layer means all of its calls).

@@ -47,8 +47,12 @@ class DirectRandomTargetProjection(ErrorSignal):
         seed: seed of the feedback matrices (None: drawn from numpy's global state).
         scale: the matrices are uniform in ``±scale`` (default ``sqrt(6 / units of
             h_p)``, see above).
-        at: where the points go: layer names or block indices (default: the output of
-            every hidden block, see ``credit.summary``). The authors' convolutional
+        at: where the points go: ``"stream"`` (the default, also None: one point where
+            the residual stream leaves each residual block, one at every other hidden
+            block's output), ``"residuals"`` (after every residual merge),
+            ``"blocks"`` (every hidden block's output, residual
+            branches included), or layer names and block indices (see
+            ``credit.summary``). The authors' convolutional
             blocks put the point after the activation, before max-pooling; credit's
             default is the block's output (after pooling): pass the activation layer's
             name to follow them.

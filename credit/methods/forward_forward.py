@@ -1,6 +1,5 @@
 """Forward-Forward: layer-local goodness objectives on positive and negative data."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops

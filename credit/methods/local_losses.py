@@ -7,7 +7,7 @@ import tensorflow as tf
 from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register
-from credit.signal import ErrorSignal, hidden_points, output_units
+from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
 
 LOSSES = ("pred", "sim", "predsim")
 HEADS = ("linear", "mlp", "dgl")
@@ -149,7 +149,8 @@ class LocalLosses(ErrorSignal):
     Neural Networks with Local Error Signals", ICML; Belilovsky, Eickenberg & Oyallon
     2020, "Decoupled Greedy Learning of CNNs", ICML).
 
-    Rule: a feedback point at every hidden block output ``h_p`` (or at ``at=``), each
+    Rule: a feedback point at every hidden block output ``h_p`` (on a residual model,
+    where the stream leaves each residual block; or at ``at=``), each
     with an auxiliary head ``A_p``. The signal at the point is the gradient of a local
     loss through the head, ``delta_p = d L_p(A_p(h_p), y) / d h_p``; the backward pass
     is cut at every point, so nothing crosses below a point (each block learns from its
@@ -171,7 +172,10 @@ class LocalLosses(ErrorSignal):
         seed: seed of the heads' initial weights (None: from numpy's global state).
         loss: ``"pred"``, ``"sim"`` or ``"predsim"``.
         head: ``"linear"``, ``"mlp"`` or ``"dgl"`` (see :class:`LocalHead`).
-        at: layer names or block indices of the points (default: every hidden block).
+        at: layer names or block indices of the points, or ``"stream"`` (the default,
+            also None: one where the residual stream leaves each residual block, one at
+            every other hidden block), ``"residuals"`` (after every residual merge) or
+            ``"blocks"`` (every hidden block).
         beta: the weight of the similarity loss in ``"predsim"``.
         hidden_units: widths of an ``"mlp"`` head's hidden layers.
         max_features: spatial block outputs are average-pooled to at most this many
@@ -206,7 +210,8 @@ class LocalLosses(ErrorSignal):
         super().__init__(seed=seed)
         self.loss = sg.choice("loss", loss, LOSSES)
         self.head = sg.choice("head", head, HEADS)
-        self.at = sg.indices("at", at)
+        # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
+        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
         if not sg.is_real(beta) or not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"beta must be a number in [0, 1] (the weight of the "
                              f"similarity loss in 'predsim'); got {beta!r}.")

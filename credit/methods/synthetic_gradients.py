@@ -10,7 +10,7 @@ from credit import transports
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer  # noqa: F401  (its former home)
 from credit.registry import register
-from credit.signal import ErrorSignal, hidden_points, output_units
+from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
 
 SYNTHESIZERS = sg.SYNTHESIZERS
 TARGETS = ("bootstrap", "true")
@@ -69,7 +69,11 @@ class SyntheticGradients(ErrorSignal):
             used as it is.
         target: ``"bootstrap"`` or ``"true"``, see above.
         at: layer names, or block indices (negative ones count from the end), whose
-            outputs carry a synthesizer. Default: every hidden block's output. It may
+            outputs carry a synthesizer; or ``"stream"`` (the default, also None: one
+            where the residual stream leaves each residual block, one at every other
+            hidden block's output), ``"residuals"`` (after every residual merge) or
+            ``"blocks"`` (every hidden block's output, residual branches included). It
+            may
             include the output block (``-1``): the synthesizer then replaces the loss
             gradient at the model output (the
             linear-regression setting of the paper's convergence theorem; for a softmax
@@ -138,7 +142,8 @@ class SyntheticGradients(ErrorSignal):
                         activation=activation, optimizer=optimizer,
                         learning_rate=learning_rate)
         self.target = sg.choice("target", target, TARGETS)
-        self.at = sg.indices("at", at)
+        # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
+        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
         if not sg.is_real(update_probability) or not 0.0 <= float(update_probability) <= 1.0:
             raise ValueError("update_probability must be a number in [0, 1] (the chance "
                              "that a boundary's layers are updated in a step); got "
