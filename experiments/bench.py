@@ -434,10 +434,9 @@ def measure_memory(key, label, identifier, jit_compile=False, optimizer="sgd", w
               "baseline_bytes": None}
     if runner.status != "ok":
         return result
-    before = _proc_status()
-    if before is None:
+    if _proc_status() is None:
         return {**result, "status": "unsupported", "note": "no /proc/self/status"}
-    gc.collect()
+    gc.collect()  # the warm-up's garbage is not the step's
     before = _proc_status()
     _reset_peak()
     for r in range(steps):
