@@ -14,7 +14,9 @@ the blockwise engine), all in one process, on five models:
        layer norm, residual adds and a 128-unit feed-forward, mean pooling), batch 64
 
 With ``--xla`` the methods also run with ``jit_compile=True`` (rows marked "XLA"),
-compared in the same run.
+compared in the same run. The methods that train only chains of Dense layers (PEPITA,
+Forward-Forward: ``credit.available(dense_chains=True)``) have rows on the MLPs (a, b)
+only.
 
 How it measures. Data are random (seeded) and of the right shape; every model of a table
 starts from the same weights and trains with the same optimizer (SGD by default, the
@@ -39,18 +41,38 @@ repeats. ``traces`` counts how often the train step was traced in all (1 = trace
 no retracing). A method that does not apply to a model (kickback needs a scalar output)
 is shown as n/a with the reason; one that fails is shown as an error with its message.
 
+Peak memory (the ``peak MiB`` column; ``--no-memory`` leaves it out). Not storing the
+activations for a global backward pass is what local and forward-only methods claim,
+so every row also gets the peak memory of a training step, measured in a fresh
+process per method (:func:`peak_memory`): the child builds the model, warms up as
+above (tracing, one step on the timed iterator), reads its resident set size (RSS,
+``VmRSS`` in ``/proc/self/status``: the model, its optimizer and method state, the
+traced function), resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), takes
+``steps`` more steps and reports the peak RSS over them (``VmHWM``) minus that
+baseline: the transient memory of a step (activations kept for the backward pass,
+gradients, the method's temporaries). TensorFlow keeps no allocator statistics on CPU
+(``tf.config.experimental.get_memory_info("CPU:0")`` raises), hence RSS. The child runs
+with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc maps every buffer over 64 KiB on
+its own and returns it to the system when freed; otherwise freed activations stay in
+the process's heap, the baseline after the warm-up already holds them and the
+difference reads about 0. Linux only (elsewhere the column is empty). Small
+allocations (Python objects, TensorFlow's bookkeeping) are noise of about 1 MiB.
+
 Usage:
     python -m experiments.bench                    # full run, writes results/bench.md
     python -m experiments.bench --quick --models a # smoke test, results/_scratch/bench.md
+    python -m experiments.bench --models a --methods backprop,pepita --no-memory
 """
 
 import argparse
 import datetime
 import gc
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 
@@ -62,6 +84,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
+from credit import registry  # noqa: E402
 from experiments.runner.files import write_atomic  # noqa: E402
 
 SEED = 0
@@ -143,8 +166,10 @@ class Spec:
     """
 
     def __init__(self, key, title, layers, input_shape, batch, steps, graph=None,
-                 vocab=None):
+                 vocab=None, dense_chain=False):
         self.key = key
+        # A chain of Dense layers: the methods that train only those get rows here.
+        self.dense_chain = dense_chain
         self.title = title
         self.layers = layers
         self.graph = graph
@@ -166,9 +191,10 @@ class Spec:
 # Rounds per repeat, sized so that the full run (3 models x 7 timed methods x 10
 # repeats) takes about four minutes on a 2-core CPU (mostly model b).
 MODELS = {
-    "a": Spec("a", "MLP 784-256-256-10, batch 128", _mlp([256, 256]), (784,), 128, 30),
+    "a": Spec("a", "MLP 784-256-256-10, batch 128", _mlp([256, 256]), (784,), 128, 30,
+              dense_chain=True),
     "b": Spec("b", "MLP 784-2048-2048-2048-10, batch 512", _mlp([2048] * 3), (784,),
-              512, 6),
+              512, 6, dense_chain=True),
     "c": Spec("c", "CNN 28x28x1 (Conv16-Pool-Conv32-Pool-Dense10), batch 128", _cnn,
               (28, 28, 1), 128, 20),
     "d": Spec("d", "residual CNN 32x32x3 (ResNet-8: 3 stages of 16/32/64 filters, BN), "
@@ -177,19 +203,29 @@ MODELS = {
                    "FFN 128), batch 64", None, (64,), 64, 8, graph=_transformer,
               vocab=1000),
 }
+#: Not in the default run: a tiny MLP for the tests (seconds a model).
+TINY = Spec("t", "tiny MLP 784-16-10 (tests only), batch 32", _mlp([16]), (784,), 32, 2,
+            dense_chain=True)
+SPECS = {**MODELS, "t": TINY}
 
 
 XLA_METHODS = (KERAS, BACKPROP, "feedback_alignment", "direct_feedback_alignment",
                "synthetic_gradients")
 
 
-def method_rows(xla=False):
+def method_rows(xla=False, dense_chain=False, methods=None):
     """``(label, identifier, jit_compile)`` per row: plain Keras, backprop (Keras's fast
-    path and the blockwise engine), every other registered method; with ``xla`` also
-    the main ones compiled with XLA."""
+    path and the blockwise engine), every other registered method (with
+    ``dense_chain``, those that train only chains of Dense layers too); with ``xla``
+    also the main ones compiled with XLA. ``methods``: keep only these canonical names
+    (plain Keras and backprop, the references of the ratios, always stay)."""
     rows = [(KERAS, None, False), (BACKPROP, BACKPROP, False),
             (BLOCKWISE, {"name": BACKPROP, "blockwise": True}, False)]
-    rows += [(name, name, False) for name in credit.available() if name != BACKPROP]
+    rows += [(name, name, False) for name in credit.available(dense_chains=dense_chain)
+             if name != BACKPROP]
+    if methods is not None:
+        rows = [row for row in rows if row[0] in (KERAS, BACKPROP) or row[0] in methods
+                or (row[0] == BLOCKWISE and BLOCKWISE in methods)]
     if xla:
         rows += [(f"{label} (XLA)", ident, True) for label, ident, _ in rows
                  if label in XLA_METHODS]
@@ -201,9 +237,12 @@ class Runner:
 
     def __init__(self, label, identifier, spec, weights, optimizer, jit_compile=False):
         self.label = label
+        self.identifier = identifier
+        self.jit_compile = jit_compile
         self.spec = spec
         self.status = "ok"
         self.note = ""
+        self.peak_mib = None  # peak memory of a step, from peak_memory (None: not measured)
         self.traces = 0
         self.times = []  # one list of step times per repeat
         self._iterator = None
@@ -314,14 +353,20 @@ def data_for(spec, steps, seed=SEED):
     return tf.constant(x), tf.constant(y)
 
 
-def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print, xla=False):
-    """Time every method on ``spec``; return the list of :class:`Runner`."""
+def initial_weights(spec):
+    """The weights every model of ``spec`` starts from (seeded)."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(SEED)
-    weights = spec.build(plain=True).get_weights()
+    return spec.build(plain=True).get_weights()
+
+
+def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print, xla=False,
+                methods=None):
+    """Time every method on ``spec``; return the list of :class:`Runner`."""
+    weights = initial_weights(spec)
     x, y = data_for(spec, max(warmup, 4))
     runners = [Runner(label, identifier, spec, weights, optimizer, jit)
-               for label, identifier, jit in method_rows(xla)]
+               for label, identifier, jit in method_rows(xla, spec.dense_chain, methods)]
     for runner in runners:
         start = time.perf_counter()
         runner.warm_up(x, y, warmup)
@@ -344,6 +389,121 @@ def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print, xla=Fa
     return runners
 
 
+# --------------------------------------------------------------------------------------
+# Peak memory, one fresh process per method
+
+#: The child's marker line on stdout, followed by its result as JSON.
+_MEMORY_MARK = "CREDIT_BENCH_MEMORY "
+_MiB = 1024.0 * 1024.0
+
+
+def _proc_status():
+    """``VmRSS`` and ``VmHWM`` (peak RSS since the last reset) in bytes, or None where
+    ``/proc/self/status`` does not exist (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak():
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure_memory(key, label, identifier, jit_compile=False, optimizer="sgd", warmup=1,
+                   steps=3):
+    """In this process: build ``SPECS[key]`` with the row's method, warm up, and return
+    the peak RSS increase over the steps (see the module docstring) as a dict:
+    ``status`` ("ok", "n/a", "error", "unsupported"), ``note``, ``peak_bytes``,
+    ``baseline_bytes``.
+
+    Meant for a fresh process (:func:`peak_memory` starts one): in a process that has
+    trained other models the heap holds their leftovers.
+    """
+    spec = SPECS[key]
+    tf.get_logger().setLevel("ERROR")
+    runner = Runner(label, identifier, spec, initial_weights(spec), optimizer,
+                    jit_compile)
+    x, y = data_for(spec, max(warmup, 4))
+    runner.warm_up(x, y, warmup)
+    result = {"status": runner.status, "note": runner.note, "peak_bytes": None,
+              "baseline_bytes": None}
+    if runner.status != "ok":
+        return result
+    if _proc_status() is None:
+        return {**result, "status": "unsupported", "note": "no /proc/self/status"}
+    gc.collect()  # the warm-up's garbage is not the step's
+    before = _proc_status()
+    _reset_peak()
+    for r in range(steps):
+        runner.step(0)
+    after = _proc_status()
+    if runner.status != "ok":
+        return {**result, "status": runner.status, "note": runner.note}
+    return {**result, "peak_bytes": after["VmHWM"] - before["VmRSS"],
+            "baseline_bytes": before["VmRSS"]}
+
+
+def _memory_child():
+    """Entry point of :func:`peak_memory`'s child: arguments as JSON in ``argv[1]``."""
+    kwargs = json.loads(sys.argv[1])
+    try:
+        result = measure_memory(**kwargs)
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        result = {"status": "error", "note": f"{type(err).__name__}: {err}"[:300],
+                  "peak_bytes": None, "baseline_bytes": None}
+    print(_MEMORY_MARK + json.dumps(result), flush=True)
+
+
+def peak_memory(key, runner, optimizer="sgd", warmup=1, steps=3, timeout=600):
+    """Peak memory of a training step of ``runner``'s row on model ``key``, measured in a
+    fresh Python process (see the module docstring). Returns the child's result dict
+    (``peak_bytes`` None when it could not measure, with the reason in ``note``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MALLOC_MMAP_THRESHOLD_="65536",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                          if p))
+    kwargs = {"key": key, "label": runner.label, "identifier": runner.identifier,
+              "jit_compile": runner.jit_compile, "optimizer": optimizer,
+              "warmup": warmup, "steps": steps}
+    command = [sys.executable, "-c",
+               "from experiments.bench import _memory_child; _memory_child()",
+               json.dumps(kwargs)]
+    try:
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "note": f"memory child timed out after {timeout} s",
+                "peak_bytes": None, "baseline_bytes": None}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(_MEMORY_MARK):
+            return json.loads(line[len(_MEMORY_MARK):])
+    tail = " ".join((done.stderr or done.stdout).split()[-40:])
+    return {"status": "error", "note": f"memory child exited {done.returncode}: {tail}",
+            "peak_bytes": None, "baseline_bytes": None}
+
+
+def measure_peaks(key, runners, optimizer="sgd", warmup=1, steps=3, log=print):
+    """Fill ``peak_mib`` of every runner that trained, one fresh process each."""
+    for runner in runners:
+        if runner.status != "ok":
+            continue
+        start = time.perf_counter()
+        result = peak_memory(key, runner, optimizer, warmup, steps)
+        if result["peak_bytes"] is not None:
+            runner.peak_mib = result["peak_bytes"] / _MiB
+        elif result["note"]:
+            runner.note = (runner.note + "; " if runner.note else "") + \
+                f"peak memory not measured: {result['note']}"
+        log(f"  [{key}] memory {runner.label}: "
+            f"{_fmt(runner.peak_mib, '.1f') or result['status']} MiB "
+            f"({time.perf_counter() - start:.1f}s)")
+
+
 def _ratio(runners, label, reference):
     """Median over repeats of ``label``'s throughput over ``reference``'s in that repeat."""
     by = {r.label: r for r in runners}
@@ -359,16 +519,18 @@ def _fmt(value, pattern):
 
 def table(spec, runners):
     lines = [f"## ({spec.key}) {spec.title}", "",
-             "| method | samples/s | x plain Keras | x backprop | spread | traces | note |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| method | samples/s | x plain Keras | peak MiB | x backprop | spread | traces "
+             "| note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for runner in runners:
         sps = runner.samples_per_second
         if sps is None:
-            cells = [runner.status, "", "", "", ""]
+            cells = [runner.status, "", "", "", "", ""]
         else:
             spread = runner.spread
             cells = [f"{sps:,.0f}",
                      _fmt(_ratio(runners, runner.label, KERAS), ".2f"),
+                     _fmt(runner.peak_mib, ".1f"),
                      _fmt(_ratio(runners, runner.label, BACKPROP), ".2f"),
                      "" if spread is None else f"{100 * spread:.0f}%",
                      str(runner.traces)]
@@ -398,7 +560,7 @@ def targets(results):
 def report(results, args, elapsed):
     command = "python -m experiments.bench" + "".join(f" {a}" for a in args.argv)
     lines = [
-        "# Benchmark: training-step throughput",
+        "# Benchmark: training-step throughput and peak memory",
         "",
         f"`{command}`, {datetime.date.today().isoformat()}; TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, Python {platform.python_version()}, "
@@ -416,6 +578,15 @@ def report(results, args, elapsed):
         "median of the throughput over the repeats. traces: how often the "
         "train step was traced in all (1 = no retracing). Other processes on the machine "
         "slow every method alike; compare the ratios rather than absolute numbers.",
+        "",
+        ("peak MiB: peak resident set size (RSS, Linux `VmHWM`) during "
+         f"{args.memory_steps} training steps minus the RSS before them, in a fresh "
+         "process per method after the same warm-up (model, optimizer and method state "
+         "and the traced function are in the baseline: this is the transient memory of "
+         "a step, activations kept for the backward pass included); glibc returns "
+         "buffers over 64 KiB to the system when freed (`MALLOC_MMAP_THRESHOLD_=65536`); "
+         "noise about 1 MiB. TensorFlow keeps no allocator statistics on CPU."
+         if args.memory else "peak MiB: not measured (`--no-memory`)."),
         "",
     ]
     for key, (spec, runners) in results.items():
@@ -445,7 +616,16 @@ def parse_args(argv=None):
                              "(default output results/_scratch/bench.md)")
     parser.add_argument("--models", default="a,b,c,d,e",
                         help="comma-separated subset of a (MLP 256), b (MLP 2048), c (CNN), "
-                             "d (residual CNN), e (transformer)")
+                             "d (residual CNN), e (transformer); t: a tiny MLP (tests)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated method names or aliases to time (default: "
+                             "all; plain Keras and backprop always run, the ratios' "
+                             "references)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory column (one fresh process per method "
+                             "and model)")
+    parser.add_argument("--memory-steps", type=int, default=3,
+                        help="training steps over which the peak memory is read (default 3)")
     parser.add_argument("--xla", action="store_true",
                         help="also time plain Keras, backprop, FA, DFA and SG compiled "
                              "with XLA (jit_compile=True)")
@@ -465,20 +645,34 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
-    if not keys or any(k not in MODELS for k in keys):
+    if not keys or any(k not in SPECS for k in keys):
         parser.error(f"--models takes a comma-separated subset of "
-                     f"{','.join(sorted(MODELS))}; got {args.models!r}")
+                     f"{','.join(sorted(SPECS))}; got {args.models!r}")
     args.models = keys
+    if args.methods is not None:
+        names = registry.aliases()
+
+        def canonical(name):
+            return names.get(name.strip().lower().replace("-", "_").replace(" ", "_"))
+
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        labels = {KERAS, BLOCKWISE}
+        bad = [m for m in wanted if m not in labels and canonical(m) is None]
+        if not wanted or bad:
+            parser.error(f"--methods takes comma-separated method names from "
+                         f"{', '.join(credit.available(dense_chains=True))} (or "
+                         f"'{BLOCKWISE}'); got {args.methods!r}")
+        args.methods = {m if m in labels else canonical(m) for m in wanted}
     if args.repeats is None:
         args.repeats = 2 if args.quick else DEFAULT_REPEATS
     if args.steps is None and args.quick:
         args.steps = 2
     if args.warmup is None:
         args.warmup = 1 if args.quick else 3
-    for name in ("repeats", "steps", "warmup"):
+    for name in ("repeats", "steps", "warmup", "memory_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be at least 1; got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; got {value}")
     if args.out is None:
         args.out = os.path.join("results", "_scratch", "bench.md") if args.quick else \
             os.path.join("results", "bench.md")
@@ -494,12 +688,16 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")
     start = time.perf_counter()
     results = {}
+    log = lambda s: print(s, flush=True)  # noqa: E731
     for key in args.models:
-        spec = MODELS[key]
+        spec = SPECS[key]
         steps = args.steps or spec.steps
         print(f"({key}) {spec.title}: {args.repeats} repeats of {steps} rounds", flush=True)
         runners = bench_model(spec, args.repeats, steps, args.warmup, args.optimizer,
-                              log=lambda s: print(s, flush=True), xla=args.xla)
+                              log=log, xla=args.xla, methods=args.methods)
+        if args.memory:
+            measure_peaks(key, runners, args.optimizer, args.warmup, args.memory_steps,
+                          log=log)
         results[key] = (spec, runners)
     text = report(results, args, time.perf_counter() - start)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

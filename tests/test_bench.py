@@ -1,4 +1,5 @@
-"""Smoke test of the speed benchmark (experiments.bench): it runs and writes its table.
+"""Smoke test of the speed benchmark (experiments.bench): it runs and writes its table;
+the peak-memory column, measured in a fresh process per method.
 
 Speed itself is measured by the benchmark, never asserted here.
 """
@@ -7,8 +8,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import pytest  # noqa: E402
+
 import credit  # noqa: E402
 from experiments import bench  # noqa: E402
+
+COLUMNS = 8  # method, samples/s, x plain Keras, peak MiB, x backprop, spread, traces, note
 
 
 def _rows(text):
@@ -16,14 +21,14 @@ def _rows(text):
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 7 and cells[0] not in ("method",):
+        if line.startswith("| ") and len(cells) == COLUMNS and cells[0] not in ("method",):
             rows[cells[0]] = cells[1:]
     return rows
 
 
 def test_quick_benchmark_has_a_row_per_method(tmp_path):
     out = tmp_path / "bench.md"
-    results = bench.main(["--quick", "--models", "a", "--out", str(out)])
+    results = bench.main(["--quick", "--models", "a", "--no-memory", "--out", str(out)])
 
     text = out.read_text()
     assert text.startswith("# Benchmark")
@@ -32,10 +37,14 @@ def test_quick_benchmark_has_a_row_per_method(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p != "bench.md"]  # no temp file left
 
     rows = _rows(text)
-    expected = {"plain keras.Model.fit", "backprop", "backprop (blockwise)",
-                *credit.available()}
+    # Model (a) is a Dense chain: PEPITA and Forward-Forward have rows too.
+    every = credit.available(dense_chains=True)
+    assert {"pepita", "forward_forward", "local_losses", "forward_gradient"} <= set(every)
+    expected = {"plain keras.Model.fit", "backprop", "backprop (blockwise)", *every}
     assert set(rows) == expected
-    for method, (samples, vs_keras, vs_backprop, _, traces, note) in rows.items():
+    assert "peak MiB: not measured (`--no-memory`)." in text
+    for method, (samples, vs_keras, peak, vs_backprop, _, traces, note) in rows.items():
+        assert peak == ""  # --no-memory
         if method == "kickback":  # a 10-class model: kickback needs a scalar output
             assert samples == "n/a"
             assert "scalar output" in note
@@ -47,6 +56,60 @@ def test_quick_benchmark_has_a_row_per_method(tmp_path):
     # The returned runners agree with the table, and every target of model (a) is shown.
     _, runners = results["a"]
     assert {r.label for r in runners} == {"keras", "backprop", "backprop (blockwise)",
-                                          *credit.available()}
+                                          *every}
     assert "| backprop through credit >= 0.95x plain Keras | (a) |" in text
     assert "| feedback alignment >= 0.9x backprop | (a) |" in text
+
+
+def test_dense_chain_methods_have_rows_on_the_mlps_only():
+    assert bench.MODELS["a"].dense_chain and bench.MODELS["b"].dense_chain
+    assert not any(bench.MODELS[k].dense_chain for k in "cde")
+    cnn = [label for label, _, _ in bench.method_rows(dense_chain=False)]
+    mlp = [label for label, _, _ in bench.method_rows(dense_chain=True)]
+    assert "pepita" not in cnn and "forward_forward" not in cnn
+    assert set(mlp) - set(cnn) == {"pepita", "forward_forward"}
+    # --methods keeps the references (plain Keras, backprop) and the named rows.
+    kept = bench.method_rows(dense_chain=True, methods={"pepita"})
+    assert [label for label, _, _ in kept] == ["keras", "backprop", "pepita"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "nonsense"])
+    assert bench.parse_args(["--methods", "ff,dgl"]).methods == {"forward_forward",
+                                                                 "local_losses"}
+
+
+def test_peak_memory_counts_a_steps_activations():
+    # In this process, with glibc mapping buffers over 64 KiB on their own (as the
+    # child's MALLOC_MMAP_THRESHOLD_ does): a step of a 784-2048-10 MLP at batch 512
+    # keeps its hidden activations, 512 x 2048 float32 = 4 MiB, and their gradient for
+    # backprop, so its peak is above 4 MiB; plain Keras and credit's backprop agree.
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    assert libc.mallopt(-3, 65536) == 1  # M_MMAP_THRESHOLD
+    bench.SPECS["w"] = bench.Spec("w", "wide", bench._mlp([2048]), (784,), 512, 2,
+                                  dense_chain=True)
+    try:
+        peaks = {}
+        for label, identifier in (("keras", None), ("backprop", "backprop")):
+            result = bench.measure_memory("w", label, identifier, steps=2)
+            assert result["status"] == "ok", result
+            assert result["baseline_bytes"] > 0
+            peaks[label] = result["peak_bytes"] / 2 ** 20
+        assert all(4.0 < p < 64.0 for p in peaks.values()), peaks
+        assert abs(peaks["keras"] - peaks["backprop"]) < 0.5 * peaks["keras"], peaks
+    finally:
+        del bench.SPECS["w"]
+
+
+@pytest.mark.slow  # two fresh TensorFlow processes: 15 s idle, a minute on loaded cores
+def test_quick_benchmark_writes_a_peak_memory_column(tmp_path):
+    out = tmp_path / "bench.md"
+    bench.main(["--quick", "--models", "t", "--methods", "backprop", "--memory-steps", "2",
+                "--out", str(out)])
+    text = out.read_text()
+    assert "| method | samples/s | x plain Keras | peak MiB | x backprop |" in text
+    assert "peak MiB: peak resident set size" in text
+    rows = _rows(text)
+    assert set(rows) == {"plain keras.Model.fit", "backprop"}
+    for method, cells in rows.items():
+        assert float(cells[2]) >= 0.0, (method, cells)

@@ -280,3 +280,134 @@ def test_quick_run_writes_its_tables(tmp_path):
         "backprop, 1 process, 1 core (credit step)"], abs=0.002)
     assert acc["DNI lock-step, K=2"] == pytest.approx(acc["DNI, 1 process, 1 core (credit step)"],
                                                       abs=0.002)
+
+
+# --------------------------------------------------------------------------------------
+# DGL: local losses, each stage updated from its own head
+
+
+def test_dgl_stages_equal_the_in_process_local_losses(data):
+    # Three stages, two heads (at the two boundaries); the stages in one thread and
+    # as threads that run at their own pace both reach credit's local_losses weights.
+    x, y = data
+    model_spec = spec()
+    model = build_mlp(**model_spec)
+    split = split_model(model, 3)
+    config = method_config("dgl", split, seed=0)
+    assert config == {"name": "local_losses", "seed": 0, "at": list(split.boundaries)}
+    method = reference.resolve_method(config, model)
+    stages = [Stage(model, split, k, "dgl", method=method, optimizer=SGD,
+                    loss=reference.loss_object()) for k in range(3)]
+    heads = {name: head.get_weights() for name, head in method.heads.items()}
+    for epoch in range(EPOCHS):
+        for index in batches(len(x), BATCH, 0, epoch):
+            sequential_step(stages, "dgl", x[index], y[index])
+    expected = in_process(model_spec, "dgl", 3, x, y)
+    initial = build_mlp(**model_spec).get_weights()
+    assert_same(model.get_weights(), expected, initial)
+    # The heads learnt too (with the method's head optimizer) and the timings name
+    # the local piece the simulator reads.
+    for name, before in heads.items():
+        assert max(float(np.max(np.abs(a - b)))
+                   for a, b in zip(method.heads[name].get_weights(), before)) > 1e-4
+    assert set(stages[0].timings) >= {"forward", "local", "backward", "apply"}
+    assert "local" not in stages[-1].timings
+    with Workers(3, backend="thread") as workers:
+        result = run_decoupled(workers, model_spec, x, y, schedule="dgl",
+                               batch_size=BATCH, epochs=EPOCHS, seed=0, optimizer=SGD)
+    assert_same(result.weights, expected, initial)
+
+
+def test_dgl_head_gradient_against_numpy(data):
+    # The signal a dgl stage sends into its layers: d CE(softmax(h A + c), y) / d h =
+    # (softmax(h A + c) - onehot(y)) A^T / batch, for the linear head (A, c).
+    x, y = data
+    model = build_mlp(**spec(batch_norm=False))
+    split = split_model(model, 2)
+    method = reference.resolve_method(method_config("dgl", split, seed=0), model)
+    stage = Stage(model, split, 0, "dgl", method=method, optimizer=SGD,
+                  loss=reference.loss_object())
+    fwd = stage.forward(x[:BATCH], y[:BATCH])
+    loss, g, _ = stage._local(fwd.outputs["h"], fwd.y)
+    h = fwd.h.reshape(BATCH, -1)
+    kernel, bias = stage.head.get_weights()[:2]
+    logits = h @ kernel + bias
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    onehot = np.eye(p.shape[1])[y[:BATCH]]
+    np.testing.assert_allclose(float(loss), -np.mean(np.log(p[np.arange(BATCH), y[:BATCH]])),
+                               rtol=1e-5)
+    np.testing.assert_allclose(g.numpy().reshape(BATCH, -1), (p - onehot) @ kernel.T / BATCH,
+                               atol=1e-6)
+
+
+def test_dgl_simulator_waits_for_nothing_but_the_input():
+    # Two stages, no transfer: stage 1 runs batch t as soon as stage 0's forward of t
+    # is done, and stage 0 never waits: the epoch takes the slowest stage's time plus
+    # the first forward of stage 0.
+    times = [{"forward": 1.0, "update": 2.0}, {"forward": 1.5, "update": 1.5}]
+    sim = simulate("dgl", times, steps=4)
+    assert sim.seconds == pytest.approx(1.0 + 4 * 3.0)
+    locked = simulate("locked", [{"forward": 1.0, "backward": 2.0, "update": 0.0},
+                                 {"forward": 1.5, "backward": 1.5, "update": 0.0}], steps=4)
+    assert locked.seconds == pytest.approx(4 * 6.0)
+
+
+class _SoftmaxDense(__import__("keras").layers.Dense):
+    """A Dense layer whose call ends in a softmax op: credit reads its output error at
+    the logits Keras keeps on the result (the ``"returned"`` kind)."""
+
+    def call(self, inputs):
+        import keras
+
+        return keras.ops.softmax(super().call(inputs))
+
+
+def test_dfa_stages_read_the_logits_a_softmax_op_returns(data):
+    # Before the stage knew the "returned" kind, it took e at the probabilities (the
+    # loss gradient there, not p - onehot(y)) and drifted from credit's DFA.
+    import keras
+
+    import credit
+
+    x, y = data
+
+    def build():
+        keras.utils.set_random_seed(3)
+        return credit.Sequential([keras.Input((12,)),
+                                  keras.layers.Dense(16, activation="tanh", name="h0"),
+                                  keras.layers.Dense(16, activation="tanh", name="h1"),
+                                  _SoftmaxDense(4, name="output")])
+
+    model, twin = build(), build()
+    split = split_model(model, 2)
+    method = reference.resolve_method(method_config("dfa", split, seed=0), model)
+    assert method.graph.logits == ("returned", "output")
+    stages = [Stage(model, split, k, "dfa", method=method, optimizer=SGD,
+                    loss=reference.loss_object()) for k in range(2)]
+    for epoch in range(EPOCHS):
+        for index in batches(len(x), BATCH, 0, epoch):
+            sequential_step(stages, "dfa", x[index], y[index])
+    reference.train_in_process(twin, method_config("dfa", split, seed=0), x, y,
+                               batch_size=BATCH, epochs=EPOCHS, seed=0, optimizer=SGD)
+    assert_same(model.get_weights(), twin.get_weights(), build().get_weights())
+
+
+def test_stages_refuse_logits_they_cannot_read():
+    # A softmax op between the layers of a functional model is not run by a stage of
+    # layers: the stage says so instead of training on the probabilities.
+    import keras
+
+    import credit
+
+    inputs = keras.Input((12,))
+    h = keras.layers.Dense(16, activation="tanh", name="h0")(inputs)
+    h = keras.layers.Dense(16, activation="tanh", name="h1")(h)
+    outputs = keras.ops.softmax(keras.layers.Dense(4, name="output")(h))
+    model = credit.Model(inputs, outputs)
+    split = split_model(model, 2)
+    method = reference.resolve_method(method_config("dfa", split, seed=0), model)
+    assert method.graph.logits[0] == "output_of"
+    with pytest.raises(ValueError, match="'output_of'.*cannot read"):
+        Stage(model, split, 1, "dfa", method=method, optimizer=SGD,
+              loss=reference.loss_object())

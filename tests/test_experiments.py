@@ -104,10 +104,12 @@ def test_grid_orders_by_dataset_seed_method():
 
 def test_compare_defaults_cover_every_registered_method():
     configs_ = compare.configs_from_args(compare.parser().parse_args([]))
-    assert {c["method"] for c in configs_} == set(credit.available())
+    every = credit.available(dense_chains=True)  # PEPITA and FF too: the MLP is a chain
+    assert {"pepita", "forward_forward"} <= set(every)
+    assert {c["method"] for c in configs_} == set(every)
     assert [d for d in dict.fromkeys(c["dataset"] for c in configs_)] == ["mnist", "digits", "diabetes"]
     assert sorted({c["seed"] for c in configs_}) == [0, 1, 2]
-    assert len(configs_) == 3 * 3 * len(credit.available())
+    assert len(configs_) == 3 * 3 * len(every)
     mnist = next(c for c in configs_ if c["dataset"] == "mnist")
     assert mnist["model"]["hidden"] == [256, 256] and mnist["epochs"] == 20
 
@@ -132,11 +134,47 @@ def test_compare_zoo_runs_every_method_on_every_model():
     plan = compare.configs_from_args(args)
     pairs = {(c["model"]["type"], c["method"]) for c in plan}
     assert pairs == {(m, method) for m in ("resnet", "transformer")
-                     for method in credit.available()}
+                     for method in credit.available(dense_chains=True)}
     resnet = next(c for c in plan if c["model"]["type"] == "resnet")
     assert resnet["model"]["depth"] == 8  # quick: ResNet-8
     every = compare.configs_from_args(compare.parser().parse_args(["--models", "all"]))
     assert {c["model"]["type"] for c in every} == set(models.MODELS)
+
+
+def test_compare_sets_the_local_and_forward_methods_own_hyperparameters():
+    plan = compare.configs_from_args(compare.parser().parse_args(
+        ["--methods", "bp,fg,pepita,ff,dgl", "--datasets", "digits", "--quick"]))
+    by = {configs.complete(c)["method"]: configs.complete(c) for c in plan}
+    assert by["backprop"]["learning_rate"] == 1e-3 and by["backprop"]["method_config"] == {}
+    for method, settings in compare.METHOD_SETTINGS.items():
+        assert by[method]["learning_rate"] == settings["learning_rate"]
+        assert by[method]["method_config"] == settings.get("method_config", {})
+    assert by["forward_gradient"]["method_config"] == {"tangents": 4}
+    # A config's own method_config entries win over the per-method ones.
+    merged = compare.with_method_settings({"method": "fg", "method_config": {"seed": 3,
+                                                                           "tangents": 2}})
+    assert merged["method_config"] == {"tangents": 2, "seed": 3}
+    # Tuning replaces the per-method value like any other.
+    args = compare.parser().parse_args(["--methods", "fg", "--datasets", "digits",
+                                        "--quick", "--tune", "lr"])
+    plan = compare.plan_from_args(args)
+    assert plan.configs[0]["learning_rate"] == 3e-3
+    assert tuning.grid_for(plan.grids, "forward_gradient")["learning_rate"] == \
+        tuning.DEFAULT_GRIDS["learning_rate"]
+
+
+def test_dense_chain_methods_are_not_applicable_beyond_the_mlp():
+    # PEPITA and Forward-Forward on a CNN: recorded as not applicable with the reason,
+    # never a failed run.
+    for method in ("pepita", "forward_forward"):
+        config = configs.complete({"method": method, "dataset": "digits", "seed": 0,
+                                   "epochs": 1, "model": {"type": "cnn", "filters": [4],
+                                                          "dense": [8]}})
+        reason = training.applicability(config)
+        assert reason is not None and "chains of Dense layers only" in reason
+        assert "conv2d" in reason
+        config["model"] = {"type": "mlp", "hidden": [8], "activation": "tanh"}
+        assert training.applicability(configs.complete(config)) is None
 
 
 # ---------------------------------------------------------------------------

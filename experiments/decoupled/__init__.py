@@ -15,10 +15,12 @@ Schedules (:mod:`~experiments.decoupled.schedules`):
 - ``dfa``: a stage updates as soon as the output error e, broadcast by the last stage,
   arrives;
 - ``dni``: a stage updates from its synthesizer as soon as its forward pass is done;
-  the stage above sends back the synthesizer's bootstrap target when it has it.
+  the stage above sends back the synthesizer's bootstrap target when it has it;
+- ``dgl``: local losses (decoupled greedy learning): a stage updates from its auxiliary
+  head's loss as soon as its forward pass is done; nothing is sent down.
 
 The per-stage math is credit's: the stages run the model's Keras layers, and take their
-feedback matrices and synthesizers from the credit method bound to the whole model. In
+feedback matrices, synthesizers and heads from the credit method bound to the whole model. In
 lock-step (``window=1``) the stages end with the weights that ``credit.compute_gradients``
 gives on the unsplit model (tests check it); a larger window lets stages run ahead.
 

@@ -20,7 +20,8 @@ def parser():
     p = argparse.ArgumentParser(
         prog="python -m experiments.decoupled",
         description="Decoupled execution, measured: a wide MLP split into K stages, one "
-                    "process each, trained with locked backprop, GPipe, DFA and DNI; "
+                    "process each, trained with locked backprop, GPipe, DFA, DNI and "
+                    "DGL (local losses); "
                     "measured on this machine for K = 2 against one process, then "
                     "projected for K devices by a simulator fed with the measured "
                     "times. Writes DIR/decoupled/decoupled.md and csv files.")

@@ -3,13 +3,14 @@
 Measured (wall clock, this machine):
 
 - the unsplit model in one process, trained by ``credit.compute_gradients`` in one
-  ``tf.function`` (backprop, DFA, DNI), on 2 cores and on 1 core (TensorFlow's thread
+  ``tf.function`` (backprop, DFA, DNI, DGL), on 2 cores and on 1 core (TensorFlow's thread
   pools set to 2 or 1);
 - the same model through the stage runner with K = 1 (one process, locked backprop):
   the cost of the runner's own machinery;
 - K = 2 stages, one process and one core each: locked backprop, GPipe with M
   micro-batches, DFA and DNI in lock-step (window 1: the in-process method's numbers)
-  and decoupled (window W).
+  and decoupled (window W), and DGL (local losses with a linear head at the stage
+  boundary: each stage trains as soon as its input arrives, with no window).
 
 Every run trains the same number of steps from the same initial weights on the same
 batches; the test accuracy after the last epoch is reported. Runs of one seed go in a
@@ -94,7 +95,8 @@ def plans(settings):
     w = settings.window
     out = []
     for group, cores in (("one2", 2), ("one1", 1)):
-        for method, name in (("backprop", "backprop"), ("dfa", "DFA"), ("dni", "DNI")):
+        for method, name in (("backprop", "backprop"), ("dfa", "DFA"), ("dni", "DNI"),
+                             ("dgl", "DGL")):
             out.append(Plan(f"{name}, 1 process, {cores} core{'s' * (cores > 1)} "
                             "(credit step)", group, "fused", method, method))
         out.append(Plan(f"backprop, stage runner K=1, {cores} core{'s' * (cores > 1)}",
@@ -106,6 +108,8 @@ def plans(settings):
         Plan(f"DFA window {w}, K=2", "pair", "staged", "dfa", "dfa", window=w),
         Plan("DNI lock-step, K=2", "pair", "staged", "dni", "dni", window=1),
         Plan(f"DNI window {w}, K=2", "pair", "staged", "dni", "dni", window=w),
+        # DGL waits for nothing but its input: no window to set.
+        Plan("DGL (local losses), K=2", "pair", "staged", "dgl", "dgl"),
     ]
     return out
 
@@ -237,7 +241,7 @@ def profiles(settings, worker, x, y, log=print):
     spec = settings.spec(settings.seeds[0], x.shape[1], int(y.max()) + 1)
     configs = [(1, "locked", 1)]
     for k in settings.simulate_stages:
-        configs += [(k, "locked", 1), (k, "dfa", 1), (k, "dni", 1)]
+        configs += [(k, "locked", 1), (k, "dfa", 1), (k, "dni", 1), (k, "dgl", 1)]
         configs += [(k, "gpipe", m) for m in settings.micro_batches]
     begin = time.perf_counter()
     out = profile(worker, spec, x, y, configs=configs, batch_size=settings.batch_size,
@@ -283,7 +287,8 @@ def simulate_all(settings, profiled, times, steps):
         cases = [("locked backprop", "locked", 1, 1)]
         cases += [(f"GPipe M={m}", "gpipe", 1, m) for m in settings.micro_batches]
         cases += [("DFA lock-step", "dfa", 1, 1), (f"DFA window {k}", "dfa", k, 1),
-                  ("DNI lock-step", "dni", 1, 1), (f"DNI window {k}", "dni", k, 1)]
+                  ("DNI lock-step", "dni", 1, 1), (f"DNI window {k}", "dni", k, 1),
+                  ("DGL (local losses)", "dgl", 1, 1)]
         for label, schedule, window, m in cases:
             stage_times = profiled[(k, schedule, m)]
             with_transfer = simulate(schedule, stage_times, transfer_model(times, settings, m),
@@ -422,7 +427,8 @@ def report(settings, summary, simulated, check, profiled, context):
         f"ReLU; softmax output), {settings.depth + 1} blocks; "
         f"{'cDNI' if settings.conditioned else 'DNI'} with one linear synthesizer at each "
         "stage boundary (bootstrapped targets, Adam at 0.01); DFA with a point at every "
-        f"hidden block; Adam "
+        "hidden block; DGL: local losses with a linear head (the model's loss on its "
+        "prediction) at each stage boundary, heads trained with Adam; Adam "
         f"(learning rate {settings.learning_rate}), batch {b}, {settings.epochs} epochs of "
         f"{context['steps']} steps on {context['n_train']} MNIST training images "
         f"({context['source']}); test accuracy on {context['n_test']} test images after "

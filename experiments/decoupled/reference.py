@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import credit
+from credit import _keras_compat as compat
 from credit import model as model_lib
 from experiments.decoupled.schedules import batches
 from experiments.decoupled.stage import make_optimizer
@@ -55,11 +56,16 @@ def train_in_process(model, method, x, y, *, batch_size, epochs=1, seed=0,
     Example:
         >>> logs, _ = train_in_process(model, "dfa", x, y, batch_size=128)  # doctest: +SKIP
     """
+    loss = loss_object() if loss is None else loss
+    method = method if isinstance(method, credit.ErrorSignal) else credit.get(method)
+    if method.name == "local_losses" and not compat.has_compiled_loss(model):
+        # Local losses apply the model's compiled loss to their heads (a loss_fn does
+        # not reach them): the same loss, compiled before the method is bound.
+        model.compile(loss=loss)
     method = resolve_method(method, model)
     optimizer = make_optimizer(optimizer)
     variables = model.trainable_variables
     optimizer.build(variables)
-    loss = loss_object() if loss is None else loss
     signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32),
                  tf.TensorSpec((None,), tf.int64)]
 

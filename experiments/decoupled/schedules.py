@@ -26,6 +26,11 @@ The schedules, for batch t on stage k (of K):
   from its target when it arrives. The update of batch t waits until the synthesizer has
   learnt from the targets of batches up to t - ``window`` (window 1: lock-step, the
   in-process method's numbers).
+- ``dgl`` (local losses, Belilovsky et al. 2020's decoupled greedy learning): forward,
+  send h up, then at once update from the local loss of the stage's auxiliary head
+  (its gradient through the head, backprop through the stage; the head learns from the
+  same loss). Nothing is sent down and nothing is waited for but the input: the stages
+  are update-unlocked and backward-unlocked, with no window to bound.
 """
 
 import collections
@@ -42,6 +47,7 @@ PIECES = {
     "dfa": {"forward": ("forward",), "update": ("backward", "apply")},
     "dni": {"forward": ("forward",), "backward": ("synthesize", "backward"),
             "update": ("apply",), "synth": ("synth_train",)},
+    "dgl": {"forward": ("forward",), "update": ("local", "backward", "apply")},
 }
 
 
@@ -150,7 +156,7 @@ def run_epoch(stage, links, schedule, epoch_batches, x, y, window=1, micro_batch
     Args:
         stage: the :class:`~experiments.decoupled.stage.Stage`.
         links: its :class:`Links`.
-        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"`` or ``"dni"``.
+        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"``, ``"dni"`` or ``"dgl"``.
         epoch_batches: the epoch's index arrays (see :func:`batches`).
         x, y: the training data (``x`` is read only by the first stage).
         window: DFA and DNI: batches a stage may run ahead (1: lock-step).
@@ -162,7 +168,8 @@ def run_epoch(stage, links, schedule, epoch_batches, x, y, window=1, micro_batch
         ...                 window=2)                                # doctest: +SKIP
     """
     log = EpochLog()
-    runner = {"locked": _locked, "gpipe": _gpipe, "dfa": _dfa, "dni": _dni}[schedule]
+    runner = {"locked": _locked, "gpipe": _gpipe, "dfa": _dfa, "dni": _dni,
+              "dgl": _dgl}[schedule]
     runner(stage, links, epoch_batches, x, y, log, window=window,
            micro_batches=micro_batches)
     return log
@@ -297,6 +304,16 @@ def _dni(stage, links, epoch_batches, x, y, log, window=1, **_):
         learn(block_until=n)
 
 
+def _dgl(stage, links, epoch_batches, x, y, log, **_):
+    k = stage.index
+    for t, index in enumerate(epoch_batches):
+        fwd = stage.forward(_input(stage, links, x, index, t), y[index], step=t)
+        if not stage.last:
+            links.send(k + 1, "h", t, fwd.h)
+        stage.local_update(fwd)
+        _record(stage, fwd, log, len(index))
+
+
 # --------------------------------------------------------------------------------------
 # All stages in one thread
 
@@ -310,7 +327,7 @@ def sequential_step(stages, schedule, x, y, step=0, micro_batches=1):
 
     Args:
         stages: the K stages, in order.
-        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"`` or ``"dni"``.
+        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"``, ``"dni"`` or ``"dgl"``.
         x, y: the batch (numpy arrays).
         step: the step number.
         micro_batches: GPipe's M.
@@ -355,6 +372,14 @@ def sequential_step(stages, schedule, x, y, step=0, micro_batches=1):
         for stage, fwd in zip(stages, fwds):
             stage.dfa_update(fwd, e)
         return fwds[-1].loss
+    if schedule == "dgl":
+        fwds, h = [], x
+        for stage in stages:
+            fwds.append(stage.forward(h, y, step=step))
+            h = fwds[-1].h
+        for stage, fwd in zip(stages, fwds):
+            stage.local_update(fwd)
+        return fwds[-1].loss
     if schedule == "gpipe":
         m_count = int(micro_batches)
         parts = micro_split(np.arange(len(x)), m_count)
@@ -375,4 +400,4 @@ def sequential_step(stages, schedule, x, y, step=0, micro_batches=1):
             stage.apply(total)
         return float(np.mean([chain[-1].loss for chain in fwds]))
     raise ValueError(f"schedule={schedule!r} is not a schedule; choose one of 'locked', "
-                     "'gpipe', 'dfa', 'dni'.")
+                     "'gpipe', 'dfa', 'dni', 'dgl'.")

@@ -17,7 +17,9 @@ piece_times` reads them from a profile:
   stage's local gradients and the optimizer step);
 - ``dni``: ``forward``, ``backward`` (the synthesizer's prediction and backprop through
   the stage; sends the input gradient), ``update``, ``synth`` (the synthesizer's step
-  when its target arrives).
+  when its target arrives);
+- ``dgl``: ``forward``, ``update`` (the head's local loss, backprop through the stage
+  and the optimizer steps); a stage waits for nothing but its input.
 
 Transfers (seconds per message): ``activation`` (h, up), ``gradient`` (down),
 ``error`` (e, from the last stage), ``activation_micro`` and ``gradient_micro``
@@ -115,7 +117,7 @@ def simulate(schedule, times, transfer=None, steps=1, window=None, micro_batches
     """Play ``steps`` batches of ``schedule`` on ``len(times)`` devices.
 
     Args:
-        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"`` or ``"dni"``.
+        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"``, ``"dni"`` or ``"dgl"``.
         times: per stage, a dict of piece durations in seconds (see the module doc).
         transfer: seconds per message, a number or a dict by kind (default 0).
         steps: batches (an epoch's worth, for an epoch time).
@@ -139,7 +141,8 @@ def simulate(schedule, times, transfer=None, steps=1, window=None, micro_batches
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window={window!r}: must be an integer >= 1 (1: lock-step).")
     tr = _transfers(transfer)
-    make = {"locked": _locked, "gpipe": _gpipe, "dfa": _dfa, "dni": _dni}[schedule]
+    make = {"locked": _locked, "gpipe": _gpipe, "dfa": _dfa, "dni": _dni,
+            "dgl": _dgl}[schedule]
     tasks = make(times, tr, steps, window, micro_batches)
     seconds, busy = _run(tasks, K)
     idle = 1.0 - sum(busy) / (K * seconds) if seconds > 0 else 0.0
@@ -236,6 +239,19 @@ def _dni(times, tr, steps, window, micro_batches):
                 if t:
                     deps.append((("T", k, t - 1), 0.0))
                 tasks.append(_Task(("T", k, t), k, times[k]["synth"], deps, (1, t)))
+    return tasks
+
+
+def _dgl(times, tr, steps, window, micro_batches):
+    K, tasks = len(times), []
+    for t in range(steps):
+        for k in range(K):
+            deps = [(("F", k - 1, t), tr["activation"])] if k else []
+            if t:
+                deps.append((("U", k, t - 1), 0.0))
+            tasks.append(_Task(("F", k, t), k, times[k]["forward"], deps, (1, t)))
+            tasks.append(_Task(("U", k, t), k, times[k]["update"], [(("F", k, t), 0.0)],
+                               (0, t)))
     return tasks
 
 

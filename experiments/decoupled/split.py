@@ -27,6 +27,7 @@ SCHEDULES = {
     "gpipe": "backprop",                     # the same with micro-batches, pipelined
     "dfa": "direct_feedback_alignment",      # a stage updates when e arrives
     "dni": "synthetic_gradients",            # a stage updates from its synthesizer
+    "dgl": "local_losses",                   # a stage updates from its local head
 }
 
 
@@ -37,7 +38,8 @@ def check_schedule(schedule, argument="schedule"):
         raise ValueError(
             f"{argument}={schedule!r} is not a schedule of the decoupled runner; choose "
             f"one of {', '.join(map(repr, SCHEDULES))} (locked and gpipe train with "
-            "backprop, dfa with direct feedback alignment, dni with synthetic gradients).")
+            "backprop, dfa with direct feedback alignment, dni with synthetic gradients, "
+            "dgl with local losses).")
     return schedule
 
 
@@ -224,10 +226,14 @@ def method_config(schedule, split, seed=0, conditioned=False, synthesizer="linea
     ``locked`` and ``gpipe``: backprop. ``dfa``: direct feedback alignment with a point at
     every hidden block (its default). ``dni``: synthetic gradients with one synthesizer
     at each stage boundary (``at`` = the boundary blocks), bootstrapped targets; inside a
-    stage the signal flows by true backprop.
+    stage the signal flows by true backprop. ``dgl``: local losses (decoupled greedy
+    learning, Belilovsky et al. 2020) with an auxiliary head at each stage boundary,
+    the method's default loss and head; inside a stage true backprop, nothing crosses
+    a boundary.
 
     Raises:
-        ValueError: an unknown schedule, or ``dni`` with one stage (no boundary).
+        ValueError: an unknown schedule, or ``dni``/``dgl`` with one stage (no
+            boundary).
 
     Example:
         >>> split = split_model(build_mlp(width=32, depth=3, input_dim=10), 2)
@@ -241,9 +247,12 @@ def method_config(schedule, split, seed=0, conditioned=False, synthesizer="linea
     if name == "direct_feedback_alignment":
         return {"name": name, "seed": int(seed)}
     if split.stages < 2:
+        what = "synthesizers" if schedule == "dni" else "local heads"
         raise ValueError(
-            "schedule='dni' needs stages >= 2: its synthesizers sit between stages; got "
+            f"schedule={schedule!r} needs stages >= 2: its {what} sit between stages; got "
             "stages=1. Use schedule='locked' for one stage, or stages=2.")
+    if name == "local_losses":
+        return {"name": name, "seed": int(seed), "at": list(split.boundaries)}
     config = {"name": name, "seed": int(seed), "at": list(split.boundaries),
               "conditioned": bool(conditioned), "synthesizer": synthesizer,
               "target": "bootstrap"}

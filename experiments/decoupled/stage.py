@@ -15,7 +15,13 @@ method's state comes from the credit method bound to the whole model
 - DNI (Jaderberg et al. 2016): the stage's output gets ``M(h[, y]) / batch`` from its
   synthesizer; true backprop inside the stage; its input gradient is the bootstrap
   target of the synthesizer below; the synthesizer learns by the mean squared error of
-  ``SyntheticGradients.update`` (per example, averaged over the model's boundaries).
+  ``SyntheticGradients.update`` (per example, averaged over the model's boundaries);
+- DGL, local losses (Belilovsky et al. 2020; Nøkland & Eidnes 2019): the stage's
+  output gets the gradient of its auxiliary head's local loss (``LocalLosses.
+  local_loss``: the loss on the head's prediction, similarity matching, or both);
+  true backprop inside the stage; the stage's input is cut (nothing crosses a
+  boundary); the head learns from the same loss with a copy of the method's head
+  optimizer.
 
 Each piece runs as a ``tf.function``. The forward pass is called under an eager
 ``tf.GradientTape``, which keeps the function's intermediate results for a later
@@ -34,7 +40,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from credit import _keras_compat as compat
 from credit import graph as graph_lib
+from credit.methods.local_losses import similarity_matrix
 from credit.signal import flat
 from experiments.decoupled.split import SCHEDULES, check_schedule
 
@@ -92,6 +100,10 @@ class Pending:
         self.step, self.tape, self.prediction = step, tape, prediction
 
 
+#: The kinds of logits (``credit``'s ``Graph.output_logits``) a stage reads at a layer.
+_RECORDED = ("input", "activation", "returned", "output")
+
+
 class _LogitsRecorder:
     """Reads the logits (the input of the output's softmax) as the layer runs, through
     credit's layer hooks, where credit's engine reads the output error."""
@@ -103,7 +115,10 @@ class _LogitsRecorder:
     def on_call(self, layer, original, args, kwargs):
         if self.kind == "input":
             self.logits = args[0]
-        return original(*args, **kwargs)
+        output = original(*args, **kwargs)
+        if self.kind == "returned":  # a softmax/sigmoid op ends the layer's call
+            self.logits = compat.keras_logits(output)
+        return output
 
     def on_activation(self, layer, original, a):
         if self.kind == "activation":
@@ -118,9 +133,10 @@ class Stage:
         model: the whole model (its layers are run; only this stage's are trained here).
         split: the :class:`~experiments.decoupled.split.Split`.
         index: the stage, 0 to K-1.
-        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"`` or ``"dni"``.
-        method: the credit method bound to ``model`` (DFA or synthetic gradients), whose
-            feedback matrices or synthesizers this stage uses; None for backprop.
+        schedule: ``"locked"``, ``"gpipe"``, ``"dfa"``, ``"dni"`` or ``"dgl"``.
+        method: the credit method bound to ``model`` (DFA, synthetic gradients or local
+            losses), whose feedback matrices, synthesizers or heads this stage uses;
+            None for backprop.
         optimizer: the stage's optimizer (a name, config dict or instance; a fresh copy
             is made). Elementwise optimizers (SGD, Adam, ...) applied per stage equal one
             optimizer over the whole model.
@@ -152,9 +168,9 @@ class Stage:
             raise ValueError(f"schedule={schedule!r} trains with {kind}; pass method= the "
                              f"{kind} method bound to the model (got {method!r}).")
         self.method = method
-        # The stage input needs no gradient in the first stage (data) and under DFA
-        # (the backward pass is cut at every block).
-        self.cut_input = self.first or schedule == "dfa"
+        # The stage input needs no gradient in the first stage (data), under DFA (the
+        # backward pass is cut at every block) and DGL (nothing crosses a boundary).
+        self.cut_input = self.first or schedule in ("dfa", "dgl")
         self.points = ()
         if schedule == "dfa":
             self.points = tuple(p for p in method.points if p in names)
@@ -178,12 +194,41 @@ class Stage:
             self._synth_loss = tf.function(self._synth_loss_fn, reduce_retracing=True)
             self._synth_apply = tf.function(self._synth_apply_fn)
         self.loss_fn = loss
+        self.head = None
+        if schedule == "dgl" and not self.last:
+            top = names[-1]
+            heads = method.heads
+            if top not in heads:
+                raise ValueError(f"stage {index} ends at {top!r}, which has no local head; "
+                                 f"the method's points are {list(heads)}: bind the method "
+                                 "with at= the split's boundaries.")
+            if loss is None and method.loss in ("pred", "predsim"):
+                raise ValueError(f"a dgl stage with loss={method.loss!r} applies the model's "
+                                 "loss to its head's prediction: pass loss=, e.g. "
+                                 "keras.losses.SparseCategoricalCrossentropy().")
+            self.head = heads[top]
+            self.head_variables = list(self.head.trainable_variables)
+            self.head_optimizer = make_optimizer(method.optimizer_instance)
+            self.head_optimizer.build(self.head_variables)
+            self.units = int(np.prod(method.graph.output_shapes[0]))
+            self._local = tf.function(self._local_fn, reduce_retracing=True)
+            self._head_apply = tf.function(self._head_apply_fn)
         if self.last and loss is None:
             raise ValueError("the last stage computes the loss: pass loss=, e.g. "
                              "keras.losses.SparseCategoricalCrossentropy().")
         self._logits = None
         if self.last and schedule == "dfa":
             kind_, name = method.graph.logits
+            if kind_ not in _RECORDED:
+                # The stage runs the model's layers, not the ops between them: a softmax
+                # applied between layers (or logits credit cannot read) is not here.
+                where = f" ({name})" if kind_ == "unreachable" else ""
+                raise ValueError(
+                    f"model {model.name!r}: its output error is read at logits of kind "
+                    f"{kind_!r}{where}, which a stage of layers cannot read; the stage "
+                    f"runner reads the logits at a layer ({', '.join(_RECORDED)}). End "
+                    "the model with a layer whose activation is the softmax/sigmoid, or "
+                    "a Softmax/Activation layer.")
             layer = model.get_layer(name) if name is not None else None
             self._logits = (kind_, layer)
         self.optimizer = make_optimizer(optimizer)
@@ -225,6 +270,30 @@ class Stage:
 
     def _apply_fn(self, grads):
         self.optimizer.apply(grads, self.variables)
+
+    def _local_fn(self, h, y):
+        # LocalLosses.local_loss for this stage's head, with the stage's loss object in
+        # place of the model's compiled loss (the same loss, mean over the batch).
+        method = self.method
+        h = tf.cast(tf.stop_gradient(h), "float32")
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            prediction, features = self.head(h)
+            loss = 0.0
+            if method.loss in ("pred", "predsim"):
+                pred = tf.cast(self.loss_fn(y, method.prediction(prediction)), "float32")
+                loss = pred if method.loss == "pred" else (1.0 - method.beta) * pred
+            if method.loss in ("sim", "predsim"):
+                labels = tf.one_hot(tf.cast(y, "int32"), self.units, dtype="float32")
+                sim = tf.reduce_mean(tf.square(similarity_matrix(features)
+                                               - similarity_matrix(labels)))
+                loss = sim if method.loss == "sim" else loss + method.beta * sim
+        grads = tape.gradient(loss, [h] + self.head_variables)
+        return loss, grads[0], grads[1:]
+
+    def _head_apply_fn(self, grads):
+        pairs = [(g, v) for g, v in zip(grads, self.head_variables) if g is not None]
+        self.head_optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
     @staticmethod
     def _accumulate_fn(total, grads):
@@ -357,6 +426,23 @@ class Stage:
         self._log("synth_train", start)
         return float(loss)
 
+    def local_update(self, fwd):
+        """DGL's step for the batch of ``fwd``: the head's local loss gives the signal at
+        the stage output (the last stage: the model's loss), backprop through the stage,
+        and the stage's and the head's updates. Returns the local loss (the batch loss
+        in the last stage)."""
+        if self.last:
+            _, grads = self.backward(fwd)
+            self.apply(grads)
+            return fwd.loss
+        start = self.clock()
+        loss, g, head_grads = self._local(fwd.outputs["h"], fwd.y)
+        self._head_apply(head_grads)
+        self._log("local", start)
+        _, grads = self.backward(fwd, g)
+        self.apply(grads)
+        return float(loss)
+
     # -- state ---------------------------------------------------------------------------
 
     def get_weights(self):
@@ -364,10 +450,12 @@ class Stage:
         return {layer.name: layer.get_weights() for layer in self.layers}
 
     def state(self):
-        """The stage's method state as arrays: synthesizer weights (DNI), else empty."""
-        if self.synthesizer is None:
+        """The stage's method state as arrays: synthesizer (DNI) or head (DGL) weights,
+        else empty."""
+        owner = self.synthesizer if self.synthesizer is not None else self.head
+        if owner is None:
             return {}
-        return {self.layers[-1].name: self.synthesizer.get_weights()}
+        return {self.layers[-1].name: owner.get_weights()}
 
     def reset_timings(self):
         """Forget the piece times recorded so far."""
