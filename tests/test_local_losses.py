@@ -234,3 +234,44 @@ def test_pred_without_a_compiled_loss_says_how_to_fix_it():
     out = credit.compute_gradients(mlp(), tf.constant(x), tf.constant(y), method=sim,
                                    loss_fn=keras.losses.SparseCategoricalCrossentropy())
     assert all(g is not None for g in out.gradients)
+
+
+@pytest.mark.parametrize("where", ["between_layers", "in_call"])
+def test_heads_predict_through_an_ops_softmax_as_through_a_softmax_layer(where):
+    """The head's prediction goes through the model's final softmax wherever it sits.
+    With ``ops.softmax`` after the last Dense (between layers or at the end of a
+    layer's call), the signals equal those of the same model with
+    ``Dense(activation="softmax")``; before, the head's "probabilities" were the raw
+    decoder output (row sums 0.76 to 3.42)."""
+
+    class SoftmaxDense(keras.layers.Dense):
+        def call(self, x):
+            return keras.ops.softmax(super().call(x))
+
+    def build(kind):
+        keras.utils.set_random_seed(3)
+        inp = keras.Input((6,))
+        h = keras.layers.Dense(8, activation="tanh", name="hidden")(inp)
+        if kind == "layer":
+            out = keras.layers.Dense(4, activation="softmax", name="out")(h)
+        elif kind == "between_layers":
+            out = keras.ops.softmax(keras.layers.Dense(4, name="out")(h))
+        else:
+            out = SoftmaxDense(4, name="out")(h)
+        model = credit.wrap(keras.Model(inp, out))
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        return model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = rng.integers(0, 4, 8)
+    results = []
+    for kind in ("layer", where):
+        model = build(kind)
+        method = credit.get({"name": "local_losses", "seed": 0})
+        results.append(credit.compute_gradients(model, x, y, method=method).gradients)
+        probabilities = keras.ops.convert_to_numpy(
+            method.prediction(tf.constant(rng.normal(size=(3, 4)).astype("float32"))))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 import credit
 from credit import recurrent_transports, transports
-from credit.graph import GraphError
 from credit.methods import _sign
 
 sys.path.insert(0, os.path.dirname(__file__))
