@@ -343,12 +343,21 @@ class LocalLosses(ErrorSignal):
 
 
 def _output_activation(graph):
-    """The model output's final softmax or sigmoid as a function (None if it has none)."""
+    """The model output's final softmax or sigmoid as a function (None if it has none).
+
+    Read where the graph found it: a Softmax or Activation layer, a layer's activation,
+    or an op (``ops.softmax`` at the end of a layer's call or between layers), whose
+    name the graph keeps in ``output_squashing``.
+    """
     kind, name = graph.output_logits[0] if graph.output_logits else ("output", None)
-    if kind == "output" or name is None:
+    if kind == "output":
         return None
-    layer = graph.layers[name]
-    if isinstance(layer, keras.layers.Softmax):
-        axis = layer.axis
-        return lambda t: keras.activations.softmax(t, axis=axis)
-    return keras.activations.get(layer.activation)
+    if kind in ("input", "activation"):
+        layer = graph.layers[name]
+        if isinstance(layer, keras.layers.Softmax):
+            axis = layer.axis
+            return lambda t: keras.activations.softmax(t, axis=axis)
+        return keras.activations.get(layer.activation)
+    # An op: the squashing's name ("softmax", "sigmoid") is all there is to apply.
+    squashing = graph.output_squashing[0] if graph.output_squashing else None
+    return None if squashing is None else keras.activations.get(squashing)
