@@ -1,0 +1,159 @@
+"""Tests written to kill mutants of local losses, PEPITA, DRTP and Kolen-Pollack that the
+rest of the suite let live (tools/mutation.py, issue 14).
+
+Each checks a number against a reference (numpy or a hand computation), an error raised
+for bad input, or a documented behaviour (seeds, defaults, the scaling under
+``tf.distribute``). Hyperparameters that other work may retune (head sizes) are passed
+explicitly.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import credit
+from credit.methods import _synthesizers as sg
+from credit.methods.local_losses import LocalHead, _similarity_features
+
+L = keras.layers
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras():
+    """A fixed seed without clear_session (nothing here depends on layer names)."""
+    keras.utils.set_random_seed(1234)
+    yield
+
+
+def dense_chain(sizes=(6, 5, 4, 3), activation="tanh", output="softmax"):
+    layers = [keras.Input((sizes[0],))]
+    layers += [L.Dense(u, activation=activation, name=f"d{i}")
+               for i, u in enumerate(sizes[1:-1], 1)]
+    layers += [L.Dense(sizes[-1], activation=output, name="out")]
+    return credit.Sequential(layers)
+
+
+def data(n=8, inputs=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, inputs)).astype("float32"),
+            rng.integers(0, classes, size=n))
+
+
+# -- PEPITA ------------------------------------------------------------------------------
+
+
+def test_pepita_scale_sets_the_feedback_bound_and_a_non_positive_one_is_refused():
+    model = dense_chain()
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "pepita", "seed": 2, "scale": 0.3})
+    f = model.method.feedback_matrices["input"].numpy()
+    assert f.shape == (3, 6)
+    assert np.abs(f).max() <= 0.3 and np.abs(f).max() > 0.2
+    want = model.method.seed_for(0).uniform(-0.3, 0.3, size=(3, 6)).astype("float32")
+    np.testing.assert_array_equal(f, want)
+    for bad in (0, -0.1, "big"):
+        with pytest.raises(ValueError, match="scale must be None .* or a positive number"):
+            credit.methods.Pepita(scale=bad)
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def pepita_numpy(model, x, y, f, loss_weight=1.0, replicas=1):
+    """PEPITA's update of one replica holding ``x``, as the docstring writes it, for a
+    tanh chain with a softmax output; the compiled loss is ``loss_weight`` times the
+    batch-mean cross-entropy (under ``tf.distribute`` Keras divides it by the replicas)."""
+    w = [v.numpy().astype("float64") for v in model.trainable_variables]
+
+    def forward(inp):
+        h1 = np.tanh(inp @ w[0] + w[1])
+        h2 = np.tanh(h1 @ w[2] + w[3])
+        return h1, h2, softmax(h2 @ w[4] + w[5])
+
+    n = len(x) * replicas  # the global batch
+    h1, h2, p = forward(x.astype("float64"))
+    e = loss_weight * (p - np.eye(p.shape[1])[y]) / len(x)  # dL/dlogits
+    xm = x + (e * n) @ f  # the per-example error modulates the input
+    m1, m2, _ = forward(xm)
+    return [xm.T @ (h1 - m1) / n, (h1 - m1).sum(0) / n, m1.T @ (h2 - m2) / n,
+            (h2 - m2).sum(0) / n, m2.T @ e, e.sum(0)]
+
+
+def test_pepita_replica_scaling_uses_the_global_batch(monkeypatch):
+    """Under ``tf.distribute`` with two replicas, Keras halves each replica's loss and
+    PEPITA divides by the global batch (twice the replica's): the replica's update is
+    then half of one device's on the same examples, and the modulated input the same
+    (the error per example). Simulated in one process: ``replicas()`` says 2 and the
+    compiled loss is halved as Keras halves it."""
+    x, y = data()
+    model = dense_chain()
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "pepita", "seed": 4, "scale": 0.5})
+    f = model.method.feedback_matrices["input"].numpy().astype("float64")
+    one = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+    for got, want in zip(one.gradients, pepita_numpy(model, x, y, f)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+
+    monkeypatch.setattr(sg, "replicas", lambda: 2)
+    model.compile(loss=lambda t, p: 0.5 * keras.losses.sparse_categorical_crossentropy(t, p),
+                  method=model.method)
+    two = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+    want = pepita_numpy(model, x, y, f, loss_weight=0.5, replicas=2)
+    for got, half, w in zip(two.gradients, one.gradients, want):
+        np.testing.assert_allclose(got.numpy(), w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.numpy(), half.numpy() / 2, rtol=1e-4, atol=1e-6)
+
+
+# -- local losses: the heads -------------------------------------------------------------
+
+
+def test_local_head_defaults_to_a_seeded_linear_prediction():
+    """``LocalHead(shape, units)`` predicts (``predict=True``) with one Dense layer whose
+    Glorot weights are seeded from ``default_rng(seed)``'s first draw in [0, 2**31 - 1)."""
+    head = LocalHead((5,), 3, seed=7)
+    rng = np.random.default_rng(7)
+    init = keras.initializers.GlorotUniform(seed=int(rng.integers(0, 2**31 - 1)))
+    [flatten, decoder] = head.predictor
+    np.testing.assert_array_equal(decoder.kernel.numpy(), init((5, 3)).numpy())
+    h = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    prediction, features = head(tf.constant(h))
+    assert features is None
+    np.testing.assert_allclose(prediction.numpy(),
+                               h @ decoder.kernel.numpy() + decoder.bias.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_similarity_features_of_a_map_with_four_channels_are_spatial_stds():
+    """More than 3 channels and more than one position: the standard deviation over the
+    positions per channel; 3 channels: the flattened map."""
+    h = np.random.default_rng(0).normal(size=(2, 3, 3, 4)).astype("float32")
+    got = _similarity_features(tf.constant(h)).numpy()
+    np.testing.assert_allclose(got, h.reshape(2, 9, 4).std(axis=1), rtol=1e-5, atol=1e-6)
+    three = _similarity_features(tf.constant(h[..., :3])).numpy()
+    np.testing.assert_array_equal(three, h[..., :3].reshape(2, -1))
+
+
+@pytest.mark.parametrize("shape", [(6, 2), (4, 4, 2), (4, 4, 4, 2)])
+def test_dgl_and_similarity_heads_use_the_convolution_and_pool_of_the_maps_rank(shape):
+    """1D, 2D and 3D maps get Conv1D/2D/3D and AveragePooling1D/2D/3D layers."""
+    rank = len(shape) - 1
+    head = LocalHead(shape, 3, kind="dgl", similarity=True, seed=0)
+    kinds = [type(layer).__name__ for layer in head.predictor + head.similar]
+    assert kinds == [f"Conv{rank}D", f"AveragePooling{rank}D", "Flatten", "Dense",
+                     f"Conv{rank}D"]
+    h = np.random.default_rng(0).normal(size=(2,) + shape).astype("float32")
+    prediction, features = head(tf.constant(h))
+    assert prediction.shape == (2, 3)
+    assert features.shape == (2, int(np.prod(shape)))  # 2 channels: the flattened map
+
+
+def test_max_features_below_one_is_refused():
+    for bad in (0, -4, 2.5):
+        with pytest.raises(ValueError, match=f"max_features must be a positive integer; "
+                                             f"got {bad!r}"):
+            credit.get({"name": "local_losses", "max_features": bad})
+    assert credit.get({"name": "local_losses", "max_features": 1}).max_features == 1
