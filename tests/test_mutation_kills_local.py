@@ -157,3 +157,51 @@ def test_max_features_below_one_is_refused():
                                              f"got {bad!r}"):
             credit.get({"name": "local_losses", "max_features": bad})
     assert credit.get({"name": "local_losses", "max_features": 1}).max_features == 1
+
+
+# -- Kolen-Pollack -----------------------------------------------------------------------
+
+
+def test_kolen_pollack_under_a_loss_scale_in_a_compiled_step_gets_the_weights_update():
+    """A compiled step (graph mode) under a LossScaleOptimizer: B receives W's update,
+    unscaled by the loss scale, and its own decay: ``B' - B = W' - W - lr wd (B - W)``."""
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh", name="d1"),
+                               L.Dense(3, name="out")])
+    lr, wd = 0.1, 1e-2
+    model.compile(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(lr, weight_decay=wd)), "mse",
+        method={"name": "kp", "seed": 0})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = rng.normal(size=(8, 3)).astype("float32")
+    b = model.method.feedback_matrices["out"]
+    w = model.get_layer("out").kernel
+    b0, w0 = b.numpy().astype("float64"), w.numpy().astype("float64")
+    model.train_on_batch(x, y)
+    dw = w.numpy() - w0
+    assert np.abs(dw).max() > 1e-3  # the step did move W
+    np.testing.assert_allclose(b.numpy() - b0, dw - lr * wd * (b0 - w0), atol=1e-6)
+
+
+# -- DRTP --------------------------------------------------------------------------------
+
+
+def test_drtp_squeezes_a_trailing_unit_axis_of_per_step_weights_like_keras():
+    """A sequence output (T, units): DRTP reads weights per example and step of shape
+    (batch, T, 1, 1) as those of shape (batch, T), squeezing the trailing unit axes as
+    Keras's losses do, and they do weigh the signal. Only the hidden layer's gradients
+    are compared: Keras 3.15's mean squared error squeezes one axis only and broadcasts
+    the rest, a different loss for the output layer."""
+    model = credit.Sequential([keras.Input((4, 2)), L.Dense(5, activation="tanh", name="d1"),
+                               L.Dense(3, name="out")])
+    model.compile(loss="mse", method={"name": "drtp", "seed": 1})
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(6, 4, 2)), "float32")
+    y = tf.constant(rng.normal(size=(6, 4, 3)), "float32")
+    w = rng.uniform(0.5, 2.0, size=(6, 4)).astype("float32")
+    flat = credit.compute_gradients(model, x, y, sample_weight=tf.constant(w))
+    deep = credit.compute_gradients(model, x, y, sample_weight=tf.constant(w[..., None, None]))
+    plain = credit.compute_gradients(model, x, y)
+    for a, b in zip(flat.gradients[:2], deep.gradients[:2]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    assert np.abs(flat.gradients[0].numpy() - plain.gradients[0].numpy()).max() > 1e-4
