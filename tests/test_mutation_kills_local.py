@@ -139,12 +139,15 @@ def test_similarity_features_of_a_map_with_four_channels_are_spatial_stds():
 
 @pytest.mark.parametrize("shape", [(6, 2), (4, 4, 2), (4, 4, 4, 2)])
 def test_dgl_and_similarity_heads_use_the_convolution_and_pool_of_the_maps_rank(shape):
-    """1D, 2D and 3D maps get Conv1D/2D/3D and AveragePooling1D/2D/3D layers."""
+    """1D, 2D and 3D maps get Conv1D/2D/3D (3 wide on every axis, ``h``'s channels in
+    and out) and AveragePooling1D/2D/3D layers."""
     rank = len(shape) - 1
     head = LocalHead(shape, 3, kind="dgl", similarity=True, seed=0)
     kinds = [type(layer).__name__ for layer in head.predictor + head.similar]
     assert kinds == [f"Conv{rank}D", f"AveragePooling{rank}D", "Flatten", "Dense",
                      f"Conv{rank}D"]
+    for conv in (head.predictor[0], head.similar[0]):
+        assert tuple(conv.kernel.shape) == (3,) * rank + (2, 2)
     h = np.random.default_rng(0).normal(size=(2,) + shape).astype("float32")
     prediction, features = head(tf.constant(h))
     assert prediction.shape == (2, 3)
@@ -157,6 +160,25 @@ def test_max_features_below_one_is_refused():
                                              f"got {bad!r}"):
             credit.get({"name": "local_losses", "max_features": bad})
     assert credit.get({"name": "local_losses", "max_features": 1}).max_features == 1
+
+
+def test_local_loss_log_leaves_out_the_models_regularisation():
+    """The compiled loss adds the model's regularisation terms; the heads' local loss
+    (and its log) is the cross-entropy of their predictions only."""
+    model = credit.Sequential([
+        keras.Input((6,)),
+        L.Dense(5, activation="tanh", name="d1", kernel_regularizer=keras.regularizers.L2(0.5)),
+        L.Dense(3, activation="softmax", name="out")])
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "local_losses", "seed": 3, "head": "linear"})
+    x, y = data()
+    w, c = (v.astype("float64") for v in model.get_weights()[:2])
+    h = np.tanh(x @ w + c)
+    a, b = (v.numpy().astype("float64") for v in model.method.heads["d1"].predictor[-1].weights)
+    q = softmax(h @ a + b)
+    expected = -np.log(q[np.arange(len(y)), y]).mean()
+    out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+    assert float(out.logs["local_loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 # -- Kolen-Pollack -----------------------------------------------------------------------
