@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import credit
 from credit.methods import _synthesizers as sg
-from credit.methods.local_losses import LocalHead, _similarity_features
+from credit.methods.local_losses import LocalHead, _similarity_features, similarity_matrix
 
 L = keras.layers
 
@@ -135,6 +135,25 @@ def test_similarity_features_of_a_map_with_four_channels_are_spatial_stds():
     np.testing.assert_allclose(got, h.reshape(2, 9, 4).std(axis=1), rtol=1e-5, atol=1e-6)
     three = _similarity_features(tf.constant(h[..., :3])).numpy()
     np.testing.assert_array_equal(three, h[..., :3].reshape(2, -1))
+    # A 1D map (batch, steps, channels) too.
+    line = h.reshape(2, 9, 4)
+    np.testing.assert_allclose(_similarity_features(tf.constant(line)).numpy(),
+                               line.std(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_similarity_matrix_adds_1e_8_to_the_norm():
+    """As documented, ``1e-8`` is added to each centred row's norm: a row of norm
+    ``1e-8`` is scaled to norm 1/2 (self-similarity 1/4), a row of norm 1 keeps 1."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(3, 5))
+    rows -= rows.mean(axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    rows[1] *= 1e-8
+    got = similarity_matrix(tf.constant(rows, "float32")).numpy()
+    scale = np.array([1 / (1 + 1e-8), 0.5, 1 / (1 + 1e-8)])
+    want = (rows / np.linalg.norm(rows, axis=1, keepdims=True) * scale[:, None])
+    np.testing.assert_allclose(got, want @ want.T, rtol=1e-4, atol=1e-6)
+    assert got[1, 1] == pytest.approx(0.25, rel=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(6, 2), (4, 4, 2), (4, 4, 4, 2)])
@@ -179,6 +198,22 @@ def test_local_loss_log_leaves_out_the_models_regularisation():
     expected = -np.log(q[np.arange(len(y)), y]).mean()
     out = credit.compute_gradients(model, tf.constant(x), tf.constant(y))
     assert float(out.logs["local_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_local_losses_optimizer_instance_is_the_heads_optimizer():
+    """``optimizer_instance`` is the Keras optimizer of the given class and learning rate
+    that steps the heads (None before binding)."""
+    method = credit.get({"name": "local_losses", "seed": 0, "head": "linear",
+                         "optimizer": "sgd", "learning_rate": 0.25})
+    assert method.optimizer_instance is None
+    model = dense_chain()
+    model.compile(loss="sparse_categorical_crossentropy", method=method)
+    optimizer = method.optimizer_instance
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert float(optimizer.learning_rate) == pytest.approx(0.25)
+    x, y = data()
+    credit.compute_gradients(model, tf.constant(x), tf.constant(y))
+    assert int(optimizer.iterations) == 1
 
 
 # -- Kolen-Pollack -----------------------------------------------------------------------
