@@ -264,6 +264,30 @@ def test_kolen_pollack_follows_the_model_optimizers_learning_rate_and_recompilat
     assert int(method.optimizer_instance.iterations) == 1
 
 
+def test_kolen_pollack_misalignment_is_the_relative_frobenius_distance():
+    """``||B - W|| / ||W||`` per transported kernel; a pair for a separable convolution."""
+    model = credit.Sequential([keras.Input((6, 2)), L.Conv1D(3, 3, name="c"),
+                               L.SeparableConv1D(4, 2, depth_multiplier=2, name="s"),
+                               L.Flatten(), L.Dense(3, name="out")])
+    model.compile(keras.optimizers.SGD(0.1, weight_decay=1e-2), "mse",
+                  method={"name": "kp", "seed": 0})
+    method = model.method
+    got = method.misalignment()
+    assert sorted(got) == ["out", "s"]
+
+    def ratio(b, w):
+        b, w = b.numpy().astype("float64"), w.numpy().astype("float64")
+        return np.linalg.norm(b - w) / np.linalg.norm(w)
+
+    sep = model.get_layer("s")
+    assert isinstance(got["s"], tuple) and len(got["s"]) == 2
+    np.testing.assert_allclose(got["s"], [
+        ratio(method.feedback_matrices["s"][0], sep.depthwise_kernel),
+        ratio(method.feedback_matrices["s"][1], sep.pointwise_kernel)], rtol=1e-6)
+    assert got["out"] == pytest.approx(
+        ratio(method.feedback_matrices["out"], model.get_layer("out").kernel), rel=1e-6)
+
+
 # -- DRTP --------------------------------------------------------------------------------
 
 
