@@ -216,6 +216,62 @@ def test_local_losses_optimizer_instance_is_the_heads_optimizer():
     assert int(optimizer.iterations) == 1
 
 
+def test_local_pred_loss_through_a_softmax_layer_matches_numpy():
+    """A model that ends in a separate Softmax layer: the head's prediction goes
+    through that softmax (on its axis) before the cross-entropy, so the signal is
+    ``((q - onehot) / batch) A^T``."""
+    model = credit.Sequential([keras.Input((6,)), L.Dense(5, activation="tanh", name="d1"),
+                               L.Dense(3, name="logits"), L.Softmax(name="p")])
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "local_losses", "seed": 1, "head": "linear"})
+    x, y = data()
+    w, c = (v.astype("float64") for v in model.get_weights()[:2])
+    h = np.tanh(x @ w + c)
+    a, b = (v.numpy().astype("float64") for v in model.method.heads["d1"].predictor[-1].weights)
+    q = softmax(h @ a + b)
+    want = ((q - np.eye(3)[y]) / len(x)) @ a.T
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method=model.method)
+    got = model.method.signals(trace)["d1"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_local_pred_loss_on_a_sequence_output_reshapes_the_prediction():
+    """An output of shape (T, units): the head predicts T * units values, reshaped to
+    the output's shape before the model's loss (here the mean squared error)."""
+    model = credit.Sequential([keras.Input((2, 4)), L.Dense(5, activation="tanh", name="d1"),
+                               L.Dense(3, name="out")])
+    model.compile(loss="mse", method={"name": "local_losses", "seed": 1, "head": "linear"})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 2, 4)).astype("float32")
+    y = rng.normal(size=(4, 2, 3)).astype("float32")
+    w, c = (v.astype("float64") for v in model.get_weights()[:2])
+    h = np.tanh(x @ w + c).reshape(4, 10)
+    a, b = (v.numpy().astype("float64") for v in model.method.heads["d1"].predictor[-1].weights)
+    assert a.shape == (10, 6)
+    err = 2 * (h @ a + b - y.reshape(4, 6)) / y.size
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method=model.method)
+    got = model.method.signals(trace)["d1"].numpy()
+    np.testing.assert_allclose(got, (err @ a.T).reshape(4, 2, 5), rtol=1e-5, atol=1e-7)
+
+
+def test_local_similarity_loss_is_divided_by_the_replicas(monkeypatch):
+    """Under ``tf.distribute`` the similarity loss is divided by the number of replicas
+    (as Keras divides the compiled loss): simulated with ``replicas()`` saying 2, the
+    signal is half of one device's."""
+    model = dense_chain()
+    model.compile(loss="sparse_categorical_crossentropy",
+                  method={"name": "local_losses", "seed": 1, "loss": "sim"})
+    x, y = data()
+    trace = credit.model.record(model, tf.constant(x), tf.constant(y), method=model.method)
+    one = model.method.signals(trace)
+    monkeypatch.setattr(sg, "replicas", lambda: 2)
+    two = model.method.signals(trace)
+    for point in ("d1", "d2"):
+        assert np.abs(one[point].numpy()).max() > 1e-4
+        np.testing.assert_allclose(two[point].numpy(), one[point].numpy() / 2,
+                                   rtol=1e-5, atol=1e-8)
+
+
 # -- Kolen-Pollack -----------------------------------------------------------------------
 
 
