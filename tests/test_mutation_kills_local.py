@@ -14,7 +14,8 @@ import tensorflow as tf
 
 import credit
 from credit.methods import _synthesizers as sg
-from credit.methods.local_losses import LocalHead, _similarity_features, similarity_matrix
+from credit.methods.local_losses import (LocalHead, _pool_size, _similarity_features,
+                                         similarity_matrix)
 
 L = keras.layers
 
@@ -167,10 +168,39 @@ def test_dgl_and_similarity_heads_use_the_convolution_and_pool_of_the_maps_rank(
                      f"Conv{rank}D"]
     for conv in (head.predictor[0], head.similar[0]):
         assert tuple(conv.kernel.shape) == (3,) * rank + (2, 2)
+    assert head.similar[0].weights == [head.similar[0].kernel]  # no bias, as documented
     h = np.random.default_rng(0).normal(size=(2,) + shape).astype("float32")
     prediction, features = head(tf.constant(h))
     assert prediction.shape == (2, 3)
     assert features.shape == (2, int(np.prod(shape)))  # 2 channels: the flattened map
+
+
+def test_pool_size_doubles_the_axes_in_order():
+    """Axis 0, then 1, then 2: a 4x4x4 map brought to 16 values pools (2, 2, 1)."""
+    assert _pool_size((4, 4, 4, 1), 16) == (2, 2, 1)
+    assert _pool_size((4, 4, 4, 1), 8) == (2, 2, 2)
+
+
+def test_local_head_computes_in_float32_under_mixed_precision():
+    """A head built under a mixed global policy computes in float32, as synthesizers do
+    (its sublayers too): its prediction matches numpy to float32 precision, where
+    float16 would be off by about 1e-3."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        head = LocalHead((4, 4, 8), 3, kind="mlp", hidden_units=(16,), max_features=32,
+                         similarity=True, seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert [layer.compute_dtype for layer in head.predictor + head.similar] == \
+        ["float32"] * 5
+    h = np.random.default_rng(0).normal(size=(2, 4, 4, 8))
+    prediction, features = head(tf.constant(h, "float32"))
+    assert prediction.dtype == tf.float32 and features.dtype == tf.float32
+    _, _, hidden, decoder = head.predictor  # pool (2, 2), flatten, two Dense
+    pooled = h.reshape(2, 2, 2, 2, 2, 8).mean(axis=(2, 4)).reshape(2, -1)
+    w1, b1, w2, b2 = (v.numpy().astype("float64") for v in hidden.weights + decoder.weights)
+    want = np.maximum(pooled @ w1 + b1, 0) @ w2 + b2
+    np.testing.assert_allclose(prediction.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_max_features_below_one_is_refused():

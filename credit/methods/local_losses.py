@@ -55,6 +55,8 @@ class LocalHead(keras.layers.Layer):
         def init():
             return keras.initializers.GlorotUniform(seed=int(rng.integers(0, 2**31 - 1)))
 
+        # The sublayers take the head's dtype (float32 by default), not the global
+        # policy: under mixed precision the heads compute in float32, as synthesizers do.
         rank = len(self.shape) - 1
         self.spatial = 1 <= rank <= 3
         channels = self.shape[-1]
@@ -65,25 +67,29 @@ class LocalHead(keras.layers.Layer):
             if self.spatial and kind == "dgl":
                 self.predictor.append(_CONV[rank](
                     channels, 3, padding="same", activation="relu",
-                    kernel_initializer=init(), name="aux_conv"))
+                    kernel_initializer=init(), dtype=self.dtype_policy, name="aux_conv"))
                 pool = tuple(max(1, -(-d // 2)) for d in self.shape[:-1])
-                self.predictor.append(_POOL[rank](pool, padding="same", name="aux_pool"))
+                self.predictor.append(_POOL[rank](pool, padding="same",
+                                                  dtype=self.dtype_policy, name="aux_pool"))
             elif self.spatial:
                 pool = _pool_size(self.shape, max_features)
                 if any(p > 1 for p in pool):
-                    self.predictor.append(_POOL[rank](pool, padding="same", name="pool"))
-            self.predictor.append(keras.layers.Flatten(name="flatten"))
+                    self.predictor.append(_POOL[rank](pool, padding="same",
+                                                      dtype=self.dtype_policy, name="pool"))
+            self.predictor.append(keras.layers.Flatten(dtype=self.dtype_policy,
+                                                       name="flatten"))
             if kind == "mlp":
                 self.predictor += [
                     keras.layers.Dense(u, activation="relu", name=f"dense_{i}",
-                                       kernel_initializer=init())
+                                       kernel_initializer=init(), dtype=self.dtype_policy)
                     for i, u in enumerate(hidden_units)]
             self.predictor.append(keras.layers.Dense(
-                units, kernel_initializer=init(), name="decoder"))
+                units, kernel_initializer=init(), dtype=self.dtype_policy, name="decoder"))
             _build(self.predictor, shape)
         if similarity and self.spatial:
             self.similar.append(_CONV[rank](channels, 3, padding="same", use_bias=False,
-                                            kernel_initializer=init(), name="sim_conv"))
+                                            kernel_initializer=init(),
+                                            dtype=self.dtype_policy, name="sim_conv"))
             _build(self.similar, shape)
         self.built = True
 
