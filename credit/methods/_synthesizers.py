@@ -83,7 +83,8 @@ class Synthesizer(keras.layers.Layer):
             # bottleneck (reduce, convolution, expand) stays linear.
             act = activation if hidden and kind == "mlp" else None
             if self.convolutional:
-                name = ("conv_out" if last else "conv_reduce" if plan["bottleneck"] and i == 0
+                first = plan["bottleneck"] and i == 0
+                name = ("conv_out" if last else "conv_reduce" if first
                         else f"conv_{i - int(plan['bottleneck'])}")
                 rank = plan["rank"]
                 if layer_kind == "depthwise":
@@ -140,9 +141,10 @@ def synthesizer_plan(shape, kind="linear", condition_units=0, hidden_units=(),
     Returns:
         A dict: ``layers``, one ``(type, filters or units, kernel size or None,
         hidden)`` per layer in order, ``type`` one of ``"conv"``, ``"depthwise"``,
-        ``"separable"`` (Keras's layers of those names) and ``"dense"``; ``rank`` (spatial axes; 0 for a dense boundary);
-        ``input_shape`` (what the first layer sees, without the batch axis);
-        ``bottleneck`` (whether the width bound applies).
+        ``"separable"`` (Keras's layers of those names) and ``"dense"``; ``rank``
+        (spatial axes; 0 for a dense boundary); ``input_shape`` (what the first layer
+        sees, without the batch axis); ``bottleneck`` (whether the width bound
+        applies).
     """
     shape = tuple(int(s) for s in shape)
     condition_units = int(condition_units)
@@ -182,7 +184,8 @@ def synthesizer_parameters(shape, **kwargs):
     keyword arguments as :func:`synthesizer_plan`), computed without building it."""
     plan = synthesizer_plan(shape, **kwargs)
     rank = plan["rank"]
-    channel_axis = -1 if kwargs.get("data_format", "channels_last") == "channels_last" else 0
+    last = kwargs.get("data_format", "channels_last") == "channels_last"
+    channel_axis = -1 if last else 0
     fan_in = plan["input_shape"][channel_axis] if rank else plan["input_shape"][0]
     total = 0
     for kind, size, kernel, _ in plan["layers"]:
@@ -213,13 +216,16 @@ def check_budget(method, graph, counts, what):
     budget = parameter_budget(method.max_parameters, graph.model)
     if total <= budget:
         return
+    default = (f": {BUDGET_RATIO}x the model's parameters, at least {BUDGET_FLOOR:,}"
+               if method.max_parameters is None else "")
     largest = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
     listing = ", ".join(f"{p!r} {n:,}" for p, n in largest)
     raise ValueError(
         f"the {what} of {type(method).__name__} would add {total:,} parameters at "
-        f"{len(counts)} points (largest: {listing}), over max_parameters="
-        f"{method.max_parameters!r} (a budget of {budget:,}; model "
-        f"{graph.model.name!r} has {graph.model.count_params():,}). Nothing was built. "
+        f"{len(counts)} points (largest: {listing}), over the budget of {budget:,} "
+        f"(max_parameters={method.max_parameters!r}"
+        f"{default}; model {graph.model.name!r} has "
+        f"{graph.model.count_params():,}). Nothing was built. "
         "Make them smaller (a smaller width=, synthesizer='linear' or head='linear'), "
         "use fewer points (max_points=, or at=[...] naming fewer layers), or raise "
         "max_parameters.")

@@ -32,9 +32,10 @@ class LocalHead(keras.layers.Layer):
 
     Similarity (``loss`` "sim" or "predsim"): the features whose cosine similarity
     matrix is matched to the labels': ``h`` itself on a dense block; on a spatial block
-    a 3x3 convolution of ``h`` (no bias; sized as the ``"dgl"`` one), then the standard deviation over the spatial
-    axes per channel (when there are more than 3 channels and more than one position;
-    else the flattened map), as in the authors' code.
+    a 3x3 convolution of ``h`` (no bias; sized as the ``"dgl"`` one), then the
+    standard deviation over the spatial axes per channel (when there are more than 3
+    channels and more than one position; else the flattened map), as in the authors'
+    code.
 
     Args:
         shape: ``h``'s shape without the batch axis.
@@ -133,7 +134,8 @@ def head_parameters(shape, units, kind="linear", predict=True, similarity=False,
                                               for d in shape[:-1]]))
         elif spatial:
             pool = _pool_size(shape, max_features)
-            features = channels * int(np.prod([-(-d // p) for d, p in zip(shape[:-1], pool)]))
+            features = channels * int(np.prod([-(-d // p)
+                                               for d, p in zip(shape[:-1], pool)]))
         else:
             features = int(np.prod(shape))
         for u in (hidden_units if kind == "mlp" else ()):
@@ -317,8 +319,8 @@ class LocalLosses(ErrorSignal):
                                                          **kwargs) for p in points},
                         "heads")
         with tf.init_scope():
-            heads = [LocalHead(graph.point_shape(p), units, seed=sg.synthesizer_seed(self, i),
-                               name=f"head_{i}", **kwargs)
+            heads = [LocalHead(graph.point_shape(p), units, name=f"head_{i}",
+                               seed=sg.synthesizer_seed(self, i), **kwargs)
                      for i, p in enumerate(points)]
             sg.own_synthesizers(self, heads)
         self.points = list(points)
