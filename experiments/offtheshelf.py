@@ -15,8 +15,8 @@ plain Keras, no credit), and trains on one seeded random batch:
 - ``unmoved after 4 steps``: of the trainable variables that plain Keras moves, how many
   this method has not moved after its first 4 steps; ``all moved by step``: the step
   after which every one of them has moved (``never``: some had not after ``--steps``).
-  Synthetic gradients bootstrapped from zero-initialised synthesizers reach one more
-  point down per step, so with ``n`` points the lowest layers move from step ``n + 1``.
+  Synthetic gradients bootstrapped from zero-initialised synthesizers reach at most one
+  more point down per step, so with many points the lowest layers move late.
 
 Plain Keras runs first, in the same invocation, so the ratios compare processes run under
 the same machine load. The machine is shared: step times are indicative (a few percent
