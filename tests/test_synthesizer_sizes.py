@@ -300,3 +300,17 @@ def test_every_variable_moves_within_four_steps_on_a_small_resnet(method):
     moved, _ = moved_in_four_steps(method)
     assert moved == moved_bp  # ... and so does the method, with bounded synthesizers
     assert len(method.point_parameters()) == (3 if method.max_points == 3 else 7)
+
+
+def test_offtheshelf_table_ratios_and_unmoved_against_plain_keras():
+    from experiments import offtheshelf
+
+    keras_run = {"model": "M", "method": "keras", "points": 0, "added": 0,
+                 "model_parameters": 100, "first_step_s": 1.0, "step_s": 2.0,
+                 "peak_rss_mb": 10.0, "first_moved": {"a": 1, "b": 1, "c": 1}}
+    sg_run = dict(keras_run, method="sg", points=2, added=50, step_s=3.0,
+                  peak_rss_mb=15.0, first_moved={"a": 1, "b": 6})
+    rows = offtheshelf.table([keras_run, sg_run]).splitlines()
+    assert rows[3] == ("| M | sg | 2 | 50 (0.500x) | 1.0 | 3.0 (1.50x) | 15.0 (1.50x) | "
+                       "2 of 3 | never |")
+    assert rows[2].endswith("| 0 of 3 | 1 |")
