@@ -45,7 +45,8 @@ from credit import distributed  # noqa: E402
 from credit import methods  # noqa: E402  (registers the methods)
 from credit import recurrent  # noqa: E402
 from credit import transports  # noqa: E402
-from credit.diagnostics import AlignmentCallback, alignment, summary  # noqa: E402
+from credit.diagnostics import (AlignmentCallback, alignment, point_summary,  # noqa: E402
+                               summary)
 from credit.graph import GraphError  # noqa: E402
 from credit.model import Gradients, Model, Sequential, compute_gradients, wrap  # noqa: E402
 from credit.registry import available, get, register  # noqa: E402
@@ -67,6 +68,7 @@ __all__ = [
     "distributed",
     "get",
     "methods",
+    "point_summary",
     "recurrent",
     "register",
     "summary",

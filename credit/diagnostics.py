@@ -120,6 +120,49 @@ def summary(model, method=None):
     return table
 
 
+def point_summary(model, method=None):
+    """One row per feedback point: where it sits and what the method adds there.
+
+    The companion of :func:`summary` for the method's own weights: synthetic gradients'
+    synthesizers and local losses' heads (one per point) can outweigh the model if
+    sized carelessly; this table shows each one's size before a step is taken.
+
+    Args:
+        model: a credit model (its method is used), or any Keras model with ``method``.
+        method: a method or name; default ``model.method``.
+
+    Returns:
+        A DataFrame with columns ``point`` (the layer name, ``"name:k"`` for the k-th
+        call of a layer called several times), ``type`` (the layer's type), ``shape``
+        (the point's shape without the batch axis), ``block`` (the index of the block
+        it ends, or None) and ``parameters`` (the weights of the point's synthesizer or
+        head; <NA> for a method that keeps none per point). ``table.attrs`` holds
+        ``model_parameters`` and ``added_parameters`` (the sum of the column).
+
+    Example:
+        >>> credit.point_summary(model)                      # doctest: +SKIP
+                point         type      shape  block  parameters
+        0  conv2_block1_out  Activation  (8, 8, 256)   <NA>  ...
+    """
+    method = _method_for(model, method, "point_summary")
+    if method.plan is None:
+        method = _bound(model, method)
+    graph = method.graph
+    sizes = method.point_parameters() if hasattr(method, "point_parameters") else {}
+    rows = []
+    for name in method.plan.order:
+        block = next((b.index for b in graph.blocks if b.point == name), None)
+        rows.append({"point": name, "type": type(graph.point_layer(name)).__name__,
+                     "shape": tuple(graph.point_shape(name)), "block": block,
+                     "parameters": sizes.get(name)})
+    table = pd.DataFrame(rows, columns=["point", "type", "shape", "block", "parameters"])
+    table["block"] = table["block"].astype("Int64")
+    table["parameters"] = table["parameters"].astype("Int64")
+    table.attrs["model_parameters"] = int(model.count_params())
+    table.attrs["added_parameters"] = int(sum(sizes.values()))
+    return table
+
+
 def _signal_rule(graph, method, name, points):
     found, loss = graph.reaches(name, points)
     rule = method.point_rule or type(method).__name__

@@ -252,13 +252,14 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
     gradients, trace.source_gradients = _after_backward((gradients, trace.source_gradients))
     trace.gradients = gradients
     graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    gate = _barrier(_all_tensors(gradients))
     known = len(graph.get_operations()) if graph is not None else 0
-    with tf.control_dependencies(_all_tensors(gradients)):
+    with tf.control_dependencies(gate):
         logs = method.update(trace, signals) or {}
     if graph is not None and len(graph.get_operations()) > known:
         # And the optimizer's writes wait for the method's update, which reads this
         # step's weights too (synthetic gradients' bootstrapped targets).
-        with tf.control_dependencies(graph.get_operations()[known:]):
+        with tf.control_dependencies(_barrier(graph.get_operations()[known:])):
             gradients = [None if g is None else tf.identity(g) for g in gradients]
     del trace.tape, tape
     return Gradients(gradients, trace.loss, trace.y_pred, logs)
@@ -266,6 +267,20 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
 
 def _all_tensors(structure):
     return [t for t in tf.nest.flatten(structure, expand_composites=True) if t is not None]
+
+
+def _barrier(items):
+    """Control inputs that make an op wait for all of ``items`` (tensors or ops).
+
+    In a graph, one NoOp that waits for them all: each op created under it then gets
+    one control edge, not one per item. (With an edge per pair, the step of
+    synthetic gradients on MobileNetV2 had 1,073,028 control edges, and TensorFlow's
+    graph optimizer spent minutes on them before the first step ran.) Eagerly, where
+    ops run in order anyway: the items themselves.
+    """
+    if tf.executing_eagerly() or not items:
+        return list(items)
+    return [tf.group(*items)]
 
 
 def _after_backward(structure):
@@ -284,7 +299,7 @@ def _after_backward(structure):
     """
     if tf.executing_eagerly():
         return structure  # ops run one after the other
-    with tf.control_dependencies(_all_tensors(structure)):
+    with tf.control_dependencies(_barrier(_all_tensors(structure))):
         return tf.nest.map_structure(lambda t: None if t is None else tf.identity(t),
                                      structure)
 

@@ -20,6 +20,8 @@ import tensorflow as tf
 
 SYNTHESIZERS = ("linear", "mlp")
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+_DEPTHWISE = {1: keras.layers.DepthwiseConv1D, 2: keras.layers.DepthwiseConv2D}
+_SEPARABLE = {1: keras.layers.SeparableConv1D, 2: keras.layers.SeparableConv2D}
 
 
 class Synthesizer(keras.layers.Layer):
@@ -27,8 +29,17 @@ class Synthesizer(keras.layers.Layer):
 
     Dense boundaries: ``concat(flatten(h), y)`` through Dense layers (``"linear"``: one
     layer, i.e. ``h A + y B + c``). Convolutional boundaries: ``concat(h, y broadcast
-    over the spatial axes)`` on the channel axis, through same-padding convolutions.
-    The last layer is zero-initialised. Built on creation; owned by the method's state.
+    over the spatial axes)`` on the channel axis, through same-padding convolutions:
+    at the boundary's own channels (``"linear"``: one convolution; ``"mlp"``:
+    ``hidden_filters`` hidden ones first), or, when ``width`` is set and the boundary
+    has more channels than ``width``, through a bottleneck: a 1x1 convolution down to
+    ``width`` channels, then ``kernel_size`` convolutions on them (``"linear"``: one
+    depthwise convolution, and no activation anywhere, so the synthesizer stays linear
+    in ``h`` and ``y``; ``"mlp"``: one separable convolution per ``hidden_filters``,
+    each capped at ``width``, with the activation), then a 1x1 convolution back up to
+    the boundary's channels (with 3 spatial axes, where Keras has no depthwise
+    convolution, full convolutions at ``width``). The last layer is
+    zero-initialised. Built on creation; owned by the method's state.
 
     Args:
         shape: the shape of ``h`` without the batch axis.
@@ -40,11 +51,13 @@ class Synthesizer(keras.layers.Layer):
         activation: activation of the hidden layers.
         data_format: ``"channels_last"`` or ``"channels_first"`` (spatial boundaries).
         seed: seed of the hidden layers' initial weights.
+        width: the bound on a convolutional synthesizer's channels (None: none, every
+            convolution at the boundary's channels or ``hidden_filters``).
     """
 
     def __init__(self, shape, kind="linear", condition_units=0, hidden_units=(),
                  hidden_filters=(), kernel_size=5, activation="relu",
-                 data_format="channels_last", seed=None, **kwargs):
+                 data_format="channels_last", seed=None, width=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.shape = tuple(int(s) for s in shape)
@@ -57,33 +70,43 @@ class Synthesizer(keras.layers.Layer):
             return keras.initializers.GlorotUniform(seed=int(rng.integers(0, 2**31 - 1)))
 
         zeros = keras.initializers.Zeros()
-        if self.convolutional:
-            rank = len(self.shape) - 1
-            axis = -1 if data_format == "channels_last" else 0
-            channels = self.shape[axis]
-            hidden = self.hidden = hidden_filters if kind == "mlp" else ()
-            conv = _CONV[rank]
-            self.stack = [conv(f, kernel_size, padding="same", activation=activation,
-                               data_format=data_format, kernel_initializer=init(),
-                               dtype="float32", name=f"conv_{i}")
-                          for i, f in enumerate(hidden)]
-            self.stack.append(conv(channels, kernel_size, padding="same",
-                                   data_format=data_format, kernel_initializer=zeros,
-                                   bias_initializer=zeros, dtype="float32",
-                                   name="conv_out"))
-            spatial = list(self.shape)
-            spatial[axis] = channels + self.condition_units
-            shape = (None,) + tuple(spatial)
-        else:
-            units = int(np.prod(self.shape))
-            hidden = hidden_units if kind == "mlp" else ()
-            self.stack = [keras.layers.Dense(u, activation=activation, name=f"dense_{i}",
-                                             kernel_initializer=init(), dtype="float32")
-                          for i, u in enumerate(hidden)]
-            self.stack.append(keras.layers.Dense(units, kernel_initializer=zeros,
-                                                 bias_initializer=zeros, dtype="float32",
-                                                 name="dense_out"))
-            shape = (None, units + self.condition_units)
+        plan = synthesizer_plan(self.shape, kind, self.condition_units, hidden_units,
+                                hidden_filters, kernel_size, data_format, width)
+        self.bottleneck = plan["bottleneck"]
+        self.stack = []
+        for i, (layer_kind, size, kernel, hidden) in enumerate(plan["layers"]):
+            last = i == len(plan["layers"]) - 1
+            common = dict(kernel_initializer=zeros if last else init(), dtype="float32")
+            if last:
+                common.update(bias_initializer=zeros)
+            # Hidden layers of an "mlp" take the activation; a linear synthesizer's
+            # bottleneck (reduce, convolution, expand) stays linear.
+            act = activation if hidden and kind == "mlp" else None
+            if self.convolutional:
+                first = plan["bottleneck"] and i == 0
+                name = ("conv_out" if last else "conv_reduce" if first
+                        else f"conv_{i - int(plan['bottleneck'])}")
+                rank = plan["rank"]
+                if layer_kind == "depthwise":
+                    self.stack.append(_DEPTHWISE[rank](
+                        kernel, padding="same", activation=act, data_format=data_format,
+                        depthwise_initializer=common.pop("kernel_initializer"), name=name,
+                        **common))
+                elif layer_kind == "separable":
+                    self.stack.append(_SEPARABLE[rank](
+                        size, kernel, padding="same", activation=act,
+                        data_format=data_format,
+                        depthwise_initializer=common.pop("kernel_initializer"),
+                        pointwise_initializer=init(), name=name, **common))
+                else:
+                    self.stack.append(_CONV[rank](
+                        size, kernel, padding="same", activation=act,
+                        data_format=data_format, name=name, **common))
+            else:
+                self.stack.append(keras.layers.Dense(
+                    size, activation=act, name="dense_out" if last else f"dense_{i}",
+                    **common))
+        shape = (None,) + plan["input_shape"]
         for layer in self.stack:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
@@ -108,6 +131,135 @@ class Synthesizer(keras.layers.Layer):
         for layer in self.stack:
             x = layer(x)
         return tf.reshape(x, tf.shape(h))
+
+
+def synthesizer_plan(shape, kind="linear", condition_units=0, hidden_units=(),
+                     hidden_filters=(), kernel_size=5, data_format="channels_last",
+                     width=None):
+    """The layers a :class:`Synthesizer` of these arguments has, without building it.
+
+    Returns:
+        A dict: ``layers``, one ``(type, filters or units, kernel size or None,
+        hidden)`` per layer in order, ``type`` one of ``"conv"``, ``"depthwise"``,
+        ``"separable"`` (Keras's layers of those names) and ``"dense"``; ``rank``
+        (spatial axes; 0 for a dense boundary); ``input_shape`` (what the first layer
+        sees, without the batch axis); ``bottleneck`` (whether the width bound
+        applies).
+    """
+    shape = tuple(int(s) for s in shape)
+    condition_units = int(condition_units)
+    if 2 <= len(shape) <= 4:
+        rank = len(shape) - 1
+        axis = -1 if data_format == "channels_last" else 0
+        channels = shape[axis]
+        spatial = list(shape)
+        spatial[axis] = channels + condition_units
+        kernel = kernel_size
+        bottleneck = width is not None and channels > width
+        if bottleneck:
+            # Keras has depthwise and separable convolutions in 1 and 2 spatial axes.
+            separable = rank <= 2
+            if kind == "mlp":
+                mid = [("separable" if separable else "conv", min(int(f), width), kernel,
+                        True) for f in hidden_filters]
+            else:
+                mid = [("depthwise", width, kernel, True) if separable
+                       else ("conv", width, kernel, True)]
+            layers = ([("conv", width, 1, False)] + mid + [("conv", channels, 1, False)])
+        else:
+            hidden = list(hidden_filters) if kind == "mlp" else []
+            layers = ([("conv", int(f), kernel, True) for f in hidden]
+                      + [("conv", channels, kernel, False)])
+        return {"layers": layers, "rank": rank, "input_shape": tuple(spatial),
+                "bottleneck": bottleneck}
+    units = int(np.prod(shape))
+    hidden = list(hidden_units) if kind == "mlp" else []
+    return {"layers": [("dense", int(u), None, True) for u in hidden]
+            + [("dense", units, None, False)],
+            "rank": 0, "input_shape": (units + condition_units,), "bottleneck": False}
+
+
+def synthesizer_parameters(shape, **kwargs):
+    """The number of weights of a :class:`Synthesizer` of these arguments (the same
+    keyword arguments as :func:`synthesizer_plan`), computed without building it."""
+    plan = synthesizer_plan(shape, **kwargs)
+    rank = plan["rank"]
+    last = kwargs.get("data_format", "channels_last") == "channels_last"
+    channel_axis = -1 if last else 0
+    fan_in = plan["input_shape"][channel_axis] if rank else plan["input_shape"][0]
+    total = 0
+    for kind, size, kernel, _ in plan["layers"]:
+        taps = 1
+        if rank:
+            kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
+            taps = int(np.prod(kernel))
+        if kind == "depthwise":  # one filter per channel, and a bias
+            total += taps * fan_in + fan_in
+        elif kind == "separable":  # depthwise (no bias), then pointwise with a bias
+            total += taps * fan_in + fan_in * size + size
+        else:
+            total += taps * fan_in * size + size
+        fan_in = size
+    return total
+
+
+def check_budget(method, graph, counts, what):
+    """Raise before anything is built if the method's own weights exceed its budget.
+
+    Args:
+        method: a method with ``max_parameters`` (None: the default budget).
+        graph: the model's graph (its model's parameters set the default budget).
+        counts: dict from point to the parameters the method would add there.
+        what: what is being sized, e.g. ``"synthesizers"`` (for the message).
+    """
+    total = sum(counts.values())
+    budget = parameter_budget(method.max_parameters, graph.model)
+    if total <= budget:
+        return
+    default = (f": {BUDGET_RATIO}x the model's parameters, at least {BUDGET_FLOOR:,}"
+               if method.max_parameters is None else "")
+    largest = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+    listing = ", ".join(f"{p!r} {n:,}" for p, n in largest)
+    raise ValueError(
+        f"the {what} of {type(method).__name__} would add {total:,} parameters at "
+        f"{len(counts)} points (largest: {listing}), over the budget of {budget:,} "
+        f"(max_parameters={method.max_parameters!r}"
+        f"{default}; model {graph.model.name!r} has "
+        f"{graph.model.count_params():,}). Nothing was built. "
+        "Make them smaller (a smaller width=, synthesizer='linear' or head='linear'), "
+        "use fewer points (max_points=, or at=[...] naming fewer layers), or raise "
+        "max_parameters.")
+
+
+#: The default budget: this many times the model's own parameters ...
+BUDGET_RATIO = 2
+#: ... and never less than this (small models may carry wide synthesizers).
+BUDGET_FLOOR = 10_000_000
+
+
+def parameter_budget(max_parameters, model):
+    """``max_parameters`` as a number: None gives the default,
+    ``max(BUDGET_RATIO * model parameters, BUDGET_FLOOR)``."""
+    if max_parameters is None:
+        return max(BUDGET_RATIO * int(model.count_params()), BUDGET_FLOOR)
+    return int(max_parameters)
+
+
+def cap_points(points, max_points):
+    """At most ``max_points`` of ``points`` (in order), evenly spaced.
+
+    As Decoupled Greedy Learning splits a network into ``K`` groups of consecutive
+    blocks of (nearly) equal length with an auxiliary net at the end of each, the model
+    is read as ``len(points) + 1`` segments (the last one ends at the output, which
+    trains on the model's loss) cut into ``max_points + 1`` groups; the point kept for
+    each group but the last is the last one in it.
+    """
+    n = len(points)
+    if max_points is None or n <= max_points:
+        return list(points)
+    keep = sorted({-(-(j + 1) * (n + 1) // (max_points + 1)) - 1
+                   for j in range(max_points)})
+    return [points[i] for i in keep]
 
 
 # --------------------------------------------------------------------------------------
@@ -285,6 +437,35 @@ def indices(name, value):
                          f"layer names or block indices, e.g. ['dense_1'] or [0, 2, -1]; "
                          f"got {value!r}.")
     return tuple(v if isinstance(v, str) else int(v) for v in value)
+
+
+def optional_count(name, value, meaning, example):
+    """None or a positive integer (``meaning`` and ``example`` go in the message)."""
+    if value is None:
+        return None
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be None ({meaning}) or a positive integer, e.g. "
+                         f"{name}={example}; got {value!r}.")
+    return int(value)
+
+
+def check_sizing(method, *, width, max_points, max_parameters):
+    """Check and set the sizing arguments both point methods with their own nets take."""
+    method.width = optional_count("width", width, "no bound: every convolution at the "
+                                  "block's own channels", 64)
+    method.max_points = optional_count("max_points", max_points, "every hidden block", 16)
+    method.max_parameters = optional_count(
+        "max_parameters", max_parameters,
+        f"{BUDGET_RATIO}x the model's parameters, at least {BUDGET_FLOOR:,}", 50_000_000)
+
+
+def point_parameters(method, points):
+    """Dict from point to the number of weights of its synthesizer or head."""
+    layers = state_attribute(method, "synthesizer_layers")
+    if layers is None:
+        return {}
+    return {p: int(sum(int(np.prod(v.shape)) for v in layer.weights))
+            for p, layer in zip(points, layers)}
 
 
 def sizes(name, value):

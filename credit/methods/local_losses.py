@@ -24,16 +24,18 @@ class LocalHead(keras.layers.Layer):
     is average-pooled first, with the pool doubled axis by axis until at most
     ``max_features`` values remain (as Nøkland & Eidnes 2019 size their decoder).
     ``"mlp"`` adds hidden ReLU Dense layers; ``"dgl"`` (Belilovsky et al.'s auxiliary
-    net for convolutional blocks) a 3x3 ReLU convolution with ``h``'s channels, then an
-    average pool to at most 2 per spatial axis. Every layer starts from seeded Glorot
+    net for convolutional blocks) a 3x3 ReLU convolution with ``h``'s channels (on a
+    map with more channels than ``width``: a 1x1 one down to ``width`` channels), then
+    an average pool to at most 2 per spatial axis. Every layer starts from seeded Glorot
     weights. (Nøkland & Eidnes zero their decoder's weights, which makes the first
     step's local signals zero; here every block learns from the first step.)
 
     Similarity (``loss`` "sim" or "predsim"): the features whose cosine similarity
     matrix is matched to the labels': ``h`` itself on a dense block; on a spatial block
-    a 3x3 convolution of ``h`` (no bias), then the standard deviation over the spatial
-    axes per channel (when there are more than 3 channels and more than one position;
-    else the flattened map), as in the authors' code.
+    a 3x3 convolution of ``h`` (no bias; sized as the ``"dgl"`` one), then the
+    standard deviation over the spatial axes per channel (when there are more than 3
+    channels and more than one position; else the flattened map), as in the authors'
+    code.
 
     Args:
         shape: ``h``'s shape without the batch axis.
@@ -43,10 +45,11 @@ class LocalHead(keras.layers.Layer):
         hidden_units: widths of an ``"mlp"`` head's hidden layers.
         max_features: the pooling bound of spatial blocks.
         seed: seed of the random initial weights.
+        width: the bound on the channels of the head's convolutions (None: none).
     """
 
     def __init__(self, shape, units, kind="linear", predict=True, similarity=False,
-                 hidden_units=(), max_features=4096, seed=None, **kwargs):
+                 hidden_units=(), max_features=4096, seed=None, width=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.shape = tuple(int(s) for s in shape)
@@ -63,10 +66,11 @@ class LocalHead(keras.layers.Layer):
         self.predictor, self.similar = [], []
         self.similarity = bool(similarity)
         shape = (None,) + self.shape
+        filters, kernel = _conv_size(channels, width)
         if predict:
             if self.spatial and kind == "dgl":
                 self.predictor.append(_CONV[rank](
-                    channels, 3, padding="same", activation="relu",
+                    filters, kernel, padding="same", activation="relu",
                     kernel_initializer=init(), dtype=self.dtype_policy, name="aux_conv"))
                 pool = tuple(max(1, -(-d // 2)) for d in self.shape[:-1])
                 self.predictor.append(_POOL[rank](pool, padding="same",
@@ -87,7 +91,7 @@ class LocalHead(keras.layers.Layer):
                 units, kernel_initializer=init(), dtype=self.dtype_policy, name="decoder"))
             _build(self.predictor, shape)
         if similarity and self.spatial:
-            self.similar.append(_CONV[rank](channels, 3, padding="same", use_bias=False,
+            self.similar.append(_CONV[rank](filters, kernel, padding="same", use_bias=False,
                                             kernel_initializer=init(),
                                             dtype=self.dtype_policy, name="sim_conv"))
             _build(self.similar, shape)
@@ -107,6 +111,46 @@ class LocalHead(keras.layers.Layer):
                 features = layer(features)
             features = _similarity_features(features)
         return prediction, features
+
+
+def _conv_size(channels, width):
+    """``(filters, kernel size)`` of a head's convolution on a map of ``channels``: a
+    3x3 one at the block's channels, or, on a map wider than ``width``, a 1x1 one down
+    to ``width`` channels (DGL's auxiliary nets for ImageNet use 1x1 convolutions)."""
+    if width is not None and channels > width:
+        return width, 1
+    return channels, 3
+
+
+def head_parameters(shape, units, kind="linear", predict=True, similarity=False,
+                    hidden_units=(), max_features=4096, width=None):
+    """The number of weights of a :class:`LocalHead` of these arguments, computed from
+    the shapes without building it."""
+    shape = tuple(int(s) for s in shape)
+    rank = len(shape) - 1
+    spatial = 1 <= rank <= 3
+    channels = shape[-1]
+    filters, kernel = _conv_size(channels, width)
+    taps = kernel ** rank if spatial else 0
+    total = 0
+    if predict:
+        if spatial and kind == "dgl":
+            total += taps * channels * filters + filters
+            features = filters * int(np.prod([-(-d // max(1, -(-d // 2)))
+                                              for d in shape[:-1]]))
+        elif spatial:
+            pool = _pool_size(shape, max_features)
+            features = channels * int(np.prod([-(-d // p)
+                                               for d, p in zip(shape[:-1], pool)]))
+        else:
+            features = int(np.prod(shape))
+        for u in (hidden_units if kind == "mlp" else ()):
+            total += features * u + u
+            features = u
+        total += features * units + units
+    if similarity and spatial:
+        total += taps * channels * filters
+    return total
 
 
 def _build(layers, shape):
@@ -188,6 +232,16 @@ class LocalLosses(ErrorSignal):
             values before a ``"linear"``/``"mlp"`` head (4096, the authors' default).
         optimizer: the heads' optimizer, a Keras name or config dict.
         learning_rate: the heads' learning rate (None: the optimizer's default).
+        width: the bound on the channels of the heads' convolutions (``"dgl"`` heads
+            and the similarity loss's): on a block with more channels, a 1x1
+            convolution down to ``width`` channels replaces the 3x3 one at the block's
+            channels. None: no bound.
+        max_points: with ``at=None``, at most this many points, evenly spaced among
+            the hidden blocks (Decoupled Greedy Learning's split of a deep network
+            into groups of consecutive blocks). None: every hidden block.
+        max_parameters: the most weights the heads may have in all, checked from the
+            shapes before anything is built (None: twice the model's parameters, and
+            at least 10 million).
 
     Attributes:
         heads: dict from point (layer name) to its :class:`LocalHead`, after binding.
@@ -210,10 +264,12 @@ class LocalLosses(ErrorSignal):
 
     def __init__(self, seed=None, loss="pred", head="linear", at=None, beta=0.99,
                  hidden_units=(1024,), max_features=4096, optimizer="adam",
-                 learning_rate=None):
+                 learning_rate=None, width=128, max_points=16, max_parameters=None):
         if seed is not None and not sg.is_int(seed):
             raise ValueError(f"seed must be None or an integer; got {seed!r}.")
         super().__init__(seed=seed)
+        sg.check_sizing(self, width=width, max_points=max_points,
+                        max_parameters=max_parameters)
         self.loss = sg.choice("loss", loss, LOSSES)
         self.head = sg.choice("head", head, HEADS)
         # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
@@ -247,8 +303,14 @@ class LocalLosses(ErrorSignal):
         """The heads' Keras optimizer, on ``state`` (None before binding)."""
         return sg.state_attribute(self, "synthesizer_optimizer")
 
+    def point_parameters(self):
+        """Dict from point to the number of weights of its head (after binding)."""
+        return sg.point_parameters(self, self.points)
+
     def build(self, graph):
         points = hidden_points(graph, self.at, "at")
+        if self.at is None:
+            points = sg.cap_points(points, self.max_points)
         outputs = [p for p in points if graph.is_output(p)]
         if outputs:
             raise ValueError(f"at={list(self.at)!r} names the model output {outputs[0]!r}; "
@@ -259,11 +321,17 @@ class LocalLosses(ErrorSignal):
         self._activation = _output_activation(graph)
         predict = self.loss in ("pred", "predsim")
         similarity = self.loss in ("sim", "predsim")
+        kwargs = dict(kind=self.head, predict=predict, similarity=similarity,
+                      hidden_units=self.hidden_units, max_features=self.max_features,
+                      width=self.width)
+        # Sized from the shapes before any weight exists (a clear error, not an
+        # out-of-memory kill).
+        sg.check_budget(self, graph, {p: head_parameters(graph.point_shape(p), units,
+                                                         **kwargs) for p in points},
+                        "heads")
         with tf.init_scope():
-            heads = [LocalHead(graph.point_shape(p), units, kind=self.head, predict=predict,
-                               similarity=similarity, hidden_units=self.hidden_units,
-                               max_features=self.max_features,
-                               seed=sg.synthesizer_seed(self, i), name=f"head_{i}")
+            heads = [LocalHead(graph.point_shape(p), units, name=f"head_{i}",
+                               seed=sg.synthesizer_seed(self, i), **kwargs)
                      for i, p in enumerate(points)]
             sg.own_synthesizers(self, heads)
         self.points = list(points)

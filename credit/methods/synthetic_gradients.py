@@ -96,6 +96,22 @@ class SyntheticGradients(ErrorSignal):
         learning_rate: the synthesizers' learning rate (None: the optimizer's own, or
             the one in its config dict). Synthesizers must track a moving target, so
             the default, 0.01, is larger than Adam's usual 0.001.
+        width: the bound on a convolutional synthesizer's channels. A boundary with
+            at most ``width`` channels gets DNI's synthesizer at its own channels; a
+            wider one a bottleneck: a 1x1 convolution down to ``width`` channels,
+            a depthwise ``kernel_size`` convolution on them (``"mlp"``: separable
+            ones, ``hidden_filters`` capped at ``width``), a 1x1 convolution back up
+            (see :class:`Synthesizer`). Its
+            weights then grow with the channels ``C`` as ``2 C width``, not as
+            ``kernel_size**2 C**2``. None: no bound (the sizes before this option).
+        max_points: with ``at=None``, at most this many boundaries, evenly spaced
+            among the default ones (as Decoupled Greedy Learning splits a deep
+            network into groups of consecutive blocks). None: every default one.
+            Ignored when ``at`` names the points.
+        max_parameters: the most weights the synthesizers may have in all; checked
+            from the shapes before anything is built, with an error naming the
+            largest synthesizers. None: twice the model's own parameters, and at
+            least 10 million.
 
     Attributes:
         synthesizers: dict from point (layer name) to its :class:`Synthesizer` (a Keras
@@ -135,8 +151,11 @@ class SyntheticGradients(ErrorSignal):
     def __init__(self, seed=None, synthesizer="linear", conditioned=False,
                  target="bootstrap", at=None, update_probability=1.0, warmup_steps=0,
                  hidden_units=(1024, 1024), hidden_filters=(128, 128), kernel_size=5,
-                 activation="relu", optimizer="adam", learning_rate=0.01):
+                 activation="relu", optimizer="adam", learning_rate=0.01, width=64,
+                 max_points=16, max_parameters=None):
         super().__init__(seed=seed)
+        sg.check_sizing(self, width=width, max_points=max_points,
+                        max_parameters=max_parameters)
         sg.check_common(self, seed=seed, synthesizer=synthesizer, conditioned=conditioned,
                         warmup_steps=warmup_steps, hidden_units=hidden_units,
                         activation=activation, optimizer=optimizer,
@@ -212,8 +231,23 @@ class SyntheticGradients(ErrorSignal):
         """Training steps taken (the synthesizers' update count), a variable."""
         return sg.state_attribute(self, "step")
 
+    def synthesizer_kwargs(self, graph, name, condition_units):
+        """The :class:`Synthesizer` arguments of point ``name`` (shape and sizes)."""
+        conv_layer = _conv_layer(graph, name)
+        return dict(kind=self.synthesizer, condition_units=condition_units,
+                    hidden_units=self.hidden_units, hidden_filters=self.hidden_filters,
+                    kernel_size=self.kernel_size if conv_layer is not None else 1,
+                    data_format=getattr(conv_layer, "data_format", "channels_last"),
+                    width=self.width)
+
+    def point_parameters(self):
+        """Dict from point to the number of weights of its synthesizer (after binding)."""
+        return sg.point_parameters(self, self.boundaries or ())
+
     def build(self, graph):
         boundaries = hidden_points(graph, self.at, "at")
+        if self.at is None:
+            boundaries = sg.cap_points(boundaries, self.max_points)
         if not boundaries:
             raise ValueError(
                 "the model has no hidden block, so there is no hidden output for a "
@@ -232,17 +266,17 @@ class SyntheticGradients(ErrorSignal):
             self._masked_output = output
             self.points.append(output)
         n_cond = output_units(graph, "cDNI") if self.conditioned else 0
+        kwargs = {p: self.synthesizer_kwargs(graph, p, n_cond) for p in boundaries}
+        # Sized from the shapes alone, before any weight exists: a request that cannot
+        # fit fails here with a message, not later with an out-of-memory kill.
+        sg.check_budget(self, graph, {p: sg.synthesizer_parameters(
+            graph.point_shape(p), **kwargs[p]) for p in boundaries}, "synthesizers")
         with tf.init_scope():
-            synthesizers = []
-            for i, name in enumerate(boundaries):
-                conv_layer = _conv_layer(graph, name)
-                synthesizers.append(Synthesizer(
-                    graph.point_shape(name), kind=self.synthesizer, condition_units=n_cond,
-                    hidden_units=self.hidden_units, hidden_filters=self.hidden_filters,
-                    kernel_size=self.kernel_size if conv_layer is not None else 1,
-                    activation=self.activation,
-                    data_format=getattr(conv_layer, "data_format", "channels_last"),
-                    seed=sg.synthesizer_seed(self, i), name=f"synthesizer_{i}"))
+            synthesizers = [
+                Synthesizer(graph.point_shape(name), activation=self.activation,
+                            seed=sg.synthesizer_seed(self, i), name=f"synthesizer_{i}",
+                            **kwargs[name])
+                for i, name in enumerate(boundaries)]
             sg.own_synthesizers(self, synthesizers)
         self.boundaries = tuple(boundaries)
 
