@@ -1,0 +1,325 @@
+"""Tests written to kill mutants of synthetic gradients through time and of the
+synthesizers' shared mechanics that the rest of the suite let live (tools/mutation.py).
+
+Each checks numbers against a numpy hand computation (a linear RNN, a linear
+synthesizer, one SGD step), an error that names what is wrong, or a state restored.
+Every synthesizer size is given explicitly, so the tests do not depend on the defaults.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import credit
+from credit.methods import _synthesizers as sg
+from credit.methods import SyntheticGradientsThroughTime
+
+L = keras.layers
+B, T, D, U, O = 3, 2, 2, 2, 1   # rows, window, input features, state units, outputs
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras():
+    keras.backend.clear_session(free_memory=False)
+    keras.utils.set_random_seed(1234)
+    yield
+
+
+def linear_rnn(batch=B, units=U):
+    """h_t = x_t K + h_{t-1} R + b (no activation), y_t = h_t V + c."""
+    return credit.Sequential([
+        keras.Input(batch_shape=(batch, T, D)),
+        L.SimpleRNN(units, stateful=True, return_sequences=True, activation="linear",
+                    name="rnn"),
+        L.Dense(O, name="out")])
+
+
+def data(n, seed=3, batch=B):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, batch, T, D))
+    y = rng.normal(size=(n, batch, T, O))
+    return x, y
+
+
+class Reference:
+    """The linear RNN and a linear synthesizer ``M(s[, y]) = [s, y] A + a`` in numpy."""
+
+    def __init__(self, model, scale, lr):
+        layer = model.get_layer("rnn")
+        self.K, self.R, self.b = (w.astype("float64") for w in layer.get_weights())
+        self.V, self.c = (w.astype("float64")
+                          for w in model.get_layer("out").get_weights())
+        self.scale, self.lr = scale, lr
+
+    def forward(self, xw, h):
+        hs = []
+        for t in range(T):
+            h = xw[:, t] @ self.K + h @ self.R + self.b
+            hs.append(h)
+        return hs
+
+    def backward(self, xw, yw, h0, hs, injected):
+        """Gradients of the window's MSE plus <h_T, injected>: (dL/dh_0, weight grads)."""
+        batch = len(xw)
+        V, c, R = self.V, self.c, self.R
+        dy = [2 * (hs[t] @ V + c - yw[:, t]) / (batch * T * O) for t in range(T)]
+        dh = dy[-1] @ V.T + injected
+        grads = {"K": 0, "R": 0, "b": 0, "V": 0, "c": 0}
+        for t in reversed(range(T)):
+            prev = hs[t - 1] if t else h0
+            grads["K"] += xw[:, t].T @ dh
+            grads["R"] += prev.T @ dh
+            grads["b"] += dh.sum(0)
+            grads["V"] += hs[t].T @ dy[t]
+            grads["c"] += dy[t].sum(0)
+            dh = dh @ R.T + (dy[t - 1] @ V.T if t else 0)
+        return dh, grads
+
+    def step(self, A, a, xw, yw, h0, rows, continues, condition=None, next_condition=None,
+             sigma=1.0):
+        """One training step: (weight grads, sg_loss, new A, new a, target)."""
+        batch = len(xw)
+        hs = self.forward(xw, h0)
+        final = hs[-1] if next_condition is None else np.concatenate(
+            [hs[-1], next_condition], -1)
+        injected = self.scale * sigma * (final @ A + a) / batch * continues[:, None]
+        g0, grads = self.backward(xw, yw, h0, hs, injected)
+        target = batch * g0 / sigma
+        inputs = h0 if condition is None else np.concatenate([h0, condition], -1)
+        prediction = inputs @ A + a
+        per_row = ((prediction - target) ** 2).mean(1)
+        count = max(rows.sum(), 1.0)
+        loss = (rows * per_row).sum() / count
+        dp = 2 * rows[:, None] * (prediction - target) / (U * count)
+        return grads, loss, A - self.lr * inputs.T @ dp, a - self.lr * dp.sum(0), target
+
+
+def check_gradients(out, expected):
+    for name, gradient in zip("KRbVc", out.gradients, strict=True):
+        np.testing.assert_allclose(gradient.numpy(), expected[name], rtol=1e-4, atol=1e-6)
+
+
+# -- cDNI through time by hand ----------------------------------------------------------
+
+
+def test_cdni_through_time_step_with_one_target_row_equals_numpy():
+    """cDNI through time: the synthesizer at the window's end sees the next window's
+    targets (from set_lookahead), the one at its start this window's targets; rows with
+    ``continues=0`` get nothing injected; rows whose state was reset give no target, so
+    with one row left the loss is that row's alone (not halved)."""
+    lr, scale = 0.1, 0.5
+    model = linear_rnn()
+    method = SyntheticGradientsThroughTime(
+        seed=0, conditioned=True, scale=scale, optimizer="sgd", learning_rate=lr,
+        normalize=False, hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    ref = Reference(model, scale, lr)
+    x, y = data(3)
+
+    def step(x, y):
+        return credit.compute_gradients(model, x, y)
+    flat = y.reshape(3, B, T * O)
+
+    method.set_lookahead(next_targets=y[1].astype("float32"))
+    out1 = step(tf.constant(x[0], "float32"), tf.constant(y[0], "float32"))
+    assert float(out1.logs["sg_loss"]) == 0.0            # no previous window yet
+    h_end = ref.forward(x[0], np.zeros((B, U)))[-1]
+
+    synthesizer = method.synthesizers["rnn"]
+    rng = np.random.default_rng(7)
+    A, a = rng.normal(size=(U + T * O, U)), rng.normal(size=U)
+    synthesizer.set_weights([A.astype("float32"), a.astype("float32")])
+
+    # Rows 0 and 1 begin new sequences: their states are reset, only row 2 is carried.
+    layer = model.get_layer("rnn")
+    state = layer.states[0].numpy()
+    state[:2] = 0
+    layer.states[0].assign(state)
+    h0 = h_end.copy()
+    h0[:2] = 0
+    continues = np.array([1.0, 0.0, 1.0])
+    method.set_lookahead(continues=continues, next_targets=y[2].astype("float32"))
+    grads, loss, A2, a2, _ = ref.step(A, a, x[1], y[1], h0, np.array([0.0, 0.0, 1.0]),
+                                      continues, condition=flat[1],
+                                      next_condition=flat[2])
+    out2 = step(tf.constant(x[1], "float32"), tf.constant(y[1], "float32"))
+    np.testing.assert_allclose(float(out2.logs["sg_loss"]), loss, rtol=1e-4)
+    check_gradients(out2, grads)
+    new_A, new_a = synthesizer.get_weights()
+    np.testing.assert_allclose(new_A, A2, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new_a, a2, rtol=1e-4, atol=1e-6)
+    assert int(method.step.numpy()) == 2
+
+
+# -- the synthesizer layer ----------------------------------------------------------------
+
+
+def test_synthesizer_computes_in_float32_under_a_mixed_precision_policy():
+    """The synthesizer is float32 whatever the global policy: under mixed_float16 its
+    output equals numpy's float64 product to float32 precision (in float16 it would be
+    off by ~1e-3)."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        synthesizer = sg.Synthesizer((3,), kind="linear", condition_units=2, seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    A, a = rng.normal(size=(5, 3)), rng.normal(size=3)
+    synthesizer.set_weights([A.astype("float32"), a.astype("float32")])
+    h, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), np.concatenate([h, y], -1) @ A + a,
+                               rtol=1e-5, atol=1e-5)
+
+
+# -- arguments: bad values get errors naming them, good ones are normalised --------------
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"seed": "7"}, ["seed", "'7'"]),
+    ({"seed": 1.5}, ["seed", "1.5"]),
+    ({"conditioned": 1}, ["conditioned", "1"]),
+    ({"synthesizer": 3}, ["synthesizer", "3"]),
+    ({"warmup_steps": -1}, ["warmup_steps", "-1"]),
+    ({"warmup_steps": True}, ["warmup_steps", "True"]),
+    ({"warmup_steps": 2.0}, ["warmup_steps", "2.0"]),
+    ({"hidden_units": []}, ["hidden_units", "[]"]),
+    ({"hidden_units": [4, 0]}, ["hidden_units", "[4, 0]"]),
+    ({"hidden_units": [True]}, ["hidden_units", "[True]"]),
+    ({"hidden_units": "8"}, ["hidden_units", "'8'"]),
+    ({"activation": "no_such_activation"}, ["activation", "'no_such_activation'"]),
+    ({"optimizer": 3}, ["optimizer", "3", "int"]),
+    ({"optimizer": "no_such_optimizer"}, ["optimizer", "'no_such_optimizer'"]),
+    ({"learning_rate": -0.1}, ["learning_rate", "-0.1"]),
+    ({"learning_rate": "0.1"}, ["learning_rate", "'0.1'"]),
+    ({"learning_rate": True}, ["learning_rate", "True"]),
+    ({"scale": True}, ["scale", "True"]),
+    ({"scale": -0.5}, ["scale", "-0.5"]),
+    ({"aux_weight": "1"}, ["aux_weight", "'1'"]),
+    ({"aux_weight": -0.5}, ["aux_weight", "-0.5"]),
+    ({"at": []}, ["at", "[]"]),
+    ({"at": [1.5]}, ["at", "1.5"]),
+    ({"at": {"rnn": 1}}, ["at", "{'rnn': 1}"]),
+    ({"at": ["rnn", 0]}, ["at=['rnn', 0]", "names"]),
+])
+def test_bad_through_time_arguments_are_errors_naming_them(kwargs, words):
+    """Each bad value is refused when the method is made, not at compile or in a step."""
+    with pytest.raises(ValueError) as info:
+        SyntheticGradientsThroughTime(**kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_good_through_time_arguments_are_normalised():
+    method = SyntheticGradientsThroughTime(
+        seed=np.int64(3), synthesizer=" MLP ", conditioned=np.True_, at="rnn",
+        warmup_steps=np.int32(2), hidden_units=8, activation="tanh", optimizer="SGD",
+        learning_rate=1, scale=1, aux_weight=0, normalize=np.False_)
+    assert method.synthesizer == "mlp" and method.conditioned is True
+    assert method.at == ("rnn",) and method.warmup_steps == 2
+    assert method.hidden_units == (8,) and method.normalize is False
+    assert method.learning_rate == 1.0 and isinstance(method.learning_rate, float)
+    assert method.scale == 1.0 and method.aux_weight == 0.0
+    assert method.log_names == ("sg_loss",)
+    assert SyntheticGradientsThroughTime(aux_weight=0.5).log_names == ("sg_loss", "aux_loss")
+    assert SyntheticGradientsThroughTime(at=None).at is None
+    assert SyntheticGradientsThroughTime(learning_rate=None).learning_rate is None
+    assert SyntheticGradientsThroughTime(hidden_units=(np.int64(4), 5)).hidden_units == (4, 5)
+    assert SyntheticGradientsThroughTime(at=("a", "b")).at == ("a", "b")
+
+
+def test_an_optimizer_instance_or_config_is_stored_as_a_config_with_its_learning_rate():
+    """The synthesizers get a fresh optimizer of the given kind; ``learning_rate`` (when
+    not None) overrides the one in its config."""
+    method = SyntheticGradientsThroughTime(optimizer=keras.optimizers.SGD(learning_rate=0.3),
+                                           learning_rate=None)
+    assert isinstance(method.optimizer, dict)
+    made = sg.make_optimizer(method.optimizer, method.learning_rate)
+    assert isinstance(made, keras.optimizers.SGD)
+    assert float(made.learning_rate) == pytest.approx(0.3)
+    made = sg.make_optimizer(method.optimizer, 0.05)
+    assert float(made.learning_rate) == pytest.approx(0.05)
+    made = sg.make_optimizer("adam", None)
+    assert float(made.learning_rate) == pytest.approx(0.001)   # Adam's own default
+
+
+def _random_weights(synthesizer, seed=0):
+    """Give every layer of the synthesizer random weights; return them (float64)."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(size=w.shape) / 2 for w in synthesizer.get_weights()]
+    synthesizer.set_weights([w.astype("float32") for w in weights])
+    return weights
+
+
+def _mlp_numpy(x, weights):
+    """Dense layers (or position-wise convolutions) on the last axis: ReLU hidden, linear
+    last."""
+    pairs = list(zip(weights[::2], weights[1::2]))
+    for i, (kernel, bias) in enumerate(pairs):
+        x = x @ kernel.reshape(-1, kernel.shape[-1]) + bias
+        if i < len(pairs) - 1:
+            x = np.maximum(x, 0)
+    return x
+
+
+@pytest.mark.parametrize("kind, hidden", [("linear", (4,)), ("mlp", (4,)), ("mlp", (4, 3))])
+def test_dense_synthesizer_equals_numpy_on_h_and_the_condition(kind, hidden):
+    """On a dense boundary M(h, y) = MLP(concat(h, y)) with ReLU hidden layers, shaped
+    like h; "linear" is one layer whatever hidden_units says."""
+    synthesizer = sg.Synthesizer((5,), kind=kind, condition_units=2, hidden_units=hidden,
+                                 seed=0)
+    assert synthesizer.built
+    weights = _random_weights(synthesizer)
+    assert len(weights) == (2 if kind == "linear" else 2 * (len(hidden) + 1))
+    rng = np.random.default_rng(1)
+    h, y = rng.normal(size=(4, 5)), rng.normal(size=(4, 2))
+    out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32"))
+    expected = _mlp_numpy(np.concatenate([h, y], -1), weights)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Without a condition (condition_units=0, the default): M(h) alone.
+    plain = sg.Synthesizer((5,), kind=kind, hidden_units=hidden, seed=0)
+    weights = _random_weights(plain, seed=2)
+    out = plain(tf.constant(h, "float32"))
+    np.testing.assert_allclose(out.numpy(), _mlp_numpy(h, weights), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, data_format", [
+    ((5, 3), "channels_last"),            # a sequence: Conv1D
+    ((4, 5, 3), "channels_last"),         # an image: Conv2D
+    ((2, 3, 2, 3), "channels_last"),      # a volume: Conv3D
+    ((3, 2, 3, 2), "channels_first"),     # (TF runs only Conv3D channels-first on a CPU)
+])
+def test_convolutional_synthesizer_equals_numpy_position_by_position(shape, data_format):
+    """With kernel_size=1 the convolutions act on each position alone: an MLP on the
+    channels of h with y broadcast over the positions, in either data format."""
+    synthesizer = sg.Synthesizer(shape, kind="mlp", condition_units=2, hidden_filters=(4,),
+                                 kernel_size=1, data_format=data_format, seed=0)
+    weights = _random_weights(synthesizer)
+    rng = np.random.default_rng(1)
+    h, y = rng.normal(size=(2,) + shape), rng.normal(size=(2, 2))
+    out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32")).numpy()
+    last = h if data_format == "channels_last" else np.moveaxis(h, 1, -1)
+    cond = np.broadcast_to(y.reshape((2,) + (1,) * (len(shape) - 1) + (2,)),
+                           last.shape[:-1] + (2,))
+    expected = _mlp_numpy(np.concatenate([last, cond], -1), weights)
+    if data_format == "channels_first":
+        expected = np.moveaxis(expected, -1, 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_boundary_of_rank_five_gets_a_dense_synthesizer():
+    """Convolutions cover one to three spatial axes; a point of any other rank is
+    flattened and goes through Dense layers."""
+    synthesizer = sg.Synthesizer((1, 2, 1, 1, 2), condition_units=1, seed=0)
+    weights = _random_weights(synthesizer)
+    rng = np.random.default_rng(1)
+    h, y = rng.normal(size=(3, 1, 2, 1, 1, 2)), rng.normal(size=(3, 1))
+    out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32")).numpy()
+    expected = np.concatenate([h.reshape(3, 4), y], -1) @ weights[0] + weights[1]
+    np.testing.assert_allclose(out, expected.reshape(h.shape), rtol=1e-5, atol=1e-5)
