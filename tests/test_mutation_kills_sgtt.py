@@ -323,3 +323,139 @@ def test_a_boundary_of_rank_five_gets_a_dense_synthesizer():
     out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32")).numpy()
     expected = np.concatenate([h.reshape(3, 4), y], -1) @ weights[0] + weights[1]
     np.testing.assert_allclose(out, expected.reshape(h.shape), rtol=1e-5, atol=1e-5)
+
+
+# -- an LSTM's two-part state, against Keras's own gradient --------------------------------
+
+
+def test_lstm_state_h_and_c_get_their_parts_of_the_synthetic_gradient_like_keras():
+    """The synthesizer sees s = [h, c] (batch 3, units 2, so no axis is mistaken for
+    another); the injected gradient's first half goes to h_T, the second to c_T. The
+    weights' gradients equal Keras's gradient of the loss plus <s_T, scale M(s_T) / B>,
+    and the target at s_0 is B times Keras's gradient there."""
+    lr, scale, batch, units = 0.1, 0.5, 3, 2
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([
+        keras.Input(batch_shape=(batch, T, D)),
+        L.LSTM(units, stateful=True, return_sequences=True, name="rnn"),
+        L.Dense(O, name="out")])
+    method = SyntheticGradientsThroughTime(seed=0, scale=scale, optimizer="sgd",
+                                           learning_rate=lr, normalize=False,
+                                           hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    x, y = (v.astype("float32") for v in data(2, batch=batch))
+    credit.compute_gradients(model, x[0], y[0])
+    lstm, dense = model.get_layer("rnn"), model.get_layer("out")
+    h0, c0 = (tf.constant(s.numpy()) for s in lstm.states)
+    rng = np.random.default_rng(5)
+    A, a = rng.normal(size=(2 * units, 2 * units)), rng.normal(size=2 * units)
+    method.synthesizers["rnn"].set_weights([A.astype("float32"), a.astype("float32")])
+
+    ref = L.LSTM(units, return_sequences=True, return_state=True)
+    ref.build((batch, T, D))
+    ref.set_weights(lstm.get_weights())
+    mse = keras.losses.MeanSquaredError()
+    with tf.GradientTape() as tape:
+        tape.watch([h0, c0])
+        seq, h_T, c_T = ref(x[1], initial_state=[h0, c0])
+        s_T = tf.concat([h_T, c_T], -1)
+        g = tf.stop_gradient(scale * (s_T @ A.astype("float32") + a) / batch)
+        total = mse(y[1], dense(seq)) + tf.reduce_sum(s_T * g)
+    grads = tape.gradient(total, [h0, c0] + ref.trainable_variables
+                          + dense.trainable_variables)
+    out = credit.compute_gradients(model, x[1], y[1])
+    for got, expected in zip(out.gradients, grads[2:], strict=True):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    s0 = np.concatenate([h0.numpy(), c0.numpy()], -1).astype("float64")
+    target = batch * np.concatenate([grads[0].numpy(), grads[1].numpy()], -1)
+    prediction = s0 @ A + a
+    np.testing.assert_allclose(float(out.logs["sg_loss"]),
+                               ((prediction - target) ** 2).mean(), rtol=1e-4)
+    dp = 2 * (prediction - target) / prediction.size
+    new_A, new_a = method.synthesizers["rnn"].get_weights()
+    np.testing.assert_allclose(new_A, A - lr * s0.T @ dp, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_a, a - lr * dp.sum(0), rtol=1e-4, atol=1e-5)
+
+
+# -- DNI's auxiliary task with a trained head and normalised targets ----------------------
+
+
+def _set_sigma(method, index, sigma):
+    """Put layer ``index``'s running mean square where sigma is ``sigma`` after one
+    update (power / (1 - 0.99) = sigma^2)."""
+    method.state.target_power[index].assign(0.01 * sigma**2)
+    method.state.target_updates[index].assign(1.0)
+
+
+def test_auxiliary_task_with_a_nonzero_head_and_sigma_below_one_equals_numpy():
+    """The head on the first output step regresses onto the injected synthetic gradient
+    in per-example units over sigma (here 0.5: so sigma, not 1, divides), and its
+    gradient, times aux_weight, is injected at the first step: the weights' gradients,
+    the logged aux_loss and the head's SGD step equal numpy."""
+    lr, scale, w, sigma = 0.1, 0.5, 0.7, 0.5
+    model = linear_rnn()
+    method = SyntheticGradientsThroughTime(seed=0, scale=scale, optimizer="sgd",
+                                           learning_rate=lr, aux_weight=w, hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    assert float(method.target_scale("rnn")) == 0.0
+    _set_sigma(method, 0, sigma)
+    assert float(method.target_scale("rnn")) == pytest.approx(sigma, rel=1e-5)
+    ref = Reference(model, scale, lr)
+    rng = np.random.default_rng(5)
+    A, a = rng.normal(size=(U, U)), rng.normal(size=U)
+    Wh, bh = rng.normal(size=(U, U)), rng.normal(size=U)
+    method.synthesizers["rnn"].set_weights([A.astype("float32"), a.astype("float32")])
+    [head] = method.aux_heads.values()
+    head.set_weights([Wh.astype("float32"), bh.astype("float32")])
+    x, y = data(1)
+    xw, yw, h0 = x[0], y[0], np.zeros((B, U))
+
+    hs = ref.forward(xw, h0)
+    future = scale * sigma * (hs[-1] @ A + a) / B
+    target = future * B / sigma
+    error = hs[0] @ Wh + bh - target
+    aux_loss = (error**2).mean()
+    d_head = w * 2 * error / error.size
+    V, c, R = ref.V, ref.c, ref.R
+    dy = [2 * (hs[t] @ V + c - yw[:, t]) / (B * T * O) for t in range(T)]
+    dh = dy[-1] @ V.T + future
+    grads = {"K": 0, "R": 0, "b": 0, "V": 0, "c": 0}
+    for t in reversed(range(T)):
+        if t == 0:
+            dh = dh + d_head @ Wh.T
+        prev = hs[t - 1] if t else h0
+        grads["K"] += xw[:, t].T @ dh
+        grads["R"] += prev.T @ dh
+        grads["b"] += dh.sum(0)
+        grads["V"] += hs[t].T @ dy[t]
+        grads["c"] += dy[t].sum(0)
+        dh = dh @ R.T + (dy[t - 1] @ V.T if t else 0)
+
+    out = credit.compute_gradients(model, xw.astype("float32"), yw.astype("float32"))
+    np.testing.assert_allclose(float(out.logs["aux_loss"]), aux_loss, rtol=1e-5)
+    check_gradients(out, grads)
+    new_Wh, new_bh = head.get_weights()
+    np.testing.assert_allclose(new_Wh, Wh - lr * hs[0].T @ d_head, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new_bh, bh - lr * d_head.sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_aux_loss_of_two_layers_is_the_mean_of_their_losses():
+    def aux_loss(at):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([
+            keras.Input(batch_shape=(B, T, D)),
+            L.SimpleRNN(3, stateful=True, return_sequences=True, name="r1"),
+            L.SimpleRNN(2, stateful=True, return_sequences=True, name="r2"), L.Dense(O)])
+        method = SyntheticGradientsThroughTime(seed=0, at=at, aux_weight=0.5,
+                                               hidden_units=[3])
+        model.compile("sgd", "mse", method=method)
+        for name, head in method.aux_heads.items():
+            rng = np.random.default_rng(len(name) + int(name[-1]))
+            head.set_weights([rng.normal(size=w.shape).astype("float32")
+                              for w in head.get_weights()])
+        x, y = (v[0].astype("float32") for v in data(1))
+        return float(credit.compute_gradients(model, x, y).logs["aux_loss"])
+
+    one, two = aux_loss(["r1"]), aux_loss(["r2"])
+    assert one > 0 and two > 0 and one != pytest.approx(two)
+    assert aux_loss(None) == pytest.approx((one + two) / 2, rel=1e-5)
