@@ -459,3 +459,136 @@ def test_aux_loss_of_two_layers_is_the_mean_of_their_losses():
     one, two = aux_loss(["r1"]), aux_loss(["r2"])
     assert one > 0 and two > 0 and one != pytest.approx(two)
     assert aux_loss(None) == pytest.approx((one + two) / 2, rel=1e-5)
+
+
+# -- the step's parts called on their own -------------------------------------------------
+
+
+def test_through_time_update_without_its_signals_is_an_error_naming_what_to_call():
+    """``update`` trains on what ``signals`` left for the same trace; alone, or after
+    the signals of another trace, it refuses (an update on stale targets is wrong)."""
+    model = linear_rnn()
+    method = SyntheticGradientsThroughTime(seed=0, hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    x, y = (v[0].astype("float32") for v in data(1))
+    trace = credit.model.record(model, x, y)
+    with pytest.raises(RuntimeError, match="compute_gradients, not update alone"):
+        method.update(trace, {})
+    method.signals(credit.model.record(model, x, y))
+    with pytest.raises(RuntimeError, match="compute_gradients, not update alone"):
+        method.update(trace, {})
+    assert int(method.step.numpy()) == 0
+
+
+def _dense_model():
+    keras.utils.set_random_seed(0)
+    return credit.Sequential([keras.Input((3,)), L.Dense(4, activation="tanh", name="h"),
+                              L.Dense(2, name="out")])
+
+
+def test_between_layers_update_alone_runs_its_signals_first_and_takes_them_once():
+    """``SyntheticGradients.update`` on a trace whose signals were not run (or were run
+    on another trace) runs them, so the synthesizer takes the same SGD step as after
+    ``signals`` on that trace; what ``signals`` left is taken once."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=(5, 2)).astype(
+        "float32")
+    x2 = rng.normal(size=(5, 3)).astype("float32")
+
+    def weights_after(how):
+        model = _dense_model()
+        method = credit.methods.SyntheticGradients(seed=0, optimizer="sgd",
+                                                   learning_rate=0.5)
+        model.compile("sgd", "mse", method=method)
+        synthesizer = method.synthesizers["h"]
+        synthesizer.set_weights([np.full(w.shape, 0.1, "float32")
+                                 for w in synthesizer.get_weights()])
+        trace = credit.model.record(model, x, y)
+        if how == "signals":
+            method.signals(trace)
+        elif how == "other":
+            method.signals(credit.model.record(model, x2, y))
+        logs = method.update(trace, {})
+        assert method._pending is None
+        return synthesizer.get_weights(), float(logs["sg_loss"])
+
+    (kernel, bias), loss = weights_after("signals")
+    assert loss > 0 and abs(kernel - 0.1).max() > 1e-4
+    for how in ("alone", "other"):
+        (k, b), l = weights_after(how)
+        np.testing.assert_allclose(k, kernel, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, bias, rtol=1e-6, atol=1e-7)
+        assert l == pytest.approx(loss, rel=1e-6)
+
+
+def test_synthesizers_sum_over_replicas_to_the_gradient_of_the_global_mean(monkeypatch):
+    """Under a strategy of n replicas the synthesizers' loss and the extra (head)
+    gradients are divided by n before the optimizer sums the replicas: one replica's
+    SGD step is 1/n of a single device's. (Two replicas stood in by ``replicas()``.)"""
+    def step(n):
+        keras.backend.clear_session(free_memory=False)
+        model = _dense_model()
+        method = credit.methods.SyntheticGradients(seed=0, optimizer="sgd",
+                                                   learning_rate=1.0)
+        model.compile("sgd", "mse", method=method)
+        synthesizer = method.synthesizers["h"]
+        kernel = tf.Variable(np.zeros((2, 2), "float32"))
+        method.state.synthesizer_optimizer = keras.optimizers.SGD(learning_rate=1.0)
+        method.state.synthesizer_optimizer.build(synthesizer.trainable_variables + [kernel])
+        monkeypatch.setattr(sg, "replicas", lambda: n)
+        tape = tf.GradientTape()
+        with tape:
+            loss = tf.reduce_sum(synthesizer.trainable_variables[1] - 1.0) * 3.0
+        sg.train_synthesizers(method, tape, loss, [(tf.ones((2, 2)), kernel)])
+        monkeypatch.setattr(sg, "replicas", lambda: 1)
+        return synthesizer.trainable_variables[1].numpy(), kernel.numpy()
+
+    bias, kernel = step(1)
+    np.testing.assert_allclose(bias, -3.0 * np.ones(4))
+    np.testing.assert_allclose(kernel, -np.ones((2, 2)))
+    bias, kernel = step(2)
+    np.testing.assert_allclose(bias, -1.5 * np.ones(4))
+    np.testing.assert_allclose(kernel, -0.5 * np.ones((2, 2)))
+
+
+def test_global_batch_counts_every_replica(monkeypatch):
+    h = tf.zeros((5, 3), "float64")
+    assert sg.global_batch(h).dtype == tf.float64 and float(sg.global_batch(h)) == 5.0
+    monkeypatch.setattr(sg, "replicas", lambda: 4)
+    assert float(sg.global_batch(h)) == 20.0
+
+
+# -- what the method says about itself ----------------------------------------------------
+
+
+def test_summary_rule_names_the_scale_and_the_condition():
+    assert SyntheticGradientsThroughTime(scale=0.5).intercept_rule == (
+        "plus scale * M(s_T) at each window's final state (synthetic gradient through time)")
+    assert SyntheticGradientsThroughTime(scale=1, conditioned=True).intercept_rule == (
+        "plus M(s_T, y_next) at each window's final state (synthetic gradient through "
+        "time)")
+    assert SyntheticGradientsThroughTime(scale=2.0).intercept_rule.startswith(
+        "plus scale * M(s_T) at")
+
+
+def test_missing_next_targets_name_the_training_step():
+    """fit's check before each batch names the step; inside a traced step the check can
+    only say "this training step"."""
+    model = linear_rnn()
+    method = SyntheticGradientsThroughTime(seed=0, conditioned=True, hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    with pytest.raises(ValueError, match="were not given for training step 0\\. Fit on"):
+        method.check_lookahead()
+    SyntheticGradientsThroughTime(seed=0).check_lookahead()      # unbound: nothing to check
+    x, y = (v[0].astype("float32") for v in data(1))
+    with pytest.raises(ValueError, match="were not given for training step 0\\. Fit on"):
+        credit.compute_gradients(model, x, y)
+    method.set_lookahead(next_targets=y)
+    method.check_lookahead()
+    credit.compute_gradients(model, x, y)
+    with pytest.raises(ValueError, match="training step 1"):
+        method.check_lookahead()
+    # Unconditioned: nothing is needed, so nothing is checked.
+    plain = SyntheticGradientsThroughTime(seed=0, hidden_units=[3])
+    linear_rnn().compile("sgd", "mse", method=plain)
+    plain.check_lookahead()
