@@ -592,3 +592,30 @@ def test_missing_next_targets_name_the_training_step():
     plain = SyntheticGradientsThroughTime(seed=0, hidden_units=[3])
     linear_rnn().compile("sgd", "mse", method=plain)
     plain.check_lookahead()
+
+
+def test_one_warmup_step_injects_nothing_then_the_synthetic_gradient():
+    """warmup_steps=1: step 0 is plain truncated BPTT even with a non-zero synthesizer;
+    from step 1 on ``scale * M(s_T) / B`` is injected."""
+    lr, scale = 0.1, 0.5
+    model = linear_rnn()
+    method = SyntheticGradientsThroughTime(seed=0, scale=scale, optimizer="sgd",
+                                           learning_rate=lr, normalize=False,
+                                           warmup_steps=1, hidden_units=[3])
+    model.compile("sgd", "mse", method=method)
+    ref = Reference(model, scale, lr)
+    rng = np.random.default_rng(7)
+    A, a = rng.normal(size=(U, U)), rng.normal(size=U)
+    method.synthesizers["rnn"].set_weights([A.astype("float32"), a.astype("float32")])
+    x, y = data(2)
+    h0 = np.zeros((B, U))
+    hs = ref.forward(x[0], h0)
+    _, plain = ref.backward(x[0], y[0], h0, hs, 0.0)
+    check_gradients(credit.compute_gradients(model, x[0].astype("float32"),
+                                             y[0].astype("float32")), plain)
+    # No row had a previous window: the synthesizer did not move.
+    np.testing.assert_array_equal(method.synthesizers["rnn"].get_weights()[0],
+                                  A.astype("float32"))
+    grads, *_ = ref.step(A, a, x[1], y[1], hs[-1], np.ones(B), np.ones(B))
+    check_gradients(credit.compute_gradients(model, x[1].astype("float32"),
+                                             y[1].astype("float32")), grads)
