@@ -158,8 +158,7 @@ class SyntheticGradientsThroughTime(ErrorSignal):
     def from_config(cls, config):
         """Build a method from :meth:`get_config`'s output, or from the config of older
         versions: ``synthetic_gradients`` with ``through_time=True``."""
-        config = dict(config)
-        config.pop("name", None)
+        config = dict(config)   # ("name" is popped by ErrorSignal.from_config)
         through_time = config.pop("through_time", True)
         if through_time is not True and through_time is not np.True_:
             raise ValueError(
