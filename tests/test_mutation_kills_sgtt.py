@@ -619,3 +619,37 @@ def test_one_warmup_step_injects_nothing_then_the_synthetic_gradient():
     grads, *_ = ref.step(A, a, x[1], y[1], hs[-1], np.ones(B), np.ones(B))
     check_gradients(credit.compute_gradients(model, x[1].astype("float32"),
                                              y[1].astype("float32")), grads)
+
+
+# -- synthetic gradients between layers: their own arguments --------------------------------
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"update_probability": -0.1}, ["update_probability", "-0.1"]),
+    ({"update_probability": True}, ["update_probability", "True"]),
+    ({"update_probability": "0.5"}, ["update_probability", "'0.5'"]),
+    ({"kernel_size": -3}, ["kernel_size", "-3"]),
+    ({"kernel_size": True}, ["kernel_size", "True"]),
+    ({"kernel_size": 2.0}, ["kernel_size", "2.0"]),
+    ({"kernel_size": []}, ["kernel_size", "[]"]),
+    ({"kernel_size": (3, 0)}, ["kernel_size", "(3, 0)"]),
+    ({"kernel_size": (3, True)}, ["kernel_size", "(3, True)"]),
+    ({"kernel_size": "3"}, ["kernel_size", "'3'"]),
+    ({"hidden_filters": [8, -1]}, ["hidden_filters", "[8, -1]"]),
+])
+def test_bad_between_layers_arguments_are_errors_naming_them(kwargs, words):
+    with pytest.raises(ValueError) as info:
+        credit.methods.SyntheticGradients(**kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_good_between_layers_arguments_are_normalised():
+    method = credit.methods.SyntheticGradients(
+        kernel_size=[3, np.int64(1)], hidden_filters=4, update_probability=0,
+        target=" TRUE ", at=[np.int64(0), "h"])
+    assert method.kernel_size == (3, 1) and method.hidden_filters == (4,)
+    assert method.update_probability == 0.0 and method.target == "true"
+    assert method.at == (0, "h")
+    assert credit.methods.SyntheticGradients(kernel_size=np.int32(3)).kernel_size == 3
+    assert credit.methods.SyntheticGradients(update_probability=1).update_probability == 1.0
