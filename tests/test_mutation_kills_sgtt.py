@@ -653,3 +653,19 @@ def test_good_between_layers_arguments_are_normalised():
     assert method.at == (0, "h")
     assert credit.methods.SyntheticGradients(kernel_size=np.int32(3)).kernel_size == 3
     assert credit.methods.SyntheticGradients(update_probability=1).update_probability == 1.0
+
+
+def test_between_layers_on_a_model_without_a_hidden_block_says_to_pass_at_minus_one():
+    model = credit.Sequential([keras.Input((3,)), L.Dense(2, name="out")])
+    with pytest.raises(ValueError, match=r"no hidden block.*at=\[-1\]"):
+        model.compile("sgd", "mse", method=credit.methods.SyntheticGradients(seed=0))
+    model = credit.Sequential([keras.Input((3,)), L.Dense(2, name="out")])
+    method = credit.methods.SyntheticGradients(seed=0, at=[-1])
+    model.compile("sgd", "mse", method=method)
+    assert list(method.synthesizers) == ["out"]
+
+
+def test_between_layers_summary_rule_says_whether_the_synthesizer_sees_the_label():
+    assert credit.methods.SyntheticGradients().point_rule == "M_p(h_p) (learned synthesizer)"
+    assert credit.methods.SyntheticGradients(conditioned=True).point_rule == (
+        "M_p(h_p, y) (learned synthesizer, cDNI)")
