@@ -669,3 +669,22 @@ def test_between_layers_summary_rule_says_whether_the_synthesizer_sees_the_label
     assert credit.methods.SyntheticGradients().point_rule == "M_p(h_p) (learned synthesizer)"
     assert credit.methods.SyntheticGradients(conditioned=True).point_rule == (
         "M_p(h_p, y) (learned synthesizer, cDNI)")
+
+
+def test_between_layers_synthesizer_on_a_sequence_of_dense_outputs_is_position_wise():
+    """A Dense layer on a sequence gives a (time, units) point: its synthesizer is made of
+    kernel-1 convolutions (``kernel_size`` is for the outputs of convolutions), so the
+    signal at each step is an MLP of that step's h and the label alone."""
+    model = credit.Sequential([keras.Input((4, 3)), L.Dense(5, name="h"),
+                               L.Dense(2, name="out")])
+    method = credit.methods.SyntheticGradients(seed=0, synthesizer="mlp", conditioned=True,
+                                               hidden_filters=[3], kernel_size=3)
+    model.compile("sgd", "mse", method=method)
+    synthesizer = method.synthesizers["h"]
+    weights = _random_weights(synthesizer)
+    rng = np.random.default_rng(1)
+    h, y = rng.normal(size=(2, 4, 5)), rng.normal(size=(2, 8))
+    out = synthesizer(tf.constant(h, "float32"), tf.constant(y, "float32")).numpy()
+    cond = np.broadcast_to(y[:, None, :], (2, 4, 8))
+    expected = _mlp_numpy(np.concatenate([h, cond], -1), weights)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
