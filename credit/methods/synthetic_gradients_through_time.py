@@ -263,7 +263,7 @@ class SyntheticGradientsThroughTime(ErrorSignal):
 
     def _aux_head(self, graph, name, units, i):
         layer = graph.layers[name]
-        if not getattr(layer, "return_sequences", False):
+        if not layer.return_sequences:  # a keras.layers.RNN (stateful_layers checked)
             raise ValueError(
                 f"aux_weight={self.aux_weight} reads the output of layer {name!r} at the "
                 "window's first step, but it has return_sequences=False. Give it "
