@@ -688,3 +688,16 @@ def test_between_layers_synthesizer_on_a_sequence_of_dense_outputs_is_position_w
     cond = np.broadcast_to(y[:, None, :], (2, 4, 8))
     expected = _mlp_numpy(np.concatenate([h, cond], -1), weights)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_between_layers_kernel_size_applies_to_a_point_after_a_convolutions_activation():
+    """A block whose point is a layer after its convolution (here an Activation) is
+    still a convolution's map: its synthesizer convolves with ``kernel_size``."""
+    model = credit.Sequential([
+        keras.Input((6, 6, 2)), L.Conv2D(3, 3, padding="same", name="conv"),
+        L.Activation("relu", name="act"), L.Conv2D(2, 1, name="conv2"), L.Flatten(),
+        L.Dense(2, name="out")])
+    method = credit.methods.SyntheticGradients(seed=0, kernel_size=3)
+    model.compile("sgd", "mse", method=method)
+    [conv] = method.synthesizers["act"].stack
+    assert tuple(conv.kernel.shape) == (3, 3, 3, 3)
