@@ -77,6 +77,7 @@ def test_dense_chain_methods_have_rows_on_the_mlps_only():
                                                                  "local_losses"}
 
 
+@pytest.mark.slow  # RSS of the test process itself: varies with what else it ran (xdist)
 def test_peak_memory_counts_a_steps_activations():
     # In this process, with glibc mapping buffers over 64 KiB on their own (as the
     # child's MALLOC_MMAP_THRESHOLD_ does): a step of a 784-2048-10 MLP at batch 512

@@ -290,7 +290,9 @@ def moved_in_four_steps(method):
 
 @pytest.mark.parametrize("method", [
     {"name": "sg", "width": 4, "max_points": 3},
-    {"name": "cdni", "width": 4, "synthesizer": "mlp", "hidden_filters": [4]},
+    # max_points=3: on the residual stream this ResNet has more boundaries, and DNI's
+    # bootstrap reaches one more point down per step (see SyntheticGradients).
+    {"name": "cdni", "width": 4, "synthesizer": "mlp", "hidden_filters": [4], "max_points": 3},
     {"name": "local_losses", "head": "dgl", "width": 4, "max_points": 3},
 ])
 def test_every_variable_moves_within_four_steps_on_a_small_resnet(method):

@@ -191,8 +191,7 @@ class SyntheticGradients(ErrorSignal):
         Configs saved by older versions (with ``through_time=False`` and the
         through-time arguments at their defaults) load as they are.
         """
-        config = dict(config)
-        config.pop("name", None)
+        config = dict(config)   # ("name" is popped by ErrorSignal.from_config)
         through_time = config.pop("through_time", False)
         if not isinstance(through_time, (bool, np.bool_)):
             raise ValueError(f"through_time must be True or False; got {through_time!r}.")

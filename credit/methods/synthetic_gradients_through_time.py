@@ -158,8 +158,7 @@ class SyntheticGradientsThroughTime(ErrorSignal):
     def from_config(cls, config):
         """Build a method from :meth:`get_config`'s output, or from the config of older
         versions: ``synthetic_gradients`` with ``through_time=True``."""
-        config = dict(config)
-        config.pop("name", None)
+        config = dict(config)   # ("name" is popped by ErrorSignal.from_config)
         through_time = config.pop("through_time", True)
         if through_time is not True and through_time is not np.True_:
             raise ValueError(
@@ -264,7 +263,7 @@ class SyntheticGradientsThroughTime(ErrorSignal):
 
     def _aux_head(self, graph, name, units, i):
         layer = graph.layers[name]
-        if not getattr(layer, "return_sequences", False):
+        if not layer.return_sequences:  # a keras.layers.RNN (stateful_layers checked)
             raise ValueError(
                 f"aux_weight={self.aux_weight} reads the output of layer {name!r} at the "
                 "window's first step, but it has return_sequences=False. Give it "
