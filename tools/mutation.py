@@ -63,7 +63,9 @@ DEFAULT_TESTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
                  "tests/test_methods.py",
                  "tests/test_synthetic_gradients.py", "tests/test_recurrent.py",
                  "tests/test_local_losses.py", "tests/test_forward_methods.py",
-                 "tests/test_method_state.py", "tests/test_engine_trust.py"]
+                 "tests/test_method_state.py", "tests/test_engine_trust.py",
+                 "tests/test_recurrent_transports.py", "tests/test_forward_forward.py",
+                 "tests/test_synthesizer_sizes.py", "tests/test_residual_points.py"]
 CACHE = os.path.join(ROOT, ".mutation", "cache")
 EQUIVALENT_FILE = os.path.join(ROOT, "tools", "mutation_equivalent.txt")
 PYTEST_ARGS = ["-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=", "-q",
