@@ -273,7 +273,9 @@ def test_quick_run_writes_its_tables(tmp_path):
                  "runs.csv", "transfer.json"):
         assert (folder / name).exists()
     assert not [p for p in os.listdir(folder) if p.startswith(".")]  # no temp files
-    assert set(simulated.K) == {2, 4} and len(check) == 6
+    # One replay per measured K = 2 run: six schedules, DGL included, one with micro-batches.
+    assert set(simulated.K) == {2, 4} and len(check) == 7
+    assert set(check.run) == {run for run in summary.run if run.endswith("K=2")}
     # Lock-step runs compute the in-process method's numbers: same test accuracy.
     acc = dict(zip(summary.run, summary.test_accuracy))
     assert acc["locked backprop, K=2"] == pytest.approx(acc[

@@ -186,12 +186,18 @@ def _input(stage, links, x, index, step, micro=0):
     return x[index] if stage.first else links.recv("h", step, micro)
 
 
+def _forward(stage, links, x, y, index, step):
+    """Runs the stage's forward pass on its input and passes the activations on."""
+    fwd = stage.forward(_input(stage, links, x, index, step), y[index], step=step)
+    if not stage.last:
+        links.send(stage.index + 1, "h", step, fwd.h)
+    return fwd
+
+
 def _locked(stage, links, epoch_batches, x, y, log, **_):
     k = stage.index
     for t, index in enumerate(epoch_batches):
-        fwd = stage.forward(_input(stage, links, x, index, t), y[index], step=t)
-        if not stage.last:
-            links.send(k + 1, "h", t, fwd.h)
+        fwd = _forward(stage, links, x, y, index, t)
         g = None if stage.last else links.recv("g", t)
         gx, grads = stage.backward(fwd, g)
         if not stage.first:
@@ -305,11 +311,8 @@ def _dni(stage, links, epoch_batches, x, y, log, window=1, **_):
 
 
 def _dgl(stage, links, epoch_batches, x, y, log, **_):
-    k = stage.index
     for t, index in enumerate(epoch_batches):
-        fwd = stage.forward(_input(stage, links, x, index, t), y[index], step=t)
-        if not stage.last:
-            links.send(k + 1, "h", t, fwd.h)
+        fwd = _forward(stage, links, x, y, index, t)
         stage.local_update(fwd)
         _record(stage, fwd, log, len(index))
 

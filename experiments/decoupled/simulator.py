@@ -153,11 +153,16 @@ def simulate(schedule, times, transfer=None, steps=1, window=None, micro_batches
 # The task graphs
 
 
+def _input(k, t, tr):
+    """Stage k's forward pass at step t waits for stage k - 1's activations."""
+    return [(("F", k - 1, t), tr["activation"])] if k else []
+
+
 def _locked(times, tr, steps, window, micro_batches):
     K, tasks = len(times), []
     for t in range(steps):
         for k in range(K):
-            deps = [(("F", k - 1, t), tr["activation"])] if k else []
+            deps = _input(k, t, tr)
             if t:
                 deps.append((("U", k, t - 1), 0.0))
             tasks.append(_Task(("F", k, t), k, times[k]["forward"], deps, (t, 0, k)))
@@ -202,7 +207,7 @@ def _dfa(times, tr, steps, window, micro_batches):
     last = K - 1
     for t in range(steps):
         for k in range(K):
-            deps = [(("F", k - 1, t), tr["activation"])] if k else []
+            deps = _input(k, t, tr)
             if t:
                 deps.append((("F", k, t - 1), 0.0))
             if k == last and t:
@@ -224,7 +229,7 @@ def _dni(times, tr, steps, window, micro_batches):
     last = K - 1
     for t in range(steps):
         for k in range(K):
-            deps = [(("F", k - 1, t), tr["activation"])] if k else []
+            deps = _input(k, t, tr)
             if t:
                 deps.append((("A", k, t - 1), 0.0))
             tasks.append(_Task(("F", k, t), k, times[k]["forward"], deps, (3, t)))
@@ -246,7 +251,7 @@ def _dgl(times, tr, steps, window, micro_batches):
     K, tasks = len(times), []
     for t in range(steps):
         for k in range(K):
-            deps = [(("F", k - 1, t), tr["activation"])] if k else []
+            deps = _input(k, t, tr)
             if t:
                 deps.append((("U", k, t - 1), 0.0))
             tasks.append(_Task(("F", k, t), k, times[k]["forward"], deps, (1, t)))
