@@ -14,6 +14,7 @@ tests/test_data.py.)
 
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,6 +26,9 @@ import tensorflow as tf  # noqa: E402
 import credit  # noqa: E402
 from credit import data, recurrent  # noqa: E402
 from credit.methods import SyntheticGradients, SyntheticGradientsThroughTime  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from state_checks import untracked_state  # noqa: E402
 
 B, T, D, U, O = 3, 4, 2, 3, 2   # batch rows, window, input features, units, outputs
 
@@ -48,21 +52,6 @@ def windows(n, seed=0, batch=B, window=T, outputs=O):
     x = rng.normal(size=(n * batch, window, D)).astype("float32")
     y = rng.normal(size=(n * batch, window, outputs)).astype("float32")
     return x, y
-
-
-def untracked_state(method):
-    """Attributes of ``method`` (not its state or model) that hold Keras variables,
-    layers or optimizers: state Keras would not save. Should be empty."""
-    kinds = (keras.Variable, keras.layers.Layer, keras.optimizers.Optimizer)
-
-    def holds(value):
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, (list, tuple)):
-            return any(holds(v) for v in value)
-        return isinstance(value, kinds)
-
-    return [k for k, v in vars(method).items() if k not in ("state", "model") and holds(v)]
 
 
 def through_time(**kwargs):

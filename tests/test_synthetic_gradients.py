@@ -6,6 +6,7 @@ converges to numpy's least-squares solution; a deep linear net reaches backprop'
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -16,6 +17,9 @@ import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
 from credit.methods import SyntheticGradients  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from state_checks import untracked_state  # noqa: E402
 
 
 def mlp(inputs, hidden, outputs, activation="relu", output_activation="softmax", seed=0):
@@ -52,21 +56,6 @@ def kernels(model):
 def assert_same_weights(a, b, atol=1e-6):
     for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=atol)
-
-
-def untracked_state(method):
-    """Attributes of ``method`` (not its state or model) that hold Keras variables,
-    layers or optimizers: state Keras would not save. Should be empty."""
-    kinds = (keras.Variable, keras.layers.Layer, keras.optimizers.Optimizer)
-
-    def holds(value):
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, (list, tuple)):
-            return any(holds(v) for v in value)
-        return isinstance(value, kinds)
-
-    return [k for k, v in vars(method).items() if k not in ("state", "model") and holds(v)]
 
 
 # -- names, configuration, validation ---------------------------------------------------
