@@ -213,6 +213,16 @@ XLA_METHODS = (KERAS, BACKPROP, "feedback_alignment", "direct_feedback_alignment
                "synthetic_gradients")
 
 
+#: Rows for a method with other hyperparameters, or one that ``credit.available()`` leaves
+#: out: activity-perturbed forward gradients (Ren et al.), and F³ (its buffer of stored
+#: errors sized for 4096 examples; the timed batches wrap around it).
+EXTRA_ROWS = [
+    ("forward_gradient (activities)", {"name": "forward_gradient", "perturb": "activities"},
+     False),
+    ("delayed_feedback", {"name": "delayed_feedback", "examples": 4096}, False),
+]
+
+
 def method_rows(xla=False, dense_chain=False, methods=None):
     """``(label, identifier, jit_compile)`` per row: plain Keras, backprop (Keras's fast
     path and the blockwise engine), every other registered method (with
@@ -223,8 +233,10 @@ def method_rows(xla=False, dense_chain=False, methods=None):
             (BLOCKWISE, {"name": BACKPROP, "blockwise": True}, False)]
     rows += [(name, name, False) for name in credit.available(dense_chains=dense_chain)
              if name != BACKPROP]
+    rows += EXTRA_ROWS
     if methods is not None:
-        rows = [row for row in rows if row[0] in (KERAS, BACKPROP) or row[0] in methods
+        rows = [row for row in rows if row[0] in (KERAS, BACKPROP)
+                or row[0].split(" (")[0] in methods
                 or (row[0] == BLOCKWISE and BLOCKWISE in methods)]
     if xla:
         rows += [(f"{label} (XLA)", ident, True) for label, ident, _ in rows
