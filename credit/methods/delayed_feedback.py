@@ -15,8 +15,11 @@ from credit.signal import (ErrorSignal, hidden_points, project, require_one_outp
 @register
 class DelayedFeedback(ErrorSignal):
     """F³, feed-forward with delayed feedback (Flügel, Coquelin, Weiel, Debus, Streit &
-    Götz 2023, "Feed-Forward Optimization With Delayed Feedback for Neural Networks",
-    arXiv:2304.13372; code: Helmholtz-AI-Energy/f3).
+    Götz, "Feed-Forward Optimization With Delayed Feedback for Neural Network Training",
+    arXiv:2304.13372, 2023, ICONIP 2024; code: Helmholtz-AI-Energy/f3). The paper's
+    rule, ``delta h_i = B_i^T e^{t-1}`` with ``e^{t-1}`` the example's error of the
+    previous epoch, is read from its abstract and a summary of it; the first epoch and
+    the stored quantity follow the authors' code.
 
     Direct feedback alignment whose signal does not wait for this step's output: at each
     feedback point p, ``delta_p = eps_i B_p / batch`` for example i, where ``eps_i`` is
@@ -40,6 +43,10 @@ class DelayedFeedback(ErrorSignal):
     softmax or sigmoid outputs with cross-entropy (credit's ``e`` has DFA's sign;
     ``B_p`` is symmetric, so the sign is a relabelling of ``B_p``), and the initial
     ``-y`` keeps their first epoch continuous with the later ones.
+
+    Sample weights reach the stored errors (``e`` includes them), not the initial
+    ``-y``. Under ``tf.distribute`` with several replicas the per-example buffer is not
+    supported (each replica would write its own rows at the same position).
 
     **Which example is which.** Keras's ``fit`` does not pass sample indices, so the
     key of an example is its position in the epoch: the method counts the rows it has
