@@ -214,12 +214,12 @@ XLA_METHODS = (KERAS, BACKPROP, "feedback_alignment", "direct_feedback_alignment
 
 
 #: Rows for a method with other hyperparameters, or one that ``credit.available()`` leaves
-#: out: activity-perturbed forward gradients (Ren et al.), and F³ (its buffer of stored
-#: errors sized for 4096 examples; the timed batches wrap around it).
+#: out: activity-perturbed forward gradients (Ren et al.), and F³ (``examples=None``:
+#: the model's batch size, see :class:`Runner`).
 EXTRA_ROWS = [
     ("forward_gradient (activities)", {"name": "forward_gradient", "perturb": "activities"},
      False),
-    ("delayed_feedback", {"name": "delayed_feedback", "examples": 4096}, False),
+    ("delayed_feedback", {"name": "delayed_feedback", "examples": None}, False),
 ]
 
 
@@ -248,6 +248,11 @@ class Runner:
     """One model trained with one method (or plain Keras), and its step times."""
 
     def __init__(self, label, identifier, spec, weights, optimizer, jit_compile=False):
+        if isinstance(identifier, dict) and "examples" in identifier \
+                and identifier["examples"] is None:
+            # F³ stores an error per example: here one batch of them, which the warm-up
+            # and the timed steps cycle over.
+            identifier = {**identifier, "examples": spec.batch}
         self.label = label
         self.identifier = identifier
         self.jit_compile = jit_compile
@@ -292,8 +297,14 @@ class Runner:
             return
         try:
             n = steps * self.spec.batch
-            self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
-                           shuffle=False, verbose=0)
+            if getattr(getattr(self.model, "method", None), "ordered_only", False):
+                # F³ (examples=batch): one batch, once per epoch, in one order.
+                self.model.fit(x[:self.spec.batch], y[:self.spec.batch],
+                               batch_size=self.spec.batch, epochs=steps, shuffle=False,
+                               verbose=0)
+            else:
+                self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
+                               shuffle=False, verbose=0)
             # Same element type as fit's batches (static batch size), so no retrace.
             dataset = tf.data.Dataset.from_tensor_slices((x, y))
             self._iterator = iter(dataset.batch(self.spec.batch, drop_remainder=True)

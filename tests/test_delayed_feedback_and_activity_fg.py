@@ -86,6 +86,9 @@ def test_f3_two_epochs_match_numpy():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.method.errors.numpy(), stored, rtol=1e-5, atol=1e-6)
     assert int(model.method.position.numpy()) == 20
+    # A batch larger than the data set is one batch of all 10 examples (Keras): fine.
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert int(model.method.position.numpy()) == 30
     # The rule differs from DFA on the current error (the test can fail).
     dfa, _ = f3_reference(w0, B, x, y, 4, 1, 0.5)
     assert not np.allclose(dfa[0], expected[0], atol=1e-3)
@@ -95,7 +98,6 @@ def test_f3_two_epochs_match_numpy():
     ({}, "shuffle=True"),
     ({"shuffle": False, "steps_per_epoch": 2}, "steps_per_epoch=2"),
     ({"shuffle": False, "validation_split": 0.2}, "trains on 8 examples.*examples=10"),
-    ({"shuffle": False, "batch_size": 16}, "batch_size=16 is larger than examples=10"),
 ])
 def test_f3_fit_refuses_what_breaks_the_example_key(kwargs, match):
     x, y = data()
@@ -257,3 +259,32 @@ def test_activity_perturbation_trains_and_resumes_after_saving(tmp_path):
         m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_runner_gives_f3_one_order_and_its_example_count():
+    """experiments' batches reshuffle every epoch; for F³ they are shuffled once, and
+    the method gets examples = the training set's size."""
+    from experiments.runner import data as data_lib
+    from experiments.runner import training
+
+    x = np.arange(20, dtype="float32")[:, None]
+    y = np.arange(20)
+
+    def epochs(ordered):
+        ds = data_lib.batches(x, y, 8, seed=5, ordered=ordered)
+        return [np.concatenate([b[1].numpy() for b in ds]).tolist() for _ in range(3)]
+
+    once = epochs(True)
+    assert once[0] == once[1] == once[2] and once[0] != list(range(20))
+    assert sorted(once[0]) == list(range(20))
+    again = epochs(False)
+    assert again[0] != again[1]
+
+    class Data:
+        x_train = x
+
+    config = {"method": "delayed_feedback", "seed": 0, "method_config": {}}
+    assert training._method(config, Data) == {"name": "delayed_feedback", "seed": 0,
+                                              "examples": 20}
+    config = {"method": "direct_feedback_alignment", "seed": 0, "method_config": {}}
+    assert "examples" not in training._method(config, Data)

@@ -207,12 +207,6 @@ class DelayedFeedback(ErrorSignal):
                 f"{' (after validation_split)' if split else ''}, but the method was "
                 f"made with examples={self.examples}; each example needs its own stored "
                 f"error. Make the method with examples={n}.")
-        size = given.get("batch_size") or 32
-        if size > self.examples:
-            raise ValueError(
-                f"batch_size={size} is larger than examples={self.examples}: a batch "
-                "would hold an example twice. Pass a batch_size of at most "
-                f"{self.examples}.")
 
 
 def _is_array(x):
