@@ -288,3 +288,37 @@ def test_the_runner_gives_f3_one_order_and_its_example_count():
                                               "examples": 20}
     config = {"method": "direct_feedback_alignment", "seed": 0, "method_config": {}}
     assert "examples" not in training._method(config, Data)
+
+
+def test_activity_gradient_of_a_convolution_matches_an_independent_tf_computation():
+    """Conv2D (relu) -> max-pool -> Dense softmax: the per-example directional
+    derivative from a tape's exact dL/dz, and each layer's weight gradient as the VJP
+    of its own z = conv(x, W) + b (written out with tf.nn.conv2d), for fixed tangents."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=8)
+    model = credit.Sequential([keras.Input((8, 8, 1)),
+                               keras.layers.Conv2D(4, 3, activation="relu"),
+                               keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                               keras.layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy",
+                  method={"name": "fg", "perturb": "activities", "seed": 1})
+    method = model.method
+    credit.model.bind(method, model, x)
+    v = [tf.constant(rng.normal(size=s).astype("float32")) for s in ((8, 6, 6, 4), (8, 3))]
+    got, _, _ = method.activity_estimate(model, tf.constant(x), tf.constant(y), None,
+                                         tangents=v)
+    conv, dense = model.layers[0], model.layers[3]
+    with tf.GradientTape(persistent=True) as tape:
+        z1 = tf.nn.conv2d(x, conv.kernel, 1, "VALID") + conv.bias
+        h = tf.nn.max_pool2d(tf.nn.relu(z1), 2, 2, "VALID")
+        z2 = tf.matmul(tf.reshape(h, (8, -1)), dense.kernel) + dense.bias
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, z2))
+    g1, g2 = tape.gradient(loss, [z1, z2])
+    d = tf.reduce_sum(g1 * v[0], [1, 2, 3]) + tf.reduce_sum(g2 * v[1], 1)
+    expected = (tape.gradient(z1, [conv.kernel, conv.bias],
+                              output_gradients=d[:, None, None, None] * v[0])
+                + tape.gradient(z2, [dense.kernel, dense.bias],
+                                output_gradients=d[:, None] * v[1]))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
