@@ -228,13 +228,19 @@ def test_activity_perturbation_refuses_layers_without_a_pre_activation():
     with pytest.raises(ValueError, match="perturb must be one of 'weights', 'activities'.*"
                                          "got 'activations'"):
         credit.get({"name": "fg", "perturb": "activations"})
+    with pytest.raises(ValueError, match="local=True perturbs activities.*got "
+                                         "perturb='weights'"):
+        credit.get({"name": "fg", "local": True})
+    with pytest.raises(ValueError, match="local must be True or False; got 1"):
+        credit.get({"name": "fg", "perturb": "activities", "local": 1})
 
 
 def test_activity_perturbation_config_round_trip_and_summary():
     method = credit.get({"name": "fg", "perturb": "activities", "tangents": 2})
     config = method.get_config()
     assert config == {"name": "forward_gradient", "seed": None, "tangents": 2,
-                      "perturb": "activities"}
+                      "perturb": "activities", "local": False, "at": None,
+                      "optimizer": "adam", "learning_rate": None}
     assert credit.get(config).get_config() == config
     model = tiny()
     model.compile("sgd", "sparse_categorical_crossentropy", method=config)
@@ -322,3 +328,72 @@ def test_activity_gradient_of_a_convolution_matches_an_independent_tf_computatio
                                 output_gradients=d[:, None] * v[1]))
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_local_activity_gradients_match_numpy_for_fixed_tangents():
+    """local=True: a linear head at each hidden block; a layer's estimate uses the
+    directional derivative of its own block's head loss (the last layer: the model's
+    loss); the heads' gradients are their exact local ones."""
+    x, y = batch()
+    model = mlp()
+    model.compile("sgd", "sparse_categorical_crossentropy",
+                  method={"name": "fg", "seed": 1, "perturb": "activities", "local": True})
+    method = model.method
+    credit.model.bind(method, model, x)
+    names = [l.name for l in model.layers]
+    assert list(method.points) == names[:2]
+    assert method.owners == {names[0]: names[0], names[1]: names[1], names[2]: None}
+    rng = np.random.default_rng(5)
+    v = [rng.normal(size=(8, u)).astype("float32") for u in (16, 16, 3)]
+    got, _, _ = method.activity_estimate(model, tf.constant(x), tf.constant(y), None,
+                                         tangents=[tf.constant(t) for t in v])
+    w = [a.astype("float64") for a in model.get_weights()]
+    a = [[t.numpy().astype("float64") for t in method.heads[p].trainable_variables]
+         for p in names[:2]]
+    Y, n = np.eye(3)[y], len(y)
+
+    def softmax(z):
+        p = np.exp(z - z.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    h0 = x.astype("float64")
+    h1 = np.tanh(h0 @ w[0] + w[1])
+    h2 = np.tanh(h1 @ w[2] + w[3])
+    e_head = [(softmax(h1 @ a[0][0] + a[0][1]) - Y) / n,
+              (softmax(h2 @ a[1][0] + a[1][1]) - Y) / n]
+    e3 = (softmax(h2 @ w[4] + w[5]) - Y) / n
+    g_z = [(e_head[0] @ a[0][0].T) * (1 - h1 ** 2), (e_head[1] @ a[1][0].T) * (1 - h2 ** 2),
+           e3]
+    expected = []
+    for h, g, t in zip((h0, h1, h2), g_z, v):
+        est = (g * t).sum(1)[:, None] * t
+        expected += [h.T @ est, est.sum(0)]
+    for got_g, ref in zip(got, expected):
+        np.testing.assert_allclose(got_g.numpy(), ref, rtol=1e-5, atol=1e-6)
+    heads = [h1.T @ e_head[0], e_head[0].sum(0), h2.T @ e_head[1], e_head[1].sum(0)]
+    for (g, _), ref in zip(method.head_gradients, heads):
+        np.testing.assert_allclose(g.numpy(), ref, rtol=1e-5, atol=1e-6)
+    assert "local loss at" in credit.summary(model)["signal"][0]
+
+
+@pytest.mark.slow
+def test_local_activity_heads_train_and_resume_after_saving(tmp_path):
+    x, y = data(32)
+    model = tiny()
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  method={"name": "fg", "perturb": "activities", "local": True,
+                          "seed": 2})
+    head = model.method.heads[model.layers[0].name]
+    before = [w.numpy().copy() for w in head.trainable_variables]
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert all(np.abs(w.numpy() - b).max() > 0
+               for w, b in zip(head.trainable_variables, before))
+    path = tmp_path / "fg_local.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(model.method.state.get_weights(), loaded.method.state.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from credit.methods import _synthesizers as sg
 from credit.registry import register
-from credit.signal import ErrorSignal
+from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
 
 
 @register
@@ -40,7 +40,21 @@ class ForwardGradient(ErrorSignal):
     layer called once per forward pass (others are refused, named), and examples must
     not interact (no batch normalisation: it is refused, having weights and no
     pre-activation). The gradients of weight penalties (``model.losses``) are not
-    included. The local losses of Ren et al. (a loss per block) are not offered here.
+    included.
+
+    With ``local=True`` (activities only) the model is cut into blocks as by
+    ``local_losses``: a point at every hidden block output (or ``at=``), each with a
+    linear head (one Dense layer to the model's output units on the flattened, and
+    for spatial outputs average-pooled, block output; see ``credit.methods.local_losses
+    .LocalHead``) trained on the model's compiled loss of its prediction (Ren et al.'s
+    local greedy losses, in their simplest, per-block form: no patch- or group-wise
+    copies). Nothing crosses a point forwards in the tangents (the layers above read a
+    stop-gradient copy, which carries no tangent), so a layer's estimate uses the
+    directional derivative of the one loss its activities reach: its block's head's
+    (the first point at or after its block), or the model's loss above the last point.
+    Fewer activities per loss: less variance. The heads train on their exact local
+    gradient with their own optimizer (``optimizer``, ``learning_rate``), and are saved
+    with the model. Every point must lie in a block (``credit.summary``).
 
     The tangents are drawn fresh at every step by a counter-based generator keyed by
     the method's seed and its step counter, both variables on ``method.state`` (see
@@ -54,6 +68,12 @@ class ForwardGradient(ErrorSignal):
         perturb: ``"weights"`` (Baydin et al.: tangents on every trainable variable)
             or ``"activities"`` (Ren et al.: tangents on every weighted layer's
             pre-activation, weight gradients formed locally).
+        local: with ``perturb="activities"``, a local loss through a linear head at
+            every point (see above).
+        at: the points of ``local=True``: ``"stream"`` (default, also None),
+            ``"residuals"``, ``"blocks"``, or layer names and block indices.
+        optimizer: the heads' optimizer (``local=True``), a Keras name or config.
+        learning_rate: the heads' learning rate (None: the optimizer's default).
 
     Attributes:
         step: steps taken, a variable on ``state`` (None before binding).
@@ -72,7 +92,8 @@ class ForwardGradient(ErrorSignal):
     point_rule = None
     transport_rule = "none (forward-mode directional derivative)"
 
-    def __init__(self, seed=None, tangents=1, perturb="weights"):
+    def __init__(self, seed=None, tangents=1, perturb="weights", local=False, at=None,
+                 optimizer="adam", learning_rate=None):
         if seed is not None and not sg.is_int(seed):
             raise ValueError(f"seed must be None or an integer; got {seed!r}.")
         super().__init__(seed=seed)
@@ -85,7 +106,15 @@ class ForwardGradient(ErrorSignal):
                              "the tangents perturb: every trainable variable, or every "
                              f"weighted layer's pre-activation); got {perturb!r}.")
         self.perturb = perturb
+        self.local = sg.boolean("local", local)
+        if self.local and perturb != "activities":
+            raise ValueError(f"local=True perturbs activities under local losses; got "
+                             f"perturb={perturb!r}. Pass perturb='activities' with it.")
+        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
+        self.optimizer, self.learning_rate = sg.optimizer_arguments(optimizer,
+                                                                    learning_rate)
         self.perturbed = ()
+        self.owners = {}
 
     @property
     def step(self):
@@ -95,8 +124,52 @@ class ForwardGradient(ErrorSignal):
     def build(self, graph):
         if self.perturb == "activities":
             self.perturbed = perturbed_layers(graph)
+        if self.local:
+            self._build_heads(graph)
+            return
         with tf.init_scope():
             own_counters(self)
+
+    def _build_heads(self, graph):
+        from credit.graph import GraphError
+        from credit.methods import local_losses
+
+        points = list(hidden_points(graph, self.at, "at"))
+        outputs = [p for p in points if graph.is_output(p)]
+        if outputs:
+            raise ValueError(f"at={self.at!r} names the model output {outputs[0]!r}; its "
+                             "layers train on the model's own loss. Choose hidden blocks.")
+        def index(name):
+            block = graph.block_of(name)
+            return None if block is None else block.index
+
+        blocks = {p: index(p) for p in points}
+        loose = [p for p, b in blocks.items() if b is None]
+        if loose:
+            raise GraphError(
+                f"forward_gradient(local=True) assigns each layer to the loss of the "
+                f"first point at or after its block; point {loose[0]!r} lies in no block. "
+                "Name block outputs in at= (see credit.summary).")
+        units = output_units(graph, "forward_gradient(local=True)")
+        self._output_shape = tuple(graph.output_shapes[0])
+        self._activation = local_losses._output_activation(graph)
+        self.owners = {}
+        for name in self.perturbed:
+            block = index(name)
+            later = [p for p in points if block is not None and blocks[p] >= block]
+            self.owners[name] = later[0] if later else None
+        with tf.init_scope():
+            heads = [local_losses.LocalHead(graph.point_shape(p), units, name=f"head_{i}",
+                                            seed=sg.synthesizer_seed(self, i))
+                     for i, p in enumerate(points)]
+            sg.own_synthesizers(self, heads)
+        self.points = points
+
+    @property
+    def heads(self):
+        """Dict from point to its head (``local=True``, after binding), else None."""
+        layers = sg.state_attribute(self, "synthesizer_layers")
+        return None if layers is None else dict(zip(self.points, layers))
 
     def transport(self, layer, kernels):
         return None
@@ -104,8 +177,14 @@ class ForwardGradient(ErrorSignal):
     def layer_rule(self, name):
         """The rule layer ``name`` trains with, for :func:`credit.summary`."""
         if self.perturb == "activities":
+            where = ""
+            if self.local:
+                owner = self.owners.get(name)
+                where = (f" of the local loss at {owner!r}" if owner is not None
+                         else " of the model's loss")
             return ("x^T (d v_z): pre-activation tangent v_z times the per-example "
-                    "forward-mode directional derivative d, through the layer's own op")
+                    f"forward-mode directional derivative d{where}, through the layer's "
+                    "own op")
         return "(dL/dθ · v) v: forward-mode directional derivative, no backward pass"
 
     def signals(self, trace):
@@ -194,44 +273,57 @@ class ForwardGradient(ErrorSignal):
         """One activity-perturbed estimate: ``(gradients, loss, y_pred)``.
 
         ``tangents``: one per perturbed layer (``self.perturbed``), shaped like its
-        pre-activation; default the ``k``-th draw of this step.
+        pre-activation; default the ``k``-th draw of this step. With ``local=True`` the
+        heads' exact gradients are left in ``self.head_gradients`` (``(gradient,
+        variable)`` pairs) for the step to apply.
         """
-        from credit import _keras_compat as compat
         from credit import model as engine
 
         graph = self.graph
         layers = [graph.layers[name] for name in self.perturbed]
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        shapes = [tf.concat([[batch], graph.point_shape(name)], 0) for name in self.perturbed]
+        shapes = [tf.concat([[batch], tf.constant(graph.point_shape(name), "int32")], 0)
+                  for name in self.perturbed]
         if tangents is None:
             tangents = self.draw_activity_tangents(shapes, k)
         zeros = [tf.zeros(s, "float32") for s in shapes]
         z = {}
         with tf.autodiff.ForwardAccumulator(zeros, tangents) as acc:
-            with tf.GradientTape(persistent=True) as tape:
+            if self.local:
+                # The engine's forward pass, cut at the points: the layers above a
+                # point read a stop-gradient copy, which carries no tangent.
                 with _Perturbed(layers, zeros, z):
-                    y_pred = model(x, training=training)
-                loss = engine.compute_loss(model, x, y, y_pred, sample_weight, training,
-                                           loss_fn)
+                    trace = engine.record(model, x, y, sample_weight, method=self,
+                                          training=training, loss_fn=loss_fn)
+                tape, y_pred, loss = trace.tape, trace.y_pred, trace.loss
+            else:
+                trace = None
+                tape = tf.GradientTape(persistent=True)
+                with tape:
+                    with _Perturbed(layers, zeros, z):
+                        y_pred = model(x, training=training)
+                    loss = engine.compute_loss(model, x, y, y_pred, sample_weight,
+                                               training, loss_fn)
+            with tape:
                 scaled = engine._scale(model, loss)
-            d = 0.0
-            for out in tf.nest.flatten(y_pred):
-                if out is None or not out.dtype.is_floating:
-                    continue
-                logits = compat.keras_logits(out)
-                logits = out if logits is None else logits
-                e = tape.gradient(scaled, logits)  # the loss's own derivative, local
-                if e is None:
-                    continue
-                t = acc.jvp(logits, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                d += tf.reduce_sum(tf.reshape(tf.cast(e * t, "float32"), (batch, -1)), 1)
+                heads = self._head_losses(trace) if self.local else {}
+            d = {None: _directional(tape, acc, scaled, _output_logits(y_pred), batch)}
+            for p, (head_logits, head_loss) in heads.items():
+                d[p] = _directional(tape, acc, engine._scale(model, head_loss),
+                                    [head_logits], batch)
+        if self.local:
+            self.head_gradients = []
+            for p, (_, head_loss) in heads.items():
+                own = self.heads[p].trainable_variables
+                self.head_gradients += list(zip(tape.gradient(head_loss, own), own))
         variables = model.trainable_variables
         where = {id(v): i for i, v in enumerate(variables)}
         gradients = [None] * len(variables)
-        for layer, v in zip(layers, tangents):
+        for name, layer, v in zip(self.perturbed, layers, tangents):
             pre = z[id(layer)]
-            estimate = tf.reshape(d, tf.concat([[batch], tf.ones([tf.rank(v) - 1],
-                                                                   "int32")], 0)) * v
+            d_layer = d[self.owners.get(name)]
+            estimate = tf.reshape(d_layer, tf.concat([[batch], tf.ones([tf.rank(v) - 1],
+                                                                         "int32")], 0)) * v
             own = layer.trainable_weights
             local = tape.gradient(pre, own, output_gradients=tf.cast(estimate, pre.dtype),
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -240,21 +332,80 @@ class ForwardGradient(ErrorSignal):
         del tape
         return gradients, loss, y_pred
 
+    def _head_losses(self, trace):
+        """``{point: (head logits, local loss)}``: the model's compiled loss of each
+        head's prediction on its point's output (regularisation left out)."""
+        from credit import _keras_compat as compat
+        from credit import model as engine
+
+        model = trace.graph.model
+        if not compat.has_compiled_loss(model):
+            raise ValueError(
+                f"forward_gradient(local=True) applies the model's compiled loss to its "
+                f"heads, and model {model.name!r} was compiled without one (a loss_fn "
+                "given to compute_gradients does not reach the heads). Compile the "
+                "model with a loss.")
+        out = {}
+        for p, head in self.heads.items():
+            logits, _ = head(tf.cast(trace.outputs[p], "float32"))
+            shaped = tf.reshape(logits, (tf.shape(logits)[0],) + self._output_shape)
+            prediction = shaped if self._activation is None else self._activation(shaped)
+            loss = engine.compute_loss(model, trace.x, trace.y, prediction,
+                                       trace.sample_weight, trace.training)
+            loss = tf.cast(loss, "float32") - tf.stop_gradient(
+                tf.cast(engine._regularization(model), "float32"))
+            out[p] = (logits, loss)
+        return out
+
     def _activity_gradients(self, model, x, y, sample_weight, loss_fn, training):
         from credit import model as engine
 
         total = loss = y_pred = None
+        heads = []
         for k in range(self.tangents):
             gradients, loss_k, y_pred_k = self.activity_estimate(
                 model, x, y, sample_weight, k=k, loss_fn=loss_fn, training=training)
             if k == 0:
                 total, loss, y_pred = gradients, loss_k, y_pred_k
+                # The heads' gradients are exact: the same for every tangent.
+                heads = [(g, v) for g, v in getattr(self, "head_gradients", [])
+                         if g is not None] if self.local else []
             else:
                 total = [t + g for t, g in zip(total, gradients)]
         gradients = [t / self.tangents for t in total]
         with tf.control_dependencies(_tensors(gradients)):
+            if heads:
+                self.state.synthesizer_optimizer.apply([g for g, _ in heads],
+                                                       [v for _, v in heads])
             self.step.assign_add(1)
         return engine.Gradients(gradients, loss, y_pred, {})
+
+
+def _output_logits(y_pred):
+    """The tensors each model output's loss is read at: its Keras logits, else itself."""
+    from credit import _keras_compat as compat
+
+    found = []
+    for out in tf.nest.flatten(y_pred):
+        if out is None or not out.dtype.is_floating:
+            continue
+        logits = compat.keras_logits(out)
+        found.append(out if logits is None else logits)
+    return found
+
+
+def _directional(tape, acc, loss, logits, batch):
+    """Per example, the loss's derivative at ``logits`` (read on ``tape``: the loss's
+    own, local derivative) dotted with their forward-mode tangents in ``acc``:
+    ``d_i``, a ``(batch,)`` tensor."""
+    d = tf.zeros([batch], "float32")
+    for t in logits:
+        e = tape.gradient(loss, t)
+        if e is None:
+            continue
+        jvp = acc.jvp(t, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        d += tf.reduce_sum(tf.reshape(tf.cast(e * jvp, "float32"), (batch, -1)), 1)
+    return d
 
 
 #: What forward gradients' tangents perturb.
