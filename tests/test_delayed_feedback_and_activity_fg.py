@@ -397,3 +397,24 @@ def test_local_activity_heads_train_and_resume_after_saving(tmp_path):
         m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_activity_update_carries_the_loss_scale(local):
+    """Under a LossScaleOptimizer (which divides the gradients by its scale) the
+    activity estimate is formed from the scaled loss: 8 times the plain one."""
+    def gradients(optimizer):
+        keras.utils.set_random_seed(0)
+        model = tiny()
+        model.compile(optimizer, "sparse_categorical_crossentropy",
+                      method={"name": "fg", "seed": 0, "perturb": "activities",
+                              "local": local})
+        x, y = data(6)
+        return credit.compute_gradients(model, tf.constant(x), tf.constant(y)).gradients
+
+    plain = gradients(keras.optimizers.SGD(0.1))
+    scaled = gradients(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
+                                                           initial_scale=8.0))
+    assert float(tf.norm(plain[0])) > 0
+    for g, p in zip(scaled, plain):
+        np.testing.assert_allclose(g.numpy(), 8.0 * p.numpy(), rtol=1e-5, atol=1e-6)
