@@ -304,13 +304,14 @@ class ForwardGradient(ErrorSignal):
                         y_pred = model(x, training=training)
                     loss = engine.compute_loss(model, x, y, y_pred, sample_weight,
                                                training, loss_fn)
-            with tape:
+            with tape:  # the loss scale (mixed precision) must be on the tape
                 scaled = engine._scale(model, loss)
                 heads = self._head_losses(trace) if self.local else {}
+                scaled_heads = {p: engine._scale(model, head_loss)
+                                for p, (_, head_loss) in heads.items()}
             d = {None: _directional(tape, acc, scaled, _output_logits(y_pred), batch)}
-            for p, (head_logits, head_loss) in heads.items():
-                d[p] = _directional(tape, acc, engine._scale(model, head_loss),
-                                    [head_logits], batch)
+            for p, (head_logits, _) in heads.items():
+                d[p] = _directional(tape, acc, scaled_heads[p], [head_logits], batch)
         if self.local:
             self.head_gradients = []
             for p, (_, head_loss) in heads.items():
