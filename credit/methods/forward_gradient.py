@@ -40,7 +40,9 @@ class ForwardGradient(ErrorSignal):
     layer called once per forward pass (others are refused, named), and examples must
     not interact (no batch normalisation: it is refused, having weights and no
     pre-activation). The gradients of weight penalties (``model.losses``) are not
-    included.
+    included. Each layer's local product reads its input ``x``: the step records the
+    forward pass on a tape for them, so it keeps the layers' inputs as backprop does
+    (no backward pass crosses a layer, but the activation memory is not saved).
 
     With ``local=True`` (activities only) the model is cut into blocks as by
     ``local_losses``: a point at every hidden block output (or ``at=``), each with a
@@ -77,6 +79,11 @@ class ForwardGradient(ErrorSignal):
 
     Attributes:
         step: steps taken, a variable on ``state`` (None before binding).
+        perturbed: with ``perturb="activities"``, the layers whose pre-activations are
+            perturbed (names, after binding).
+        owners: with ``local=True``, dict from perturbed layer to the point whose local
+            loss trains it (None: the model's loss).
+        heads: with ``local=True``, dict from point to its head (after binding).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="mse", method="fg")    # doctest: +SKIP
@@ -84,6 +91,9 @@ class ForwardGradient(ErrorSignal):
         ...               method={"name": "fg", "tangents": 8})       # doctest: +SKIP
         >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
         ...               method={"name": "fg", "perturb": "activities"})  # doctest: +SKIP
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               method={"name": "fg", "perturb": "activities",
+        ...                       "local": True})                  # doctest: +SKIP
     """
 
     name = "forward_gradient"
