@@ -512,6 +512,10 @@ def fit_arguments(model, args, kwargs):
         _check_through_time(method, given)
         if method.conditioned:
             _add_lookahead_check(given)
+    check = getattr(method, "check_fit", None)
+    if check is not None:
+        # Methods that need something of fit's arguments (F³: one order every epoch).
+        check({**given, **extra})
     given.update(extra)
     return (), given
 

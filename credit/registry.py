@@ -53,7 +53,7 @@ def register(cls=None, *, name=None, aliases=None, defaults=None):
     return decorate(cls) if cls is not None else decorate
 
 
-def available(stateful=False, dense_chains=False):
+def available(stateful=False, dense_chains=False, ordered=False):
     """Sorted canonical names of the registered methods.
 
     Args:
@@ -63,10 +63,14 @@ def available(stateful=False, dense_chains=False):
             over ``available()`` gets methods that train any model.
         dense_chains: also list the methods that train only chains of Dense layers
             (PEPITA: a class attribute ``dense_chains_only = True``).
+        ordered: also list the methods that need the training examples in one order
+            every epoch (F³, which keys each example's stored error by its position:
+            a class attribute ``ordered_only = True``).
     """
     return sorted(n for n, (cls, _) in _METHODS.items()
                   if (stateful or not getattr(cls, "stateful_only", False))
-                  and (dense_chains or not getattr(cls, "dense_chains_only", False)))
+                  and (dense_chains or not getattr(cls, "dense_chains_only", False))
+                  and (ordered or not getattr(cls, "ordered_only", False)))
 
 
 def aliases():
@@ -83,7 +87,8 @@ def _lookup(name):
         return _METHODS[_NAMES[key]]
     close = difflib.get_close_matches(key, list(_NAMES), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    valid = ", ".join(f"{n!r}" for n in available(stateful=True, dense_chains=True))
+    valid = ", ".join(f"{n!r}" for n in available(stateful=True, dense_chains=True,
+                                                     ordered=True))
     alias_list = ", ".join(f"{a!r}" for a in sorted(_NAMES) if a not in _METHODS)
     raise ValueError(f"unknown credit-assignment method {name!r}.{hint} Valid names: "
                      f"{valid} (aliases: {alias_list}).")

@@ -213,6 +213,16 @@ XLA_METHODS = (KERAS, BACKPROP, "feedback_alignment", "direct_feedback_alignment
                "synthetic_gradients")
 
 
+#: Rows for a method with other hyperparameters, or one that ``credit.available()`` leaves
+#: out: activity-perturbed forward gradients (Ren et al.), and F³ (``examples=None``:
+#: the model's batch size, see :class:`Runner`).
+EXTRA_ROWS = [
+    ("forward_gradient (activities)", {"name": "forward_gradient", "perturb": "activities"},
+     False),
+    ("delayed_feedback", {"name": "delayed_feedback", "examples": None}, False),
+]
+
+
 def method_rows(xla=False, dense_chain=False, methods=None):
     """``(label, identifier, jit_compile)`` per row: plain Keras, backprop (Keras's fast
     path and the blockwise engine), every other registered method (with
@@ -223,8 +233,10 @@ def method_rows(xla=False, dense_chain=False, methods=None):
             (BLOCKWISE, {"name": BACKPROP, "blockwise": True}, False)]
     rows += [(name, name, False) for name in credit.available(dense_chains=dense_chain)
              if name != BACKPROP]
+    rows += EXTRA_ROWS
     if methods is not None:
-        rows = [row for row in rows if row[0] in (KERAS, BACKPROP) or row[0] in methods
+        rows = [row for row in rows if row[0] in (KERAS, BACKPROP)
+                or row[0].split(" (")[0] in methods
                 or (row[0] == BLOCKWISE and BLOCKWISE in methods)]
     if xla:
         rows += [(f"{label} (XLA)", ident, True) for label, ident, _ in rows
@@ -236,6 +248,11 @@ class Runner:
     """One model trained with one method (or plain Keras), and its step times."""
 
     def __init__(self, label, identifier, spec, weights, optimizer, jit_compile=False):
+        if isinstance(identifier, dict) and "examples" in identifier \
+                and identifier["examples"] is None:
+            # F³ stores an error per example: here one batch of them, which the warm-up
+            # and the timed steps cycle over.
+            identifier = {**identifier, "examples": spec.batch}
         self.label = label
         self.identifier = identifier
         self.jit_compile = jit_compile
@@ -280,8 +297,14 @@ class Runner:
             return
         try:
             n = steps * self.spec.batch
-            self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
-                           shuffle=False, verbose=0)
+            if getattr(getattr(self.model, "method", None), "ordered_only", False):
+                # F³ (examples=batch): one batch, once per epoch, in one order.
+                self.model.fit(x[:self.spec.batch], y[:self.spec.batch],
+                               batch_size=self.spec.batch, epochs=steps, shuffle=False,
+                               verbose=0)
+            else:
+                self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
+                               shuffle=False, verbose=0)
             # Same element type as fit's batches (static batch size), so no retrace.
             dataset = tf.data.Dataset.from_tensor_slices((x, y))
             self._iterator = iter(dataset.batch(self.spec.batch, drop_remainder=True)

@@ -40,7 +40,9 @@ def test_quick_benchmark_has_a_row_per_method(tmp_path):
     # Model (a) is a Dense chain: PEPITA and Forward-Forward have rows too.
     every = credit.available(dense_chains=True)
     assert {"pepita", "forward_forward", "local_losses", "forward_gradient"} <= set(every)
-    expected = {"plain keras.Model.fit", "backprop", "backprop (blockwise)", *every}
+    extra = [label for label, _, _ in bench.EXTRA_ROWS]
+    assert {"forward_gradient (activities)", "delayed_feedback"} <= set(extra)
+    expected = {"plain keras.Model.fit", "backprop", "backprop (blockwise)", *every, *extra}
     assert set(rows) == expected
     assert "peak MiB: not measured (`--no-memory`)." in text
     for method, (samples, vs_keras, peak, vs_backprop, _, traces, note) in rows.items():
@@ -56,7 +58,7 @@ def test_quick_benchmark_has_a_row_per_method(tmp_path):
     # The returned runners agree with the table, and every target of model (a) is shown.
     _, runners = results["a"]
     assert {r.label for r in runners} == {"keras", "backprop", "backprop (blockwise)",
-                                          *every}
+                                          *every, *extra}
     assert "| backprop through credit >= 0.95x plain Keras | (a) |" in text
     assert "| feedback alignment >= 0.9x backprop | (a) |" in text
 

@@ -143,7 +143,7 @@ def test_compare_zoo_runs_every_method_on_every_model():
 
 def test_compare_sets_the_local_and_forward_methods_own_hyperparameters():
     plan = compare.configs_from_args(compare.parser().parse_args(
-        ["--methods", "bp,fg,pepita,ff,dgl", "--datasets", "digits", "--quick"]))
+        ["--methods", "bp,fg,pepita,ff,dgl,f3", "--datasets", "digits", "--quick"]))
     by = {configs.complete(c)["method"]: configs.complete(c) for c in plan}
     assert by["backprop"]["learning_rate"] == 1e-3 and by["backprop"]["method_config"] == {}
     for method, settings in compare.METHOD_SETTINGS.items():

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from credit.methods import _synthesizers as sg
 from credit.registry import register
-from credit.signal import ErrorSignal
+from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
 
 
 @register
@@ -21,6 +21,43 @@ class ForwardGradient(ErrorSignal):
     ``E[(∇L · v) v] = ∇L``. With ``tangents=K`` the step averages K such estimates
     (K forward passes), which divides the variance by K.
 
+    With ``perturb="activities"`` (Ren, Kornblith, Liao & Hinton 2023, "Scaling
+    Forward Gradient With Local Losses", ICLR; code: google-research's
+    ``local_forward_gradient``) the tangents perturb the **pre-activations** instead:
+    every weighted layer's ``z = x W + b`` (the output of its Dense or convolution op,
+    before its activation), with ``v_z ~ N(0, I)`` drawn per example and unit. One
+    forward pass carries all of them; each example's directional derivative
+    ``d_i = sum_z ∇_{z_i}L · v_{z,i}`` is read at the model output (its forward-mode
+    tangent there, dotted with the loss gradient at the logits: the loss's own local
+    derivative, as the authors' JVP of per-example losses gives it). The activity
+    gradient estimate ``ĝ_{z,i} = d_i v_{z,i}`` is unbiased (``E[v v^T] = I``), and each
+    layer turns it into its weight gradient locally, through its own op alone:
+    ``x^T ĝ_z`` and ``sum_i ĝ_{z,i}`` for a Dense layer (convolutions: the adjoint of
+    the convolution in its kernel). Its variance grows with the number of activities
+    per example instead of the number of weights, so it is much lower than weight
+    perturbation's on the same model (Ren et al.'s argument; measured in the tests).
+    Every layer with trainable weights must be a Dense, EinsumDense or convolution
+    layer called once per forward pass (others are refused, named), and examples must
+    not interact (no batch normalisation: it is refused, having weights and no
+    pre-activation). The gradients of weight penalties (``model.losses``) are not
+    included. Each layer's local product reads its input ``x``: the step records the
+    forward pass on a tape for them, so it keeps the layers' inputs as backprop does
+    (no backward pass crosses a layer, but the activation memory is not saved).
+
+    With ``local=True`` (activities only) the model is cut into blocks as by
+    ``local_losses``: a point at every hidden block output (or ``at=``), each with a
+    linear head (one Dense layer to the model's output units on the flattened, and
+    for spatial outputs average-pooled, block output; see ``credit.methods.local_losses
+    .LocalHead``) trained on the model's compiled loss of its prediction (Ren et al.'s
+    local greedy losses, in their simplest, per-block form: no patch- or group-wise
+    copies). Nothing crosses a point forwards in the tangents (the layers above read a
+    stop-gradient copy, which carries no tangent), so a layer's estimate uses the
+    directional derivative of the one loss its activities reach: its block's head's
+    (the first point at or after its block), or the model's loss above the last point.
+    Fewer activities per loss: less variance. The heads train on their exact local
+    gradient with their own optimizer (``optimizer``, ``learning_rate``), and are saved
+    with the model. Every point must lie in a block (``credit.summary``).
+
     The tangents are drawn fresh at every step by a counter-based generator keyed by
     the method's seed and its step counter, both variables on ``method.state`` (see
     :meth:`draw_tangents`): they are saved with the model, so a resumed run draws the
@@ -30,14 +67,33 @@ class ForwardGradient(ErrorSignal):
     Args:
         seed: seed of the tangents (None: drawn from numpy's global state).
         tangents: number K of tangents averaged per step.
+        perturb: ``"weights"`` (Baydin et al.: tangents on every trainable variable)
+            or ``"activities"`` (Ren et al.: tangents on every weighted layer's
+            pre-activation, weight gradients formed locally).
+        local: with ``perturb="activities"``, a local loss through a linear head at
+            every point (see above).
+        at: the points of ``local=True``: ``"stream"`` (default, also None),
+            ``"residuals"``, ``"blocks"``, or layer names and block indices.
+        optimizer: the heads' optimizer (``local=True``), a Keras name or config.
+        learning_rate: the heads' learning rate (None: the optimizer's default).
 
     Attributes:
         step: steps taken, a variable on ``state`` (None before binding).
+        perturbed: with ``perturb="activities"``, the layers whose pre-activations are
+            perturbed (names, after binding).
+        owners: with ``local=True``, dict from perturbed layer to the point whose local
+            loss trains it (None: the model's loss).
+        heads: with ``local=True``, dict from point to its head (after binding).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="mse", method="fg")    # doctest: +SKIP
         >>> model.compile(optimizer="sgd", loss="mse",
         ...               method={"name": "fg", "tangents": 8})       # doctest: +SKIP
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               method={"name": "fg", "perturb": "activities"})  # doctest: +SKIP
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               method={"name": "fg", "perturb": "activities",
+        ...                       "local": True})                  # doctest: +SKIP
     """
 
     name = "forward_gradient"
@@ -46,7 +102,8 @@ class ForwardGradient(ErrorSignal):
     point_rule = None
     transport_rule = "none (forward-mode directional derivative)"
 
-    def __init__(self, seed=None, tangents=1):
+    def __init__(self, seed=None, tangents=1, perturb="weights", local=False, at=None,
+                 optimizer="adam", learning_rate=None):
         if seed is not None and not sg.is_int(seed):
             raise ValueError(f"seed must be None or an integer; got {seed!r}.")
         super().__init__(seed=seed)
@@ -54,6 +111,20 @@ class ForwardGradient(ErrorSignal):
             raise ValueError("tangents must be a positive integer (the number of random "
                              f"directions averaged per step); got {tangents!r}.")
         self.tangents = int(tangents)
+        if perturb not in PERTURB:
+            raise ValueError(f"perturb must be one of {', '.join(map(repr, PERTURB))} (what "
+                             "the tangents perturb: every trainable variable, or every "
+                             f"weighted layer's pre-activation); got {perturb!r}.")
+        self.perturb = perturb
+        self.local = sg.boolean("local", local)
+        if self.local and perturb != "activities":
+            raise ValueError(f"local=True perturbs activities under local losses; got "
+                             f"perturb={perturb!r}. Pass perturb='activities' with it.")
+        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
+        self.optimizer, self.learning_rate = sg.optimizer_arguments(optimizer,
+                                                                    learning_rate)
+        self.perturbed = ()
+        self.owners = {}
 
     @property
     def step(self):
@@ -61,14 +132,69 @@ class ForwardGradient(ErrorSignal):
         return sg.state_attribute(self, "step")
 
     def build(self, graph):
+        if self.perturb == "activities":
+            self.perturbed = perturbed_layers(graph)
+        if self.local:
+            self._build_heads(graph)
+            return
         with tf.init_scope():
             own_counters(self)
+
+    def _build_heads(self, graph):
+        from credit.graph import GraphError
+        from credit.methods import local_losses
+
+        points = list(hidden_points(graph, self.at, "at"))
+        outputs = [p for p in points if graph.is_output(p)]
+        if outputs:
+            raise ValueError(f"at={self.at!r} names the model output {outputs[0]!r}; its "
+                             "layers train on the model's own loss. Choose hidden blocks.")
+        def index(name):
+            block = graph.block_of(name)
+            return None if block is None else block.index
+
+        blocks = {p: index(p) for p in points}
+        loose = [p for p, b in blocks.items() if b is None]
+        if loose:
+            raise GraphError(
+                f"forward_gradient(local=True) assigns each layer to the loss of the "
+                f"first point at or after its block; point {loose[0]!r} lies in no block. "
+                "Name block outputs in at= (see credit.summary).")
+        units = output_units(graph, "forward_gradient(local=True)")
+        self._output_shape = tuple(graph.output_shapes[0])
+        self._activation = local_losses._output_activation(graph)
+        self.owners = {}
+        for name in self.perturbed:
+            block = index(name)
+            later = [p for p in points if block is not None and blocks[p] >= block]
+            self.owners[name] = later[0] if later else None
+        with tf.init_scope():
+            heads = [local_losses.LocalHead(graph.point_shape(p), units, name=f"head_{i}",
+                                            seed=sg.synthesizer_seed(self, i))
+                     for i, p in enumerate(points)]
+            sg.own_synthesizers(self, heads)
+        self.points = points
+
+    @property
+    def heads(self):
+        """Dict from point to its head (``local=True``, after binding), else None."""
+        layers = sg.state_attribute(self, "synthesizer_layers")
+        return None if layers is None else dict(zip(self.points, layers))
 
     def transport(self, layer, kernels):
         return None
 
     def layer_rule(self, name):
         """The rule layer ``name`` trains with, for :func:`credit.summary`."""
+        if self.perturb == "activities":
+            where = ""
+            if self.local:
+                owner = self.owners.get(name)
+                where = (f" of the local loss at {owner!r}" if owner is not None
+                         else " of the model's loss")
+            return ("x^T (d v_z): pre-activation tangent v_z times the per-example "
+                    f"forward-mode directional derivative d{where}, through the layer's "
+                    "own op")
         return "(dL/dθ · v) v: forward-mode directional derivative, no backward pass"
 
     def signals(self, trace):
@@ -122,6 +248,8 @@ class ForwardGradient(ErrorSignal):
         from credit import model as engine
 
         engine.bind(self, model, inputs=x)
+        if self.perturb == "activities":
+            return self._activity_gradients(model, x, y, sample_weight, loss_fn, training)
         variables = model.trainable_variables
         total = [tf.zeros(tuple(v.shape), tf.as_dtype(v.dtype)) for v in variables]
         loss = y_pred = None
@@ -136,6 +264,249 @@ class ForwardGradient(ErrorSignal):
         with tf.control_dependencies(_tensors(gradients)):
             self.step.assign_add(1)
         return engine.Gradients(gradients, loss, y_pred, {})
+
+
+    # -- activity perturbation (Ren et al.) --------------------------------------------
+
+    def draw_activity_tangents(self, shapes, k, step=None):
+        """The ``k``-th activity tangents of step ``step`` (default: the current one):
+        one standard normal tensor per perturbed layer, of the ``shapes`` given (int32
+        tensors, batch first), from the same counter-based hash as
+        :meth:`draw_tangents` (a stream of its own)."""
+        step = tf.convert_to_tensor(self.step if step is None else step, "int64")
+        seed = tf.convert_to_tensor(self.state.seed_variable)
+        return [normal_like(shape, mix(seed, step, k, _ACTIVITY_STREAM, i))
+                for i, shape in enumerate(shapes)]
+
+    def activity_estimate(self, model, x, y, sample_weight, tangents=None, k=0,
+                          loss_fn=None, training=True):
+        """One activity-perturbed estimate: ``(gradients, loss, y_pred)``.
+
+        ``tangents``: one per perturbed layer (``self.perturbed``), shaped like its
+        pre-activation; default the ``k``-th draw of this step. With ``local=True`` the
+        heads' exact gradients are left in ``self.head_gradients`` (``(gradient,
+        variable)`` pairs) for the step to apply.
+        """
+        from credit import model as engine
+
+        graph = self.graph
+        layers = [graph.layers[name] for name in self.perturbed]
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        shapes = [tf.concat([[batch], tf.constant(graph.point_shape(name), "int32")], 0)
+                  for name in self.perturbed]
+        if tangents is None:
+            tangents = self.draw_activity_tangents(shapes, k)
+        zeros = [tf.zeros(s, "float32") for s in shapes]
+        z = {}
+        with tf.autodiff.ForwardAccumulator(zeros, tangents) as acc:
+            if self.local:
+                # The engine's forward pass, cut at the points: the layers above a
+                # point read a stop-gradient copy, which carries no tangent.
+                with _Perturbed(layers, zeros, z):
+                    trace = engine.record(model, x, y, sample_weight, method=self,
+                                          training=training, loss_fn=loss_fn)
+                tape, y_pred, loss = trace.tape, trace.y_pred, trace.loss
+            else:
+                trace = None
+                tape = tf.GradientTape(persistent=True)
+                with tape:
+                    with _Perturbed(layers, zeros, z):
+                        y_pred = model(x, training=training)
+                    loss = engine.compute_loss(model, x, y, y_pred, sample_weight,
+                                               training, loss_fn)
+            with tape:  # the loss scale (mixed precision) must be on the tape
+                scaled = engine._scale(model, loss)
+                heads = self._head_losses(trace) if self.local else {}
+                scaled_heads = {p: engine._scale(model, head_loss)
+                                for p, (_, head_loss) in heads.items()}
+            d = {None: _directional(tape, acc, scaled, _output_logits(y_pred), batch)}
+            for p, (head_logits, _) in heads.items():
+                d[p] = _directional(tape, acc, scaled_heads[p], [head_logits], batch)
+        if self.local:
+            self.head_gradients = []
+            for p, (_, head_loss) in heads.items():
+                own = self.heads[p].trainable_variables
+                self.head_gradients += list(zip(tape.gradient(head_loss, own), own))
+        variables = model.trainable_variables
+        where = {id(v): i for i, v in enumerate(variables)}
+        gradients = [None] * len(variables)
+        for name, layer, v in zip(self.perturbed, layers, tangents):
+            pre = z[id(layer)]
+            d_layer = d[self.owners.get(name)]
+            estimate = tf.reshape(d_layer, tf.concat([[batch], tf.ones([tf.rank(v) - 1],
+                                                                         "int32")], 0)) * v
+            own = layer.trainable_weights
+            local = tape.gradient(pre, own, output_gradients=tf.cast(estimate, pre.dtype),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            for w, g in zip(own, local):
+                gradients[where[id(w)]] = tf.cast(g, w.dtype)
+        del tape
+        return gradients, loss, y_pred
+
+    def _head_losses(self, trace):
+        """``{point: (head logits, local loss)}``: the model's compiled loss of each
+        head's prediction on its point's output (regularisation left out)."""
+        from credit import _keras_compat as compat
+        from credit import model as engine
+
+        model = trace.graph.model
+        if not compat.has_compiled_loss(model):
+            raise ValueError(
+                f"forward_gradient(local=True) applies the model's compiled loss to its "
+                f"heads, and model {model.name!r} was compiled without one (a loss_fn "
+                "given to compute_gradients does not reach the heads). Compile the "
+                "model with a loss.")
+        out = {}
+        for p, head in self.heads.items():
+            logits, _ = head(tf.cast(trace.outputs[p], "float32"))
+            shaped = tf.reshape(logits, (tf.shape(logits)[0],) + self._output_shape)
+            prediction = shaped if self._activation is None else self._activation(shaped)
+            loss = engine.compute_loss(model, trace.x, trace.y, prediction,
+                                       trace.sample_weight, trace.training)
+            loss = tf.cast(loss, "float32") - tf.stop_gradient(
+                tf.cast(engine._regularization(model), "float32"))
+            out[p] = (logits, loss)
+        return out
+
+    def _activity_gradients(self, model, x, y, sample_weight, loss_fn, training):
+        from credit import model as engine
+
+        total = loss = y_pred = None
+        heads = []
+        for k in range(self.tangents):
+            gradients, loss_k, y_pred_k = self.activity_estimate(
+                model, x, y, sample_weight, k=k, loss_fn=loss_fn, training=training)
+            if k == 0:
+                total, loss, y_pred = gradients, loss_k, y_pred_k
+                # The heads' gradients are exact: the same for every tangent.
+                heads = [(g, v) for g, v in getattr(self, "head_gradients", [])
+                         if g is not None] if self.local else []
+            else:
+                total = [t + g for t, g in zip(total, gradients)]
+        gradients = [t / self.tangents for t in total]
+        with tf.control_dependencies(_tensors(gradients)):
+            if heads:
+                self.state.synthesizer_optimizer.apply([g for g, _ in heads],
+                                                       [v for _, v in heads])
+            self.step.assign_add(1)
+        return engine.Gradients(gradients, loss, y_pred, {})
+
+
+def _output_logits(y_pred):
+    """The tensors each model output's loss is read at: its Keras logits, else itself."""
+    from credit import _keras_compat as compat
+
+    found = []
+    for out in tf.nest.flatten(y_pred):
+        if out is None or not out.dtype.is_floating:
+            continue
+        logits = compat.keras_logits(out)
+        found.append(out if logits is None else logits)
+    return found
+
+
+def _directional(tape, acc, loss, logits, batch):
+    """Per example, the loss's derivative at ``logits`` (read on ``tape``: the loss's
+    own, local derivative) dotted with their forward-mode tangents in ``acc``:
+    ``d_i``, a ``(batch,)`` tensor."""
+    d = tf.zeros([batch], "float32")
+    for t in logits:
+        e = tape.gradient(loss, t)
+        if e is None:
+            continue
+        jvp = acc.jvp(t, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        d += tf.reduce_sum(tf.reshape(tf.cast(e * jvp, "float32"), (batch, -1)), 1)
+    return d
+
+
+#: What forward gradients' tangents perturb.
+PERTURB = ("weights", "activities")
+_ACTIVITY_STREAM = 0xAC71
+_PERTURBABLE = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D,
+                keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
+                keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+                keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+                keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+
+def perturbed_layers(graph):
+    """The layers whose pre-activations ``perturb="activities"`` perturbs: every layer
+    with trainable weights, in the graph's order.
+
+    Raises:
+        GraphError: a layer with trainable weights that is not a Dense, EinsumDense or
+            convolution layer (it has no pre-activation to perturb), a layer called
+            more than once, or a trainable variable outside those layers, named.
+    """
+    from credit.graph import GraphError
+
+    names = []
+    covered = set()
+    for name in graph.weighted:
+        layer = graph.layers[name]
+        if not layer.trainable_weights:
+            continue
+        if not isinstance(layer, _PERTURBABLE):
+            raise GraphError(
+                f"forward_gradient(perturb='activities') perturbs the pre-activation of "
+                f"Dense, EinsumDense and convolution layers; layer {name!r} "
+                f"({type(layer).__name__}) has trainable weights and no such "
+                "pre-activation. Use perturb='weights', or freeze the layer "
+                "(layer.trainable = False).")
+        try:
+            graph.point_shape(name)
+        except Exception as err:  # a layer called several times, or inside a loop
+            raise GraphError(
+                f"forward_gradient(perturb='activities') needs each perturbed layer "
+                f"called once per forward pass; layer {name!r}: {err}") from None
+        names.append(name)
+        covered.update(id(w) for w in layer.trainable_weights)
+    missing = [v for v in graph.model.trainable_variables if id(v) not in covered]
+    if missing:
+        raise GraphError(
+            f"forward_gradient(perturb='activities') forms each layer's weight gradient "
+            f"from its own pre-activation; the trainable variable {missing[0].path!r} "
+            "belongs to no Dense, EinsumDense or convolution layer. Use "
+            "perturb='weights'.")
+    return tuple(names)
+
+
+class _Perturbed:
+    """Context manager: each layer's activation applied to ``z + zero``, with ``zero``
+    a tensor the forward accumulator carries the activity tangent on; ``z`` (the
+    pre-activation) is recorded in ``records`` by layer id. The layers' own ``call``
+    runs; only the activation attribute of the instance is swapped, and restored."""
+
+    def __init__(self, layers, zeros, records):
+        self.layers, self.zeros, self.records = layers, zeros, records
+        self.saved = []
+
+    def __enter__(self):
+        for layer, zero in zip(self.layers, self.zeros):
+            original = layer.activation
+            self.saved.append((layer, original))
+            layer.activation = self._wrap(layer, original, zero)
+        return self
+
+    def _wrap(self, layer, original, zero):
+        records = self.records
+
+        def activation(a):
+            if id(layer) in records:
+                from credit.graph import GraphError
+                raise GraphError(
+                    f"forward_gradient(perturb='activities'): layer {layer.name!r} was "
+                    "called twice in one forward pass; a shared layer has one "
+                    "pre-activation per call. Use perturb='weights'.")
+            records[id(layer)] = a
+            return original(a + tf.cast(tf.reshape(zero, tf.shape(a)), a.dtype))
+
+        return activation
+
+    def __exit__(self, *exc):
+        for layer, original in reversed(self.saved):
+            layer.activation = original
+        return False
 
 
 _GOLDEN = 0x9E3779B9
@@ -166,6 +537,18 @@ def standard_normal(shape, key):
     24 bits each, in (0, 1); then Box-Muller.
     """
     n = int(np.prod(shape)) if shape else 1
+    return tf.reshape(_box_muller(n, key), shape)
+
+
+def normal_like(shape, key):
+    """As :func:`standard_normal`, for a ``shape`` known only when the step runs (an
+    int32 tensor, e.g. with the batch size first): the same numbers for equal sizes."""
+    shape = tf.convert_to_tensor(shape, "int32")
+    n = tf.cast(tf.reduce_prod(shape), "int64")
+    return tf.reshape(_box_muller(n, key), shape)
+
+
+def _box_muller(n, key):
     counter = tf.cast(tf.range(n, dtype="int64"), tf.uint32)
     key2 = hash32(key + tf.constant(_GOLDEN, tf.uint32))
 
@@ -174,8 +557,7 @@ def standard_normal(shape, key):
         return (tf.cast(tf.bitwise.right_shift(bits, 8), "float32") + 0.5) / 2.0**24
 
     u1, u2 = uniform(key), uniform(key2)
-    z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
-    return tf.reshape(z, shape)
+    return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
 
 
 def own_counters(method):

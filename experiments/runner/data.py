@@ -180,15 +180,17 @@ def load_data(config):
     return splits
 
 
-def batches(x, y, batch_size, seed):
+def batches(x, y, batch_size, seed, ordered=False):
     """A ``tf.data`` pipeline of shuffled training batches, reshuffled every epoch.
 
     The order depends only on ``seed`` (and the global seed that
     ``keras.utils.set_random_seed(seed)`` sets), not on how many random numbers the
     model or the method drew: two runs with the same seed see the same batches in the
-    same order, whatever their method.
+    same order, whatever their method. With ``ordered`` the examples are shuffled once
+    and come in that order every epoch (F³ keys each example's stored error by its
+    position in the epoch).
     """
     return (tf.data.Dataset.from_tensor_slices((x, y))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=not ordered)
             .batch(batch_size)
             .prefetch(2))

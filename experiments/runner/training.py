@@ -72,8 +72,17 @@ def _loss_and_metrics(config, data):
     return config["loss"] or "mse", ["mse"]
 
 
-def _method(config):
-    return {"name": config["method"], "seed": config["seed"], **config["method_config"]}
+def _method(config, data=None):
+    method = {"name": config["method"], "seed": config["seed"], **config["method_config"]}
+    if _ordered(config) and "examples" not in method and data is not None:
+        # F³ keeps one stored error per training example (see batches(ordered=True)).
+        method["examples"] = int(len(data.x_train))
+    return method
+
+
+def _ordered(config):
+    """Whether the config's method needs the examples in one order every epoch."""
+    return bool(getattr(credit.get(config["method"]), "ordered_only", False))
 
 
 def compiled_model(config, data):
@@ -81,7 +90,7 @@ def compiled_model(config, data):
     model = models_lib.build_model(config["model"], data)
     loss, metrics = _loss_and_metrics(config, data)
     model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
-                  method=_method(config))
+                  method=_method(config, data))
     return model
 
 
@@ -111,7 +120,7 @@ def applicability(config):
     loss, metrics = _loss_and_metrics(config, data)
     try:
         model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
-                      method=_method(config))
+                      method=_method(config, data))
     except REFUSALS as err:  # the method's build rejected the model (or CutError)
         return str(err)
     return None
@@ -283,7 +292,7 @@ def train(config, folder, callbacks=(), after_fit=None):
     chain.append(recorder)
     try:
         model.fit(data_lib.batches(data.x_train, data.y_train, config["batch_size"],
-                                   config["seed"]),
+                                   config["seed"], ordered=_ordered(config)),
                   epochs=config["epochs"], validation_data=(data.x_val, data.y_val),
                   callbacks=chain, shuffle=False, verbose=0)  # batches() shuffles
     except REFUSALS as err:
