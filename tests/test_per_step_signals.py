@@ -254,6 +254,35 @@ def test_bidirectional_lstm_per_step_equals_both_directions_written_out():
     assert_close(got[:6], [g.numpy() for g in expected])
 
 
+def test_dfa_per_step_with_two_outputs_concatenates_their_errors_per_step():
+    """Two per-step outputs: e_t is [e^a_t, e^b_t], one B of shape (2 + 3, H)."""
+    x, _ = data(seed=10)
+    rng = np.random.default_rng(11)
+    ya = rng.normal(size=(N, T, 2)).astype("float32")
+    yb = rng.normal(size=(N, T, 3)).astype("float32")
+    inputs = keras.Input((T, D))
+    h = L.SimpleRNN(H, return_sequences=True, name="rnn")(inputs)
+    model = credit.Model(inputs, [L.Dense(2, name="a")(h), L.Dense(3, name="b")(h)])
+    model.compile(loss=["mse", "mse"], loss_weights=[1.0, 0.5])
+    method, got = gradients(model, x, (ya, yb))
+    assert method.through_time_mode == "eprop"
+    b = method.feedback_matrices["rnn"]
+    assert tuple(b.shape) == (5, H)
+    cell = model.get_layer("rnn").cell
+    ea = 2.0 * (model.get_layer("a")(model.get_layer("rnn")(x)) - ya) / ya.size
+    eb = 0.5 * 2.0 * (model.get_layer("b")(model.get_layer("rnn")(x)) - yb) / yb.size
+    delta = tf.einsum("ntk,kh->nth", tf.concat([ea, eb], axis=-1), b)
+    with tf.GradientTape() as tape:
+        hs, out = tf.zeros((N, H)), []
+        for t in range(T):
+            hs = tf.tanh(x[:, t] @ cell.kernel + tf.stop_gradient(hs) @ cell.recurrent_kernel
+                         + cell.bias)
+            out.append(hs)
+        surrogate = tf.reduce_sum(delta * tf.stack(out, axis=1))
+    expected = tape.gradient(surrogate, [cell.kernel, cell.recurrent_kernel, cell.bias])
+    assert_close(got[:3], [g.numpy() for g in expected])
+
+
 # -- The whole-sequence variant ----------------------------------------------------------
 
 
