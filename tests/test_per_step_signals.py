@@ -252,6 +252,10 @@ def test_bidirectional_lstm_per_step_equals_both_directions_written_out():
                  bwd.kernel, bwd.recurrent_kernel, bwd.bias]
     expected = tape.gradient(surrogate, variables)
     assert_close(got[:6], [g.numpy() for g in expected])
+    table = credit.summary(model, method=method).set_index("layer")
+    for inner in (layer.forward_layer.name, layer.backward_layer.name):
+        assert "e-prop" in table.loc[inner, "transport"]
+        assert "within 'rnn'" in table.loc[inner, "transport"]
 
 
 def test_dfa_per_step_with_two_outputs_concatenates_their_errors_per_step():

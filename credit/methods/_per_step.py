@@ -180,14 +180,21 @@ def project(v, matrices, trace):
     return deltas
 
 
-def cut_rule(resolved, name):
-    """What :func:`credit.summary` says of recurrent layer ``name`` (None: not cut)."""
+def cut_rule(resolved, name, graph):
+    """What :func:`credit.summary` says of recurrent layer ``name`` (None: not cut); the
+    forward and backward layers of a cut Bidirectional layer are cut with it."""
+    within = ""
     if name not in resolved.layers:
-        return None
+        outer = [n for n in resolved.layers
+                 if any(r is not graph.layers[n] and graph.name_of(r) == name
+                        for r in recurrent_transports.rnns(graph.layers[n]))]
+        if not outer:
+            return None
+        within = f", within {outer[0]!r}"
     if resolved.mode == "eprop":
         return ("no BPTT across the recurrent kernel (e-prop: only the cell's "
-                "elementwise paths through time)")
-    return "no BPTT (every state cut at every step)"
+                f"elementwise paths through time{within})")
+    return f"no BPTT (every state cut at every step{within})"
 
 
 def intercept(resolved, layer, call, args, kwargs):

@@ -124,7 +124,7 @@ class DirectRandomTargetProjection(ErrorSignal):
     def through_time_rule(self, name):
         """What the backward pass does through time inside recurrent layer ``name``
         (None: Keras's backprop through time)."""
-        return _per_step.cut_rule(self._time, name)
+        return _per_step.cut_rule(self._time, name, self.graph)
 
     def transport(self, layer, kernels):
         return None
