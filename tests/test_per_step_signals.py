@@ -366,6 +366,42 @@ def test_gru_reset_after_false_is_refused_for_eprop_and_covered_per_step():
     assert all(np.isfinite(g).all() for g in got)
 
 
+class MinimalCell(L.Layer):
+    """A cell that the cut does not know (Keras's guide's minimal RNN cell)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units))
+        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units))
+
+    def call(self, inputs, states):
+        h = inputs @ self.kernel + states[0] @ self.recurrent_kernel
+        return h, [h]
+
+
+def test_a_cell_the_cut_does_not_cover_is_refused_and_warned_about():
+    def model():
+        inputs = keras.Input((T, D))
+        h = L.RNN(MinimalCell(H), return_sequences=True, name="rnn")(inputs)
+        built = credit.Model(inputs, L.Dense(K, name="out")(h))
+        built.compile(loss="mse")
+        return built
+
+    x = tf.zeros((N, T, D))
+    for through_time in ("eprop", "per_step"):
+        method = credit.get({"name": "dfa", "through_time": through_time})
+        assert method.through_time_mode is None  # not bound yet
+        with pytest.raises(GraphError, match="'rnn' cannot be cut.*MinimalCell"):
+            credit.model.bind(method, model(), inputs=x)
+    method = credit.get("dfa")
+    with pytest.warns(UserWarning, match="signals per step.*do not apply.*MinimalCell"):
+        credit.model.bind(method, model(), inputs=x)
+    assert method.through_time_mode == "bptt"
+
+
 @pytest.mark.parametrize("value", ["through", "BPTT", 1, True])
 def test_bad_through_time_is_refused(value):
     with pytest.raises(ValueError, match=r"through_time must be None.*'eprop', "

@@ -50,7 +50,7 @@ class Resolved:
     """What ``through_time`` means on one model.
 
     Attributes:
-        mode: ``"eprop"``, ``"per_step"`` or ``"bptt"``.
+        mode: ``"eprop"``, ``"per_step"`` or ``"bptt"`` (None: not resolved yet).
         steps: the number of time steps T (None for ``"bptt"``).
         layers: the recurrent layers whose backward pass through time is cut (names).
     """
@@ -60,7 +60,7 @@ class Resolved:
 
     @property
     def per_step(self):
-        return self.mode != "bptt"
+        return self.mode in ("eprop", "per_step")
 
 
 def resolve(graph, points, through_time):

@@ -65,7 +65,7 @@ class DirectFeedbackAlignment(ErrorSignal):
     Attributes:
         feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.
         through_time_mode: what ``through_time`` resolved to on the model
-            (``"eprop"``, ``"per_step"`` or ``"bptt"``; after binding).
+            (``"eprop"``, ``"per_step"`` or ``"bptt"``; None before binding).
 
     Example:
         >>> model.compile(optimizer="adam", loss="mse", method="dfa")  # doctest: +SKIP
@@ -90,7 +90,7 @@ class DirectFeedbackAlignment(ErrorSignal):
         self.scale = _sign.check_scale(scale)
         self.at = _sign.check_at(at)
         self.through_time = _per_step.check_through_time(through_time)
-        self._time = _per_step.Resolved("bptt")
+        self._time = _per_step.Resolved(None)  # resolved on the model in build
 
     @property
     def through_time_mode(self):

@@ -76,8 +76,8 @@ class DirectRandomTargetProjection(ErrorSignal):
 
     Attributes:
         feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.
-        through_time_mode: what ``through_time`` resolved to on the model (after
-            binding).
+        through_time_mode: what ``through_time`` resolved to on the model
+            (``"eprop"``, ``"per_step"`` or ``"bptt"``; None before binding).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
@@ -93,7 +93,7 @@ class DirectRandomTargetProjection(ErrorSignal):
         self.scale = _sign.check_scale(scale)
         self.at = _sign.check_at(at)
         self.through_time = _per_step.check_through_time(through_time)
-        self._time = _per_step.Resolved("bptt")
+        self._time = _per_step.Resolved(None)  # resolved on the model in build
 
     @property
     def through_time_mode(self):
