@@ -431,6 +431,7 @@ def test_through_time_round_trips_and_shows_in_summary(name):
     assert "eprop" in default.loc["rnn", "signal"]
 
 
+@pytest.mark.slow
 def test_through_time_is_saved_with_the_model(tmp_path):
     model = seq2seq("GRU")
     model.compile(loss="mse", method={"name": "dfa", "seed": 3, "through_time": "per_step"})
