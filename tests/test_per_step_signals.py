@@ -469,3 +469,16 @@ def test_per_step_dfa_trains_a_sequence_task_above_chance():
     history = model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     accuracy = history.history["accuracy"][-1]
     assert accuracy > 0.6, accuracy
+
+
+def test_the_experiments_task_is_the_class_of_two_signs():
+    from experiments import per_step
+
+    x, y = per_step.task(lag=3, n=5, steps=6, seed=0)
+    assert x.shape == (5, 6, 2) and y.shape == (5, 6)
+    for i in range(5):
+        for t in range(6):
+            back = x[i, t - 3, 0] > 0 if t >= 3 else False
+            assert y[i, t] == 2 * int(x[i, t, 0] > 0) + int(back)
+    _, text = per_step.table([(1, 0, "a", 0.5), (1, 1, "a", 0.7)])
+    assert "| 1 | a | 0.600 | 0.500, 0.700 |" in text

@@ -51,6 +51,8 @@ class DirectFeedbackAlignment(ErrorSignal):
             through the forget gate (its gates read ``h_{t-1}`` only through the
             recurrent kernel, which is cut, as in the authors' LSTM code, which stops
             the gradient at ``h_{t-1}``); for a GRU the elementwise ``z_t * h_{t-1}``.
+            The layer's input keeps its true gradient (the authors' code stops it
+            too; it matters only for a layer below without a point of its own).
             ``"per_step"``: the same signals, every state cut (an LSTM's carry and a
             GRU's ``z_t * h_{t-1}`` too). ``"bptt"``: the whole sequence at once, as
             on any other model: ``e`` is the whole sequence's error, ``B_p`` of shape
