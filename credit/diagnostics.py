@@ -106,7 +106,9 @@ def summary(model, method=None):
                             "through time (input and recurrent kernels)"
                             + (f", within {outer[0].name!r}" if outer else ""))
             else:
-                crossing = "BPTT inside; " + crossing
+                # A point method's per-step signals cut the backward pass through time.
+                cut = getattr(method, "through_time_rule", lambda n: None)(name)
+                crossing = (cut if cut else "BPTT inside") + "; " + crossing
         rule = getattr(method, "intercept_rule", None)
         if rule and name in method.intercepted:
             signal = f"{signal}, {rule}"

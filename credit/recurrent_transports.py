@@ -33,6 +33,23 @@ recurrent kernel reads ``r * h``, a product inside the cell, where no probe can 
 and a GRU with ``recurrent_dropout`` (Keras then runs the cell's implementation 1, which
 slices the bias per gate), and cells of other types. On a GPU the cuDNN kernels are
 switched off for the transported call (they fuse the steps, so no cell runs).
+
+Cuts through time (:func:`cut_through_time`), for the point methods' per-step signals
+(DFA and DRTP with ``through_time="eprop"`` or ``"per_step"``): the same machinery,
+with the backward pass through time cut inside Keras's own cell.
+
+- ``"eprop"``: every path that crosses the recurrent kernel is dropped, the cell's
+  elementwise paths from one step's state to the next are kept: the probe above with
+  ``B_x = W`` (the input keeps its true gradient) and ``B_h = 0``, so that
+  ``delta h_{t-1}`` is only what reaches ``h_{t-1}`` without crossing ``U``. A
+  SimpleRNN has no such path (nothing crosses from step to step); an LSTM keeps its
+  carry ``c_{t-1} -> c_t`` through the forget gate (the cell reads ``h_{t-1}`` only
+  through ``U``); a GRU keeps ``z_t * h_{t-1}``. These are the eligibility traces of
+  e-prop (Bellec et al. 2020), computed backwards instead of forwards (the same sums).
+  Covered: what the transports cover (so not a GRU with ``reset_after=False`` or
+  recurrent dropout).
+- ``"per_step"``: every state the cell reads is cut (``h`` and, for an LSTM, ``c``):
+  each step's signal reaches that step's weights only. Any SimpleRNN, GRU or LSTM cell.
 """
 
 import contextlib
@@ -48,6 +65,9 @@ CELLS = (_L.SimpleRNNCell, _L.GRUCell, _L.LSTMCell)
 #: The layer types whose kernels can be crossed through time.
 TYPES = (_L.RNN, _L.Bidirectional)
 _KERNELS = ("kernel", "recurrent_kernel")
+#: The ways :func:`cut_through_time` cuts a layer's backward pass through time.
+CUTS = ("eprop", "per_step")
+_STOP = "stop every state"  # the active entry of a cell whose states are all cut
 
 
 def is_recurrent(layer):
@@ -134,6 +154,22 @@ def _path(layer, i):
 def kernels(layer):
     """Each cell's input kernel and recurrent kernel, in cell order (a flat tuple)."""
     return tuple(getattr(cell, name) for cell in cells(layer) for name in _KERNELS)
+
+
+def cut_refusal(layer, cut):
+    """Why the backward pass through time of ``layer`` cannot be cut as ``cut`` says
+    (``"eprop"`` or ``"per_step"``), a phrase, or None."""
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}; got {cut!r}.")
+    if cut == "eprop":
+        reason = refusal(layer)
+        if reason is not None and covered_type(layer):
+            reason += ("; or cut every state with through_time='per_step' (each step's "
+                       "signal reaches that step's weights only)")
+        return reason
+    if not covered_type(layer):
+        return refusal(layer)
+    return None
 
 
 def fan_in(layer, kernel_index=0):
@@ -242,7 +278,7 @@ def _step(cell, original, feedback, args, kwargs):
     x_masks, h_masks = _gate_masks(cell, inputs, h, training)
     # Read in the forward step, so that the backward step (inside the gradient of the
     # layer's While loop, in graph mode) captures tensors, not variables.
-    b_x, b_h = (tf.convert_to_tensor(b) for b in feedback)
+    b_x, b_h = (None if b is None else tf.convert_to_tensor(b) for b in feedback)
     recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
     shape, to_bias, x_parts, h_parts = _layout(cell, tf.shape(inputs)[0])
     dtype = inputs.dtype
@@ -251,7 +287,10 @@ def _step(cell, original, feedback, args, kwargs):
         return _carry(x_parts(g), x_masks, b_x)
 
     def grad_h(g):
-        correction = tf.cast(b_h, g.dtype) - tf.cast(recurrent, g.dtype)
+        if b_h is None:  # no path across the recurrent kernel (e-prop's cut)
+            correction = -tf.cast(recurrent, g.dtype)
+        else:
+            correction = tf.cast(b_h, g.dtype) - tf.cast(recurrent, g.dtype)
         return _carry(h_parts(g), h_masks, correction)
 
     probe = _probe(inputs, h, shape, dtype, grad_x, grad_h)
@@ -275,11 +314,22 @@ def _step(cell, original, feedback, args, kwargs):
                     object.__setattr__(cell, k, v)
 
 
+def _stopped_step(original, args, kwargs):
+    """One step of the cell with every state it reads behind a stop-gradient."""
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    names = list(bound.arguments)
+    bound.arguments[names[1]] = tf.nest.map_structure(tf.stop_gradient,
+                                                      bound.arguments[names[1]])
+    return original(*bound.args, **bound.kwargs)
+
+
 def _cell_wrapper(cell, original):
     def call(*args, **kwargs):
         feedback = getattr(_local, "active", {}).get(id(cell))
         if feedback is None:
             return original(*args, **kwargs)
+        if feedback is _STOP:
+            return _stopped_step(original, args, kwargs)
         return _step(cell, original, feedback, args, kwargs)
 
     call.__wrapped__ = original
@@ -339,6 +389,44 @@ def through_time(layer, feedback):
     if len(feedback) != 2 * len(found):
         raise ValueError(f"layer {layer.name!r} needs {2 * len(found)} feedback kernels "
                          f"(input and recurrent, per cell); got {len(feedback)}.")
+    with _activate(layer, [(feedback[2 * i], feedback[2 * i + 1])
+                           for i in range(len(found))]):
+        yield
+
+
+@contextlib.contextmanager
+def cut_through_time(layer, cut):
+    """Within the block, calls of ``layer`` run with their backward pass through time cut.
+
+    Args:
+        layer: a recurrent layer over SimpleRNN, GRU or LSTM cells.
+        cut: ``"eprop"`` (drop every path across the recurrent kernel, keep the
+            elementwise ones: an LSTM's carry, a GRU's ``z * h``) or ``"per_step"``
+            (cut every state the cell reads). See the module's docstring.
+
+    Raises:
+        ValueError: a layer or option that the cut does not cover, named.
+
+    Example:
+        >>> with cut_through_time(model.get_layer("lstm"), "eprop"):  # doctest: +SKIP
+        ...     y = model(x, training=True)
+    """
+    reason = cut_refusal(layer, cut)
+    if reason is not None:
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be cut "
+                         f"through time as {cut!r}: {reason}.")
+    found = cells(layer)
+    entries = ([_STOP] * len(found) if cut == "per_step"
+               else [(cell.kernel, None) for cell in found])
+    with _activate(layer, entries):
+        yield
+
+
+@contextlib.contextmanager
+def _activate(layer, entries):
+    """Install the cell wrappers of ``layer`` and make ``entries`` (one per cell: the
+    ``(B_x, B_h)`` of its probe, or ``_STOP``) active within the block."""
+    found = cells(layer)
     layers = rnns(layer)
     active = getattr(_local, "active", None)
     if active is None:
@@ -346,7 +434,7 @@ def through_time(layer, feedback):
     previous = {id(c): active.get(id(c)) for c in found}
     for i, cell in enumerate(found):
         _install(cell, layers if i == 0 else [])
-        active[id(cell)] = (feedback[2 * i], feedback[2 * i + 1])
+        active[id(cell)] = entries[i]
     try:
         yield
     finally:

@@ -248,7 +248,7 @@ CASES = [
      r"a method name must be a string, one of \['backprop'.*got 3 of type int"),
     ("config unknown keyword", get(name="dfa", sacle=1), ValueError,
      r"'direct_feedback_alignment': unknown hyperparameter\(s\) sacle=1\. Did you mean "
-     r"'scale'\? Its hyperparameters: seed, scale, at\."),
+     r"'scale'\? Its hyperparameters: seed, scale, at, through_time\."),
     ("method of wrong type", lambda: credit.get(3), TypeError,
      r"must be None, a name \(one of \['backprop'.*got 3 of type int"),
     ("class not an ErrorSignal", lambda: credit.get(int), TypeError,

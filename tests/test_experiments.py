@@ -559,7 +559,7 @@ def test_bad_configs_are_all_reported_before_training(tmp_path, no_training):
     assert lines[5] == (
         "config key 'method_config': got {'bogus': 1}; bad config for method "
         "'direct_feedback_alignment': unknown hyperparameter(s) bogus=1. Its "
-        "hyperparameters: seed, scale, at.")
+        "hyperparameters: seed, scale, at, through_time.")
     assert lines[6] == "unknown config key 'status'; it is written by the runner; remove it."
     assert lines[7] == ("config key 'val_fraction': got 1.0; the validation fraction must be a "
                         "number strictly between 0 and 1 (every run is selected on a "

@@ -121,7 +121,8 @@ def test_config_round_trip_and_bad_options():
         {"name": "fixed_random_sign_feedback", "seed": 3, "layers": ["a"]},
         {"name": "kolen_pollack", "seed": 4, "scale": 0.1, "layers": None,
          "weight_decay": 0.01, "learning_rate": 0.2},
-        {"name": "direct_random_target_projection", "seed": 5, "scale": 0.3, "at": [0, "x"]},
+        {"name": "direct_random_target_projection", "seed": 5, "scale": 0.3, "at": [0, "x"],
+         "through_time": "bptt"},
     ]
     for config in configs:
         method = credit.get(config)

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from credit.graph import size_of
-from credit.methods import _sign
+from credit.methods import _per_step, _sign
 from credit.registry import register
 from credit.signal import ErrorSignal, hidden_points, project, require_one_output
 
@@ -59,9 +59,25 @@ class DirectRandomTargetProjection(ErrorSignal):
             A layer called several times (a shared encoder, the layer inside a
             TimeDistributed) gets a point, and a matrix, per call: ``"name:0"``,
             ``"name:1"``, ... (naming the layer means all of its calls).
+        through_time: on a sequence model with a loss at every step, how the signal
+            meets time (as for DFA, see ``DirectFeedbackAlignment``). ``"eprop"`` (the
+            default there, also None): each step's target ``y_t`` (one-hot classes or
+            the step's target values, weighted as the loss weighs that step) is
+            projected to that step's hidden state, ``delta_t = y_t B_p``, one ``B_p``
+            of shape ``(units of the output per step, units of h_p per step)``
+            (uniform in ``±sqrt(6 / units of h_p per step)``) shared by the steps, and
+            the recurrent layers under the points drop every path through time that
+            crosses their recurrent kernel (a SimpleRNN: no backward pass through time;
+            an LSTM keeps its carry through the forget gate; a GRU its ``z_t *
+            h_{t-1}``). ``"per_step"``: every state cut. ``"bptt"``: the whole
+            sequence's target flattened, ``B_p`` over all steps, and Keras's backprop
+            through time inside the recurrent layers. None is ``"eprop"`` where it
+            applies and ``"bptt"`` elsewhere.
 
     Attributes:
         feedback_matrices: dict from point (layer name) to its non-trainable ``B_p``.
+        through_time_mode: what ``through_time`` resolved to on the model
+            (``"eprop"``, ``"per_step"`` or ``"bptt"``; None before binding).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
@@ -72,22 +88,43 @@ class DirectRandomTargetProjection(ErrorSignal):
     aliases = ("drtp",)
     point_rule = "y B_p (fixed random projection of the target)"
 
-    def __init__(self, seed=None, scale=None, at=None):
+    def __init__(self, seed=None, scale=None, at=None, through_time=None):
         super().__init__(seed=seed)
         self.scale = _sign.check_scale(scale)
         self.at = _sign.check_at(at)
+        self.through_time = _per_step.check_through_time(through_time)
+        self._time = _per_step.Resolved(None)  # resolved on the model in build
+
+    @property
+    def through_time_mode(self):
+        return self._time.mode
 
     def build(self, graph):
         require_one_output(graph, "direct random target projection (it projects the "
                            "target of one output)")
         d_y = size_of(graph.output_shapes[0])
         self.points = hidden_points(graph, self.at, "at")
+        self._time = _per_step.resolve(graph, self.points, self.through_time)
+        self.intercepted = self._time.layers
+        self.point_rule = type(self).point_rule
+        if self._time.per_step:
+            self.point_rule = ("y_t B_p at every step t (fixed random projection of "
+                               f"each step's target; {self._time.mode})")
+        shapes = _per_step.matrix_shapes(graph, self._time, self.points, d_y)
         self.feedback_matrices = {}
         for i, name in enumerate(self.points):
-            units = graph.point_units(name)
-            bound = np.sqrt(6.0 / units) if self.scale is None else self.scale
-            value = self.seed_for(i).uniform(-bound, bound, size=(d_y, units))
+            shape = shapes[name]
+            bound = np.sqrt(6.0 / shape[1]) if self.scale is None else self.scale
+            value = self.seed_for(i).uniform(-bound, bound, size=shape)
             self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
+
+    def intercept(self, layer, call, args, kwargs, records):
+        return _per_step.intercept(self._time, layer, call, args, kwargs)
+
+    def through_time_rule(self, name):
+        """What the backward pass does through time inside recurrent layer ``name``
+        (None: Keras's backprop through time)."""
+        return _per_step.cut_rule(self._time, name, self.graph)
 
     def transport(self, layer, kernels):
         return None
@@ -97,15 +134,38 @@ class DirectRandomTargetProjection(ErrorSignal):
             # No hidden block (e.g. one Dense layer, or no weights at all): nothing to
             # project, and the output layer trains on its true gradient.
             return {}
+        if self._time.per_step:
+            steps = self._time.steps
+            y = _weighted(trace, _step_labels(trace, steps))
+            return _per_step.project(_per_step.per_step(y, steps), self.feedback_matrices,
+                                     trace)
         return project(_weighted(trace), self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         return {}
 
 
-def _weighted(trace):
-    """The targets ``(batch, units)``, each entry times the weight the loss gives it."""
-    y = trace.labels()
+def _step_labels(trace, steps):
+    """The targets as ``(batch, T x units per step)``: integer classes per step
+    (``(batch, T)`` or ``(batch, T, 1)``) one-hot encoded, a target shaped like the
+    output used as it is."""
+    units = trace.output_units
+    y = trace.y
+    if y is not None and not isinstance(y, (dict, list, tuple)):
+        y = tf.convert_to_tensor(y)
+        per = units // steps
+        if per > 1 and y.shape.rank in (2, 3) and tuple(y.shape[1:2]) == (steps,) \
+                and (y.shape.rank == 2 or y.shape[2] == 1):
+            labels = tf.cast(tf.reshape(y, (-1, steps)), "int32")
+            onehot = tf.one_hot(labels, per, dtype=trace.y_pred.dtype)
+            return tf.reshape(onehot, (-1, units))
+    return trace.labels()
+
+
+def _weighted(trace, y=None):
+    """The targets ``(batch, units)`` (``y``, or the trace's labels), each entry times
+    the weight the loss gives it."""
+    y = trace.labels() if y is None else y
     w = trace.sample_weight
     if w is None:
         return y
