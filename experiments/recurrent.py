@@ -92,12 +92,15 @@ from experiments.runner.configs import canonical_json  # noqa: E402
 from experiments.runner.files import (read_json, write_atomic, write_csv,  # noqa: E402
                                       write_json, write_table)
 
-__all__ = ["TASKS", "METHODS", "TRUNCATIONS", "Settings", "QUICK", "method_spec",
+__all__ = ["TASKS", "METHODS", "DEFAULT_METHODS", "TRUNCATIONS", "Settings", "QUICK",
+           "HORIZON", "method_spec",
            "build_model", "train_copy", "train_text", "run_one", "run", "summarize",
            "task_table", "write_outputs", "main"]
 
 TASKS = ("copy", "repeat_copy", "text")
-METHODS = ("bptt", "dni", "cdni")
+METHODS = ("bptt", "dni", "cdni", "dni_aux")
+#: The methods of the default (non-horizon) run, as committed before ``dni_aux`` existed.
+DEFAULT_METHODS = ("bptt", "dni", "cdni")
 TRUNCATIONS = (2, 3, 4, 5, 8)
 DEFAULT_SEEDS = (0,)
 SUMMARY_COLUMNS = ["task", "method", "truncation", "seed", "max_length_solved", "bpc"]
@@ -125,6 +128,10 @@ class Settings:
         hidden_units: the MLP synthesizer's hidden widths.
         sg_learning_rate: the synthesizers' Adam learning rate.
         scale: the factor on the injected synthetic gradient.
+        threshold: error (bits per sequence) below which the curriculum counts a Copy
+            length as solved.
+        aux_weight: weight of DNI's auxiliary task for ``dni_aux`` (the other methods
+            ignore it).
     """
 
     units: int = 128
@@ -141,10 +148,24 @@ class Settings:
     hidden_units: tuple = (256,)
     sg_learning_rate: float = 1e-3
     scale: float = 0.1
+    threshold: float = data_lib.SOLVED_BITS
+    aux_weight: float = 1.0
 
+
+#: Settings fields added after the first committed run: left out of a run's config (and
+#: so of its hash) while they hold these values, so that older run folders still match.
+_LATER_FIELDS = {"threshold": data_lib.SOLVED_BITS, "aux_weight": 1.0}
 
 QUICK = Settings(units=32, steps=300, chunk_steps=50, text_evals=2, hidden_units=(64,))
 QUICK_TRUNCATIONS = (3,)
+
+#: The horizon run (``--horizon``): Copy only, every method, T = 2 to 5, three seeds,
+#: a curriculum checked every 50 steps, and enough steps that BPTT's longest length
+#: is bounded by its truncation, not by the budget (see results/recurrent/README.md).
+HORIZON = Settings(steps=4000, chunk_steps=50)
+HORIZON_TASKS = ("copy",)
+HORIZON_TRUNCATIONS = (2, 3, 4, 5)
+HORIZON_SEEDS = (0, 1, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -152,13 +173,28 @@ QUICK_TRUNCATIONS = (3,)
 
 
 def method_spec(method, settings, seed):
-    """The ``compile(method=...)`` argument of ``"bptt"``, ``"dni"`` or ``"cdni"``."""
+    """The ``compile(method=...)`` argument of a method of :data:`METHODS`.
+
+    ``"bptt"`` is ``"backprop"``; ``"dni"`` and ``"cdni"`` are ``"dni_through_time"``
+    and ``"cdni_through_time"``; ``"dni_aux"`` is ``"dni_through_time"`` with DNI's
+    auxiliary task at ``settings.aux_weight``.
+
+    Example:
+        >>> method_spec("dni_aux", Settings(), 0)["aux_weight"]
+        1.0
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}; pass for "
+                         "example method='dni'.")
     if method == "bptt":
         return "backprop"
-    return {"name": f"{method}_through_time", "seed": seed,
+    spec = {"name": f"{method.removesuffix('_aux')}_through_time", "seed": seed,
             "synthesizer": settings.synthesizer, "hidden_units": list(settings.hidden_units),
             "optimizer": "adam", "learning_rate": settings.sg_learning_rate,
             "scale": settings.scale}
+    if method.endswith("_aux"):
+        spec["aux_weight"] = settings.aux_weight
+    return spec
 
 
 def build_model(task, truncation, settings, seed, vocab_size=None):
@@ -210,7 +246,8 @@ def train_copy(task, method, truncation, seed, settings, log=None):
     model = build_model(task, truncation, settings, seed)
     _compile(model, task, method, settings, seed)
     curriculum = data_lib.CopyCurriculum(task, bits=settings.bits, repeats=settings.repeats,
-                                         max_repeats=max(settings.repeats, 10), seed=seed)
+                                         max_repeats=max(settings.repeats, 10),
+                                         threshold=settings.threshold, seed=seed)
     b, t = settings.batch_size, truncation
     steps, rows = 0, []
     while steps < settings.steps:
@@ -303,9 +340,10 @@ def train_text(method, truncation, seed, settings, log=None):
 
 def run_config(task, method, truncation, seed, settings):
     """The config of one run: what its folder's hash is made of."""
+    fields = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
     return {"experiment": "recurrent", "task": task, "method": method,
-            "truncation": int(truncation), "seed": int(seed),
-            "settings": dataclasses.asdict(settings)}
+            "truncation": int(truncation), "seed": int(seed), "settings": fields}
 
 
 def run_key(config):
@@ -440,7 +478,7 @@ def task_table(summary, task):
             values = wide[method].dropna() if method in wide else pd.Series(dtype=float)
             row[f"{method}_mean"] = values.mean() if len(values) else math.nan
             row[f"{method}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-        for method in ("dni", "cdni"):
+        for method in METHODS[1:]:
             if method in wide and "bptt" in wide:
                 diff = (wide[method] - wide["bptt"]).dropna()
                 row[f"{method}_minus_bptt_mean"] = diff.mean() if len(diff) else math.nan
@@ -550,13 +588,21 @@ def _parser():
     parser.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
                         help=f"tasks: {', '.join(TASKS)} (default all)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                        help=f"methods: {', '.join(METHODS)} (default all)")
+                        help=f"methods: {', '.join(METHODS)} (default "
+                             f"{' '.join(DEFAULT_METHODS)}; all with --horizon)")
     parser.add_argument("--truncations", nargs="+", default=None, metavar="T",
                         help=f"truncation lengths (default {' '.join(map(str, TRUNCATIONS))}; "
                              f"quick {' '.join(map(str, QUICK_TRUNCATIONS))})")
     parser.add_argument("--steps", type=cli.positive_int, default=None,
                         help=f"optimizer steps per run (default {Settings().steps}; quick "
                              f"{QUICK.steps})")
+    parser.add_argument("--horizon", action="store_true",
+                        help="the horizon run: Copy, methods bptt dni cdni dni_aux, T 2 3 4 5, "
+                             f"seeds 0 1 2, {HORIZON.steps} steps, the curriculum checked "
+                             f"every {HORIZON.chunk_steps} steps; files go to "
+                             "DIR/recurrent/horizon/ (other flags override its choices). "
+                             "Two processes of the same command share the grid; a last one "
+                             "after both writes the tables of all runs")
     parser.add_argument("--threads", type=cli.positive_int, default=1,
                         help="TensorFlow threads (default 1: one core)")
     cli.add_common(parser, seeds_default="0",
@@ -582,12 +628,19 @@ def parse_args(argv=None):
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else Settings()
+    if args.quick and args.horizon:
+        parser.error("--quick and --horizon: pick one (--quick is a smoke run of the "
+                     "default grid; for a small horizon run pass --horizon --steps 100 "
+                     "--truncations 2 --seeds 0).")
+    settings = QUICK if args.quick else HORIZON if args.horizon else Settings()
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
-    tasks = _names(parser, "--tasks", args.tasks, TASKS)
-    methods = _names(parser, "--methods", args.methods, METHODS)
-    truncations = QUICK_TRUNCATIONS if args.quick else TRUNCATIONS
+    tasks = _names(parser, "--tasks", args.tasks or (HORIZON_TASKS if args.horizon else None),
+                   TASKS)
+    methods = _names(parser, "--methods",
+                     args.methods or (None if args.horizon else DEFAULT_METHODS), METHODS)
+    truncations = (QUICK_TRUNCATIONS if args.quick else
+                   HORIZON_TRUNCATIONS if args.horizon else TRUNCATIONS)
     if args.truncations is not None:
         try:
             truncations = [int(v) for v in cli.names(args.truncations)]
@@ -598,9 +651,13 @@ def parse_args(argv=None):
             parser.error(f"--truncations: got {' '.join(args.truncations)}; truncation "
                          "lengths are distinct integers >= 1. Pass for example "
                          "--truncations 2 3 4 5 8.")
-    seeds = cli.seeds(args.seeds, parser) if args.seeds is not None else list(DEFAULT_SEEDS)
-    # A quick run gets a folder of its own, so that it never overwrites the full tables.
+    seeds = (cli.seeds(args.seeds, parser) if args.seeds is not None else
+             list(HORIZON_SEEDS if args.horizon else DEFAULT_SEEDS))
+    # A quick run gets a folder of its own, so that it never overwrites the full tables;
+    # the horizon run has its own under recurrent/.
     out = cli.check_out(parser, args.out) / ("recurrent_quick" if args.quick else "recurrent")
+    if args.horizon:
+        out = out / "horizon"
     return args, settings, tasks, methods, list(truncations), seeds, out
 
 

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import pathlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -115,3 +116,77 @@ def test_bad_flags_fail_before_training(argv, words, capsys, tmp_path):
     err = capsys.readouterr().err
     for word in words:
         assert word in err
+
+
+# ---------------------------------------------------------------------------
+# The horizon run: dni_aux, --horizon, the curriculum's threshold
+
+
+def test_dni_aux_is_dni_through_time_with_the_auxiliary_task():
+    settings = dataclasses.replace(recurrent.QUICK, aux_weight=0.5)
+    spec = recurrent.method_spec("dni_aux", settings, 3)
+    plain = recurrent.method_spec("dni", settings, 3)
+    assert spec == {**plain, "aux_weight": 0.5}
+    assert plain["name"] == "dni_through_time" and "aux_weight" not in plain
+    model = recurrent.build_model("copy", 2, settings, seed=3)
+    recurrent._compile(model, "copy", "dni_aux", settings, 3)
+    assert model.method.aux_weight == 0.5 and not model.method.conditioned
+    assert list(model.method.aux_heads) == ["lstm"]
+    with pytest.raises(ValueError, match="method='dfa' is not one of bptt, dni, cdni, dni_aux"):
+        recurrent.method_spec("dfa", settings, 0)
+
+
+def test_horizon_flag_selects_the_horizon_grid(tmp_path):
+    args, settings, tasks, methods, truncations, seeds, out = recurrent.parse_args(
+        ["--horizon", "--out", str(tmp_path)])
+    assert settings == recurrent.HORIZON and settings.chunk_steps == 50
+    assert (tasks, methods, truncations, seeds) == (
+        ["copy"], ["bptt", "dni", "cdni", "dni_aux"], [2, 3, 4, 5], [0, 1, 2])
+    assert out == tmp_path / "recurrent" / "horizon"
+    # Other flags override the preset's choices.
+    _, settings, tasks, methods, truncations, seeds, _ = recurrent.parse_args(
+        ["--horizon", "--steps", "7", "--methods", "dni_aux", "--truncations", "3",
+         "--seeds", "4", "--out", str(tmp_path)])
+    assert (settings.steps, settings.chunk_steps) == (7, 50)
+    assert (tasks, methods, truncations, seeds) == (["copy"], ["dni_aux"], [3], [4])
+    # Without it, the default run is the committed one: three methods, the old settings.
+    _, settings, tasks, methods, truncations, _, out = recurrent.parse_args(
+        ["--out", str(tmp_path)])
+    assert settings == recurrent.Settings() and methods == ["bptt", "dni", "cdni"]
+    assert tasks == ["copy", "repeat_copy", "text"] and out == tmp_path / "recurrent"
+
+
+def test_quick_and_horizon_together_are_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        recurrent.main(["--quick", "--horizon", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--quick and --horizon" in err and "--horizon --steps 100" in err
+
+
+def test_new_settings_at_their_defaults_keep_the_committed_run_hashes():
+    """The committed run's folders are named by the hash of their config; threshold and
+    aux_weight at their defaults are left out of the config, so the names still match."""
+    folders = sorted(pathlib.Path(__file__).parents[1].glob("results/recurrent/runs/*/"))
+    assert folders
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        settings = recurrent.Settings(**{**config["settings"], "hidden_units": tuple(
+            config["settings"]["hidden_units"])})
+        again = recurrent.run_config(config["task"], config["method"], config["truncation"],
+                                     config["seed"], settings)
+        assert recurrent.run_key(again) == folder.name
+        assert json.loads(json.dumps(again)) == config
+    changed = recurrent.run_config("copy", "dni_aux", 2, 0, dataclasses.replace(
+        recurrent.Settings(), threshold=0.5, aux_weight=0.1))["settings"]
+    assert (changed["threshold"], changed["aux_weight"]) == (0.5, 0.1)
+
+
+def test_the_threshold_decides_when_a_length_is_solved():
+    """With a threshold above any error every check solves a length (at the default
+    0.15 bits, 4 steps of training solve none): the length is the check's count + 1."""
+    lenient = dataclasses.replace(recurrent.QUICK, steps=4, chunk_steps=2, threshold=1e6)
+    result, curve = recurrent.train_copy("copy", "bptt", 2, 0, lenient)
+    assert len(curve) == 2 and curve["solved"].all() and list(curve["length"]) == [1, 2]
+    assert (curve["error"] > recurrent.Settings().threshold).all()
+    assert result["max_length_solved"] == 2 and result["last_length"] == 3
