@@ -95,7 +95,7 @@ from experiments.runner.files import (read_json, write_atomic, write_csv,  # noq
 __all__ = ["TASKS", "METHODS", "DEFAULT_METHODS", "TRUNCATIONS", "Settings", "QUICK",
            "HORIZON", "method_spec",
            "build_model", "train_copy", "train_text", "run_one", "run", "summarize",
-           "task_table", "write_outputs", "main"]
+           "task_table", "reference_errors", "interval_table", "write_outputs", "main"]
 
 TASKS = ("copy", "repeat_copy", "text")
 METHODS = ("bptt", "dni", "cdni", "dni_aux")
@@ -162,9 +162,9 @@ QUICK_TRUNCATIONS = (3,)
 #: The horizon run (``--horizon``): Copy only, every method, T = 2 to 5, three seeds,
 #: a curriculum checked every 50 steps, and enough steps that BPTT's longest length
 #: is bounded by its truncation, not by the budget (see results/recurrent/README.md).
-HORIZON = Settings(steps=4000, chunk_steps=50)
+HORIZON = Settings(steps=2500, chunk_steps=50)
 HORIZON_TASKS = ("copy",)
-HORIZON_TRUNCATIONS = (2, 3, 4, 5)
+HORIZON_TRUNCATIONS = (2, 3, 5)
 HORIZON_SEEDS = (0, 1, 2)
 
 
@@ -488,6 +488,79 @@ def task_table(summary, task):
     return pd.DataFrame(table)
 
 
+def reference_errors(out, configs):
+    """Per copy-task run, the lowest error (bits per sequence) it reached at its
+    seed's *reference length*: the longest length BPTT solved on that task, T and seed,
+    plus one (BPTT's first unsolved length). A method that solved the reference length
+    scores its error there (below the threshold); one that never reached it, NaN.
+
+    Returns:
+        Columns ``task, method, truncation, seed, reference_length, reference_error``.
+    """
+    done = {}
+    for config in configs:
+        folder = pathlib.Path(out) / "runs" / run_key(config)
+        if config["task"] != "text" and folders.is_done(folder):
+            done[config["task"], config["method"], config["truncation"], config["seed"]] = (
+                read_json(folder / "result.json"), folder)
+    rows = []
+    for (task, method, truncation, seed), (result, folder) in sorted(done.items()):
+        base = done.get((task, "bptt", truncation, seed))
+        if base is None:
+            continue
+        length = int(base[0]["max_length_solved"]) + 1
+        curve = pd.read_csv(folder / "curve.csv")
+        errors = curve.loc[curve["length"] == length, "error"].dropna()
+        rows.append({"task": task, "method": method, "truncation": truncation, "seed": seed,
+                     "reference_length": length,
+                     "reference_error": float(errors.min()) if len(errors) else math.nan})
+    return pd.DataFrame(rows, columns=["task", "method", "truncation", "seed",
+                                       "reference_length", "reference_error"])
+
+
+def interval_table(summary, errors, task, confidence=0.95):
+    """Per truncation and method: the longest length solved (mean and Student-t
+    interval over seeds), its paired difference to BPTT (same seeds), and the error at
+    BPTT's first unsolved length (:func:`reference_errors`) with its paired difference.
+
+    A difference marked significant (``*`` in markdown) has an interval that excludes 0
+    (:func:`credit.results.paired_differences`).
+    """
+    runs = summary[summary["task"] == task].copy()
+    runs["max_length_solved"] = runs["max_length_solved"].astype(float)
+    errors = errors[errors["task"] == task]
+    diffs = {value: results_lib.paired_differences(
+        frame, baseline="bptt", value=value, by=("truncation",), confidence=confidence)
+        for value, frame in (("max_length_solved", runs), ("reference_error", errors))}
+    table = []
+    for (truncation, method), group in runs.groupby(["truncation", "method"], sort=False):
+        row = {"T": int(truncation), "method": method, "n": len(group)}
+        row["longest_mean"], row["longest_ci"] = results_lib.mean_ci(
+            group["max_length_solved"], confidence)
+        lengths = errors.loc[errors["truncation"] == truncation, "reference_length"]
+        row["reference_length"] = "/".join(str(v) for v in sorted(set(lengths)))
+        mine = errors[(errors["truncation"] == truncation) & (errors["method"] == method)]
+        row["error_mean"], row["error_ci"] = results_lib.mean_ci(
+            mine["reference_error"], confidence)
+        for name, value in (("diff", "max_length_solved"), ("error_diff", "reference_error")):
+            match = diffs[value][(diffs[value]["method"] == method)
+                                 & (diffs[value]["truncation"] == truncation)]
+            if len(match):
+                row[f"{name}_mean"] = match["diff_mean"].iloc[0]
+                row[f"{name}_ci"] = match["diff_ci"].iloc[0]
+                row[f"{name}_significant"] = bool(match["diff_significant"].iloc[0])
+            else:
+                row[f"{name}_mean"] = row[f"{name}_ci"] = math.nan
+                row[f"{name}_significant"] = False
+        table.append(row)
+    order = {m: i for i, m in enumerate(METHODS)}
+    frame = pd.DataFrame(table)
+    if len(frame):
+        frame = frame.sort_values(["T", "method"], key=lambda c: c.map(order)
+                                  if c.name == "method" else c).reset_index(drop=True)
+    return frame
+
+
 def _figure(width, height):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -562,6 +635,17 @@ def write_outputs(summary, out, configs):
         written.append(write_table(task_table(summary, task), out, task,
                                    floatfmt=".3f" if task == "text" else ".1f",
                                    caption=caption))
+    errors = reference_errors(out, configs)
+    for task in ("copy", "repeat_copy"):
+        if task not in set(summary["task"]):
+            continue
+        caption = (f"{task}: longest length solved per T and method, mean ± 95% "
+                   "t-interval over seeds (longest); diff: paired difference to BPTT on "
+                   "the same seeds (* its interval excludes 0); reference_length: BPTT's "
+                   "longest + 1 on each seed; error: the lowest error reached there, bits "
+                   "per sequence (n/a: never reached); error_diff: paired, to BPTT.")
+        written.append(write_table(interval_table(summary, errors, task), out,
+                                   f"{task}_intervals", floatfmt=".2f", caption=caption))
     if len(summary):
         written.append(plot_scores(summary, out / "horizon.png"))
     curves = curriculum_frame(out, configs)
@@ -597,7 +681,7 @@ def _parser():
                         help=f"optimizer steps per run (default {Settings().steps}; quick "
                              f"{QUICK.steps})")
     parser.add_argument("--horizon", action="store_true",
-                        help="the horizon run: Copy, methods bptt dni cdni dni_aux, T 2 3 4 5, "
+                        help="the horizon run: Copy, methods bptt dni cdni dni_aux, T 2 3 5, "
                              f"seeds 0 1 2, {HORIZON.steps} steps, the curriculum checked "
                              f"every {HORIZON.chunk_steps} steps; files go to "
                              "DIR/recurrent/horizon/ (other flags override its choices). "

@@ -141,7 +141,7 @@ def test_horizon_flag_selects_the_horizon_grid(tmp_path):
         ["--horizon", "--out", str(tmp_path)])
     assert settings == recurrent.HORIZON and settings.chunk_steps == 50
     assert (tasks, methods, truncations, seeds) == (
-        ["copy"], ["bptt", "dni", "cdni", "dni_aux"], [2, 3, 4, 5], [0, 1, 2])
+        ["copy"], ["bptt", "dni", "cdni", "dni_aux"], [2, 3, 5], [0, 1, 2])
     assert out == tmp_path / "recurrent" / "horizon"
     # Other flags override the preset's choices.
     _, settings, tasks, methods, truncations, seeds, _ = recurrent.parse_args(
@@ -190,3 +190,58 @@ def test_the_threshold_decides_when_a_length_is_solved():
     assert len(curve) == 2 and curve["solved"].all() and list(curve["length"]) == [1, 2]
     assert (curve["error"] > recurrent.Settings().threshold).all()
     assert result["max_length_solved"] == 2 and result["last_length"] == 3
+
+
+def _finished_run(runs, method, truncation, seed, longest, curve):
+    config = recurrent.run_config("copy", method, truncation, seed, recurrent.QUICK)
+    folder = runs / recurrent.run_key(config)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"max_length_solved": longest}))
+    pd.DataFrame(curve, columns=["step", "length", "error"]).to_csv(folder / "curve.csv")
+    (folder / "done").write_text("")
+    return config
+
+
+def test_interval_table_against_scipy(tmp_path):
+    """Longest lengths and errors at BPTT's first unsolved length, with t-intervals of
+    the means and of the paired differences, against scipy's t quantile."""
+    from scipy import stats
+
+    runs = tmp_path / "runs"
+    bptt = {0: 1, 1: 2, 2: 1}                      # seed -> longest solved
+    dni = {0: 2, 1: 2, 2: 3}
+    dni_error = {0: [(50, 2, 4.0), (100, 2, 0.1), (150, 3, 6.0)],      # at length 2: 0.1
+                 1: [(50, 3, 5.0), (100, 3, 2.0)],                      # at length 3: 2.0
+                 2: [(50, 2, 0.1), (100, 3, 0.1), (150, 4, 9.0)]}       # at length 2: 0.1
+    bptt_error = {0: [(50, 2, 3.0), (100, 2, 5.0)], 1: [(50, 3, 7.0)],
+                  2: [(50, 2, 6.0)]}
+    configs = []
+    for seed in range(3):
+        configs.append(_finished_run(runs, "bptt", 2, seed, bptt[seed], bptt_error[seed]))
+        configs.append(_finished_run(runs, "dni", 2, seed, dni[seed], dni_error[seed]))
+    summary = pd.DataFrame({"task": "copy", "method": ["bptt", "dni"] * 3, "truncation": 2,
+                            "seed": [0, 0, 1, 1, 2, 2],
+                            "max_length_solved": [1, 2, 2, 2, 1, 3], "bpc": np.nan})
+    errors = recurrent.reference_errors(tmp_path, configs)
+    errors = errors.sort_values(["seed", "method"])
+    assert list(errors["reference_length"]) == [2, 2, 3, 3, 2, 2]
+    np.testing.assert_allclose(errors["reference_error"], [3.0, 0.1, 7.0, 2.0, 6.0, 0.1])
+    table = recurrent.interval_table(summary, errors, "copy").set_index("method")
+    t = stats.t.ppf(0.975, 2)
+
+    def mean_ci(values):
+        values = np.asarray(values, float)
+        return values.mean(), t * values.std(ddof=1) / np.sqrt(3)
+
+    for method, longest, error in (("bptt", [1, 2, 1], [3.0, 7.0, 6.0]),
+                                   ("dni", [2, 2, 3], [0.1, 2.0, 0.1])):
+        row = table.loc[method]
+        np.testing.assert_allclose([row["longest_mean"], row["longest_ci"]], mean_ci(longest))
+        np.testing.assert_allclose([row["error_mean"], row["error_ci"]], mean_ci(error))
+        assert row["n"] == 3 and row["reference_length"] == "2/3"
+    row = table.loc["dni"]
+    np.testing.assert_allclose([row["diff_mean"], row["diff_ci"]], mean_ci([1, 0, 2]))
+    np.testing.assert_allclose([row["error_diff_mean"], row["error_diff_ci"]],
+                               mean_ci([-2.9, -5.0, -5.9]))
+    assert not row["diff_significant"] and row["error_diff_significant"]
+    assert np.isnan(table.loc["bptt", "diff_mean"])
