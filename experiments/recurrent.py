@@ -392,8 +392,11 @@ def run_one(config, runs, log=print):
         claim.release()
 
 
-def run(tasks, methods, truncations, seeds, settings, out, log=print):
-    """Train (or read back) every run of the grid; return the summary DataFrame."""
+def run(tasks, methods, truncations, seeds, settings, out, log=print, train=True):
+    """Train (or read back) every run of the grid; return the summary DataFrame.
+
+    With ``train=False`` only finished runs are read back; the others are left out.
+    """
     runs = pathlib.Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     grid = [(task, truncation, seed, method) for task in tasks for truncation in truncations
@@ -404,6 +407,9 @@ def run(tasks, methods, truncations, seeds, settings, out, log=print):
         cached = folders.is_done(runs / run_key(config))
         log(f"[{i}/{len(grid)}] {task} T={truncation} {method} seed {seed}"
             f"{' (done)' if cached else ''}  ({time.perf_counter() - begin:.0f} s)")
+        if not cached and not train:
+            log("    not finished: left out (--tables-only)")
+            continue
         result = run_one(config, runs, log)
         if result is not None:
             results.append(result)
@@ -687,6 +693,10 @@ def _parser():
                              "DIR/recurrent/horizon/ (other flags override its choices). "
                              "Two processes of the same command share the grid; a last one "
                              "after both writes the tables of all runs")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train nothing: write the tables and figures of the runs of "
+                             "the grid that have finished (e.g. while, or after, other "
+                             "processes train the rest)")
     parser.add_argument("--threads", type=cli.positive_int, default=1,
                         help="TensorFlow threads (default 1: one core)")
     cli.add_common(parser, seeds_default="0",
@@ -764,7 +774,7 @@ def main(argv=None):
           f"{settings.units}, {settings.steps} steps per run", flush=True)
     try:
         summary = run(tasks, methods, truncations, seeds, settings, out,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, flush=True), train=not args.tables_only)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished runs are kept in {out / 'runs'}; run the same "
               "command again to resume.", file=sys.stderr)

@@ -245,3 +245,28 @@ def test_interval_table_against_scipy(tmp_path):
                                mean_ci([-2.9, -5.0, -5.9]))
     assert not row["diff_significant"] and row["error_diff_significant"]
     assert np.isnan(table.loc["bptt", "diff_mean"])
+
+
+def test_tables_only_reads_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("--tables-only trained a run")
+
+    monkeypatch.setattr(recurrent, "train_copy", no_training)
+    runs = tmp_path / "recurrent" / "horizon" / "runs"
+    config = recurrent.run_config("copy", "bptt", 2, 1, recurrent.HORIZON)
+    folder = runs / recurrent.run_key(config)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(
+        {"max_length_solved": 2, "last_length": 3, "steps": 2500, "task": "copy",
+         "method": "bptt", "truncation": 2, "seed": 1, "seconds": 9.0}))
+    pd.DataFrame({"step": [50, 100], "length": [2, 3], "error": [0.1, 4.0],
+                  "solved": [True, False], "loss": 0.1, "sg_loss": np.nan}).to_csv(
+        folder / "curve.csv", index=False)
+    (folder / "done").write_text("")
+    summary = recurrent.main(["--horizon", "--tables-only", "--out", str(tmp_path)])
+    assert summary[["method", "truncation", "seed", "max_length_solved"]].values.tolist() \
+        == [["bptt", 2, 1, 2]]
+    table = pd.read_csv(tmp_path / "recurrent" / "horizon" / "copy_intervals.csv")
+    assert table[["T", "method", "n", "longest_mean", "error_mean"]].values.tolist() == [
+        [2, "bptt", 1, 2.0, 4.0]]
+    assert len([r for r in runs.iterdir() if not r.name.startswith(".")]) == 1
