@@ -33,7 +33,20 @@ Methods:
     on targets normalised by their running RMS ``sigma`` (credit's default), with Adam
     at learning rate 1e-3.
     ``cdni``: the same, conditioned on the next window's targets.
+    ``dni_aux``: ``dni`` with DNI's auxiliary task (``aux_weight``, 1 by default: a
+    linear head on the LSTM's first output of a window predicts the synthetic gradient
+    injected at the window's end, and its error is backpropagated into the LSTM).
+    The default run has ``bptt``, ``dni`` and ``cdni``; ``--horizon`` all four.
 Truncations: T in 2, 3, 4, 5, 8 (the window length).
+
+The horizon run (``--horizon``, written to ``<out>/recurrent/horizon/``): Copy only,
+T = 2, 3, 5, seeds 0, 1, 2, every method, 2,500 steps, the curriculum checked every 50
+steps. BPTT solves the lengths that fit in its window (a Copy sequence of length L has
+2L + 1 steps) in a few hundred steps and then stays at its first unsolved length, so its
+score is bounded by T, not by the budget; what the synthetic gradients add beyond that is
+what the run measures. ``copy_intervals.md`` gives each method's longest length with a
+95% t-interval over seeds, its paired difference to BPTT, and the error each method
+reached at BPTT's first unsolved length (a finer score than the longest length).
 
 Every run takes the same number of optimizer steps (``steps``; one window of every row
 per step), so a larger T sees more data. All runs of a seed start from the same weights
@@ -63,6 +76,9 @@ Usage:
     python -m experiments.recurrent                       # the full run (~50 min, 1 core)
     python -m experiments.recurrent --quick               # smoke run, about 1 minute
     python -m experiments.recurrent --tasks copy --truncations 2,8 --seeds 0 1
+    python -m experiments.recurrent --horizon             # the horizon run (2 processes:
+    python -m experiments.recurrent --horizon             #  both share the grid), then
+    python -m experiments.recurrent --horizon --tables-only  # the tables of all runs
 """
 
 import os
