@@ -623,6 +623,38 @@ def plot_scores(summary, path):
     return path
 
 
+def plot_reference_errors(errors, task, path, confidence=0.95):
+    """Per truncation, each method's error at BPTT's first unsolved length
+    (:func:`reference_errors`): mean over seeds with a Student-t interval, and the
+    seeds as dots."""
+    rows = errors[errors["task"] == task]
+    methods = [m for m in METHODS if m in set(rows["method"])]
+    truncations = sorted(set(rows["truncation"]))
+    fig = _figure(5.0, 3.4)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        for j, truncation in enumerate(truncations):
+            values = rows[(rows["method"] == method) & (rows["truncation"] == truncation)][
+                "reference_error"].dropna()
+            if not len(values):
+                continue
+            x = j + (i - (len(methods) - 1) / 2) * width
+            mean, half = results_lib.mean_ci(values, confidence)
+            ax.bar(x, mean, width, color=f"C{i}", alpha=0.6,
+                   label=method if j == 0 else None,
+                   yerr=None if math.isnan(half) else half, capsize=2)
+            ax.plot([x] * len(values), values, "k.", markersize=3)
+    ax.axhline(data_lib.SOLVED_BITS, color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(truncations)), [f"T={t}" for t in truncations])
+    ax.set_ylabel("error at BPTT's first unsolved\nlength (bits per sequence)")
+    ax.set_title(f"{task}: mean ± {confidence:.0%} t-interval; dots: seeds")
+    ax.legend(fontsize="small")
+    path = pathlib.Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
 def curriculum_frame(out, configs):
     """The copy tasks' curricula as a frame :func:`credit.results.plot_curves` reads:
     one "data set" per task and T, the training step as "epoch", the length as metric."""
@@ -668,6 +700,9 @@ def write_outputs(summary, out, configs):
                    "per sequence (n/a: never reached); error_diff: paired, to BPTT.")
         written.append(write_table(interval_table(summary, errors, task), out,
                                    f"{task}_intervals", floatfmt=".2f", caption=caption))
+        if errors["reference_error"][errors["task"] == task].notna().any():
+            written.append(plot_reference_errors(errors, task,
+                                                 out / f"{task}_reference_error.png"))
     if len(summary):
         written.append(plot_scores(summary, out / "horizon.png"))
     curves = curriculum_frame(out, configs)

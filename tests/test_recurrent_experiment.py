@@ -269,4 +269,6 @@ def test_tables_only_reads_the_finished_runs_and_trains_nothing(tmp_path, monkey
     table = pd.read_csv(tmp_path / "recurrent" / "horizon" / "copy_intervals.csv")
     assert table[["T", "method", "n", "longest_mean", "error_mean"]].values.tolist() == [
         [2, "bptt", 1, 2.0, 4.0]]
+    figure = tmp_path / "recurrent" / "horizon" / "copy_reference_error.png"
+    assert figure.read_bytes()[:8] == PNG
     assert len([r for r in runs.iterdir() if not r.name.startswith(".")]) == 1
