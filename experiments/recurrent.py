@@ -666,10 +666,14 @@ def curriculum_frame(out, configs):
         if not folders.is_done(folder):
             continue
         curve = pd.read_csv(folder / "curve.csv")
+        # A check lands a few steps past its multiple of chunk_steps (whole sequences
+        # per row); round, so that the seeds of a method line up in the mean.
+        chunk = config["settings"]["chunk_steps"]
         frames.append(pd.DataFrame({
             "dataset": f"{config['task']} T={config['truncation']}",
             "method": config["method"], "seed": config["seed"], "status": "done",
-            "epoch": curve["step"], "length": curve["length"]}))
+            "epoch": (curve["step"] / chunk).round().astype(int) * chunk,
+            "length": curve["length"]}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
