@@ -68,6 +68,10 @@ run never overwrites the full tables):
     targets' mean square: 1 is what predicting zero scores), ``steps``, ``seconds``.
     ``copy.md``, ``repeat_copy.md``, ``text.md`` (and ``.csv``): per truncation, each
     method's score (mean ± std over seeds) and DNI's and cDNI's difference to BPTT.
+    ``copy_intervals.md`` / ``repeat_copy_intervals.md`` (and ``.csv``): per T and
+    method, the longest length with a 95% t-interval over seeds, its paired difference
+    to BPTT, and the error reached at BPTT's first unsolved length (with its paired
+    difference); ``copy_reference_error.png`` (``repeat_copy_...``) shows that error.
     ``horizon.png``: longest length solved per T (copy tasks) and test bpc per T
     (text); ``curriculum_copy.png``, ``curriculum_repeat_copy.png``: the curriculum's
     length over training, per T.
