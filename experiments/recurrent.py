@@ -42,9 +42,9 @@ Truncations: T in 2, 3, 4, 5, 8 (the window length).
 The horizon run (``--horizon``, written to ``<out>/recurrent/horizon/``): Copy only,
 T = 2, 3, 5, seeds 0, 1, 2, every method, 2,500 steps, the curriculum checked every 50
 steps. BPTT solves the lengths that fit in its window (a Copy sequence of length L has
-2L + 1 steps) in a few hundred steps and then stays at its first unsolved length, so its
-score is bounded by T, not by the budget; what the synthetic gradients add beyond that is
-what the run measures. ``copy_intervals.md`` gives each method's longest length with a
+2L + 1 steps) within about 1,000 steps; at T = 5 it then stays at its first unsolved
+length (bounded by T, not by the budget), at T = 2 and 3 it keeps learning slowly
+(results/recurrent/README.md). What the synthetic gradients add is what the run measures. ``copy_intervals.md`` gives each method's longest length with a
 95% t-interval over seeds, its paired difference to BPTT, and the error each method
 reached at BPTT's first unsolved length (a finer score than the longest length).
 
@@ -180,8 +180,9 @@ QUICK = Settings(units=32, steps=300, chunk_steps=50, text_evals=2, hidden_units
 QUICK_TRUNCATIONS = (3,)
 
 #: The horizon run (``--horizon``): Copy only, every method, T = 2 to 5, three seeds,
-#: a curriculum checked every 50 steps, and enough steps that BPTT's longest length
-#: is bounded by its truncation, not by the budget (see results/recurrent/README.md).
+#: a curriculum checked every 50 steps, and 2,500 steps: about 3 times what BPTT needs
+#: for the lengths that fit in its window. Its longest length is then bounded by the
+#: truncation at T = 5, not at T = 2 or 3 (results/recurrent/README.md).
 HORIZON = Settings(steps=2500, chunk_steps=50)
 HORIZON_TASKS = ("copy",)
 HORIZON_TRUNCATIONS = (2, 3, 5)
