@@ -33,7 +33,20 @@ Methods:
     on targets normalised by their running RMS ``sigma`` (credit's default), with Adam
     at learning rate 1e-3.
     ``cdni``: the same, conditioned on the next window's targets.
+    ``dni_aux``: ``dni`` with DNI's auxiliary task (``aux_weight``, 1 by default: a
+    linear head on the LSTM's first output of a window predicts the synthetic gradient
+    injected at the window's end, and its error is backpropagated into the LSTM).
+    The default run has ``bptt``, ``dni`` and ``cdni``; ``--horizon`` all four.
 Truncations: T in 2, 3, 4, 5, 8 (the window length).
+
+The horizon run (``--horizon``, written to ``<out>/recurrent/horizon/``): Copy only,
+T = 2, 3, 5, seeds 0, 1, 2, every method, 2,500 steps, the curriculum checked every 50
+steps. BPTT solves the lengths that fit in its window (a Copy sequence of length L has
+2L + 1 steps) within about 1,000 steps; at T = 5 it then stays at its first unsolved
+length (bounded by T, not by the budget), at T = 2 and 3 it keeps learning slowly
+(results/recurrent/README.md). What the synthetic gradients add is what the run measures. ``copy_intervals.md`` gives each method's longest length with a
+95% t-interval over seeds, its paired difference to BPTT, and the error each method
+reached at BPTT's first unsolved length (a finer score than the longest length).
 
 Every run takes the same number of optimizer steps (``steps``; one window of every row
 per step), so a larger T sees more data. All runs of a seed start from the same weights
@@ -55,6 +68,10 @@ run never overwrites the full tables):
     targets' mean square: 1 is what predicting zero scores), ``steps``, ``seconds``.
     ``copy.md``, ``repeat_copy.md``, ``text.md`` (and ``.csv``): per truncation, each
     method's score (mean ± std over seeds) and DNI's and cDNI's difference to BPTT.
+    ``copy_intervals.md`` / ``repeat_copy_intervals.md`` (and ``.csv``): per T and
+    method, the longest length with a 95% t-interval over seeds, its paired difference
+    to BPTT, and the error reached at BPTT's first unsolved length (with its paired
+    difference); ``copy_reference_error.png`` (``repeat_copy_...``) shows that error.
     ``horizon.png``: longest length solved per T (copy tasks) and test bpc per T
     (text); ``curriculum_copy.png``, ``curriculum_repeat_copy.png``: the curriculum's
     length over training, per T.
@@ -63,6 +80,9 @@ Usage:
     python -m experiments.recurrent                       # the full run (~50 min, 1 core)
     python -m experiments.recurrent --quick               # smoke run, about 1 minute
     python -m experiments.recurrent --tasks copy --truncations 2,8 --seeds 0 1
+    python -m experiments.recurrent --horizon             # the horizon run (2 processes:
+    python -m experiments.recurrent --horizon             #  both share the grid), then
+    python -m experiments.recurrent --horizon --tables-only  # the tables of all runs
 """
 
 import os
@@ -92,12 +112,15 @@ from experiments.runner.configs import canonical_json  # noqa: E402
 from experiments.runner.files import (read_json, write_atomic, write_csv,  # noqa: E402
                                       write_json, write_table)
 
-__all__ = ["TASKS", "METHODS", "TRUNCATIONS", "Settings", "QUICK", "method_spec",
+__all__ = ["TASKS", "METHODS", "DEFAULT_METHODS", "TRUNCATIONS", "Settings", "QUICK",
+           "HORIZON", "method_spec",
            "build_model", "train_copy", "train_text", "run_one", "run", "summarize",
-           "task_table", "write_outputs", "main"]
+           "task_table", "reference_errors", "interval_table", "write_outputs", "main"]
 
 TASKS = ("copy", "repeat_copy", "text")
-METHODS = ("bptt", "dni", "cdni")
+METHODS = ("bptt", "dni", "cdni", "dni_aux")
+#: The methods of the default (non-horizon) run, as committed before ``dni_aux`` existed.
+DEFAULT_METHODS = ("bptt", "dni", "cdni")
 TRUNCATIONS = (2, 3, 4, 5, 8)
 DEFAULT_SEEDS = (0,)
 SUMMARY_COLUMNS = ["task", "method", "truncation", "seed", "max_length_solved", "bpc"]
@@ -125,6 +148,10 @@ class Settings:
         hidden_units: the MLP synthesizer's hidden widths.
         sg_learning_rate: the synthesizers' Adam learning rate.
         scale: the factor on the injected synthetic gradient.
+        threshold: error (bits per sequence) below which the curriculum counts a Copy
+            length as solved.
+        aux_weight: weight of DNI's auxiliary task for ``dni_aux`` (the other methods
+            ignore it).
     """
 
     units: int = 128
@@ -141,10 +168,25 @@ class Settings:
     hidden_units: tuple = (256,)
     sg_learning_rate: float = 1e-3
     scale: float = 0.1
+    threshold: float = data_lib.SOLVED_BITS
+    aux_weight: float = 1.0
 
+
+#: Settings fields added after the first committed run: left out of a run's config (and
+#: so of its hash) while they hold these values, so that older run folders still match.
+_LATER_FIELDS = {"threshold": data_lib.SOLVED_BITS, "aux_weight": 1.0}
 
 QUICK = Settings(units=32, steps=300, chunk_steps=50, text_evals=2, hidden_units=(64,))
 QUICK_TRUNCATIONS = (3,)
+
+#: The horizon run (``--horizon``): Copy only, every method, T = 2 to 5, three seeds,
+#: a curriculum checked every 50 steps, and 2,500 steps: about 3 times what BPTT needs
+#: for the lengths that fit in its window. Its longest length is then bounded by the
+#: truncation at T = 5, not at T = 2 or 3 (results/recurrent/README.md).
+HORIZON = Settings(steps=2500, chunk_steps=50)
+HORIZON_TASKS = ("copy",)
+HORIZON_TRUNCATIONS = (2, 3, 5)
+HORIZON_SEEDS = (0, 1, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -152,13 +194,28 @@ QUICK_TRUNCATIONS = (3,)
 
 
 def method_spec(method, settings, seed):
-    """The ``compile(method=...)`` argument of ``"bptt"``, ``"dni"`` or ``"cdni"``."""
+    """The ``compile(method=...)`` argument of a method of :data:`METHODS`.
+
+    ``"bptt"`` is ``"backprop"``; ``"dni"`` and ``"cdni"`` are ``"dni_through_time"``
+    and ``"cdni_through_time"``; ``"dni_aux"`` is ``"dni_through_time"`` with DNI's
+    auxiliary task at ``settings.aux_weight``.
+
+    Example:
+        >>> method_spec("dni_aux", Settings(), 0)["aux_weight"]
+        1.0
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}; pass for "
+                         "example method='dni'.")
     if method == "bptt":
         return "backprop"
-    return {"name": f"{method}_through_time", "seed": seed,
+    spec = {"name": f"{method.removesuffix('_aux')}_through_time", "seed": seed,
             "synthesizer": settings.synthesizer, "hidden_units": list(settings.hidden_units),
             "optimizer": "adam", "learning_rate": settings.sg_learning_rate,
             "scale": settings.scale}
+    if method.endswith("_aux"):
+        spec["aux_weight"] = settings.aux_weight
+    return spec
 
 
 def build_model(task, truncation, settings, seed, vocab_size=None):
@@ -210,7 +267,8 @@ def train_copy(task, method, truncation, seed, settings, log=None):
     model = build_model(task, truncation, settings, seed)
     _compile(model, task, method, settings, seed)
     curriculum = data_lib.CopyCurriculum(task, bits=settings.bits, repeats=settings.repeats,
-                                         max_repeats=max(settings.repeats, 10), seed=seed)
+                                         max_repeats=max(settings.repeats, 10),
+                                         threshold=settings.threshold, seed=seed)
     b, t = settings.batch_size, truncation
     steps, rows = 0, []
     while steps < settings.steps:
@@ -303,9 +361,10 @@ def train_text(method, truncation, seed, settings, log=None):
 
 def run_config(task, method, truncation, seed, settings):
     """The config of one run: what its folder's hash is made of."""
+    fields = {k: v for k, v in dataclasses.asdict(settings).items()
+              if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
     return {"experiment": "recurrent", "task": task, "method": method,
-            "truncation": int(truncation), "seed": int(seed),
-            "settings": dataclasses.asdict(settings)}
+            "truncation": int(truncation), "seed": int(seed), "settings": fields}
 
 
 def run_key(config):
@@ -354,8 +413,11 @@ def run_one(config, runs, log=print):
         claim.release()
 
 
-def run(tasks, methods, truncations, seeds, settings, out, log=print):
-    """Train (or read back) every run of the grid; return the summary DataFrame."""
+def run(tasks, methods, truncations, seeds, settings, out, log=print, train=True):
+    """Train (or read back) every run of the grid; return the summary DataFrame.
+
+    With ``train=False`` only finished runs are read back; the others are left out.
+    """
     runs = pathlib.Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     grid = [(task, truncation, seed, method) for task in tasks for truncation in truncations
@@ -366,6 +428,9 @@ def run(tasks, methods, truncations, seeds, settings, out, log=print):
         cached = folders.is_done(runs / run_key(config))
         log(f"[{i}/{len(grid)}] {task} T={truncation} {method} seed {seed}"
             f"{' (done)' if cached else ''}  ({time.perf_counter() - begin:.0f} s)")
+        if not cached and not train:
+            log("    not finished: left out (--tables-only)")
+            continue
         result = run_one(config, runs, log)
         if result is not None:
             results.append(result)
@@ -440,7 +505,7 @@ def task_table(summary, task):
             values = wide[method].dropna() if method in wide else pd.Series(dtype=float)
             row[f"{method}_mean"] = values.mean() if len(values) else math.nan
             row[f"{method}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-        for method in ("dni", "cdni"):
+        for method in METHODS[1:]:
             if method in wide and "bptt" in wide:
                 diff = (wide[method] - wide["bptt"]).dropna()
                 row[f"{method}_minus_bptt_mean"] = diff.mean() if len(diff) else math.nan
@@ -448,6 +513,79 @@ def task_table(summary, task):
         row["seeds"] = int(wide.shape[0])
         table.append(row)
     return pd.DataFrame(table)
+
+
+def reference_errors(out, configs):
+    """Per copy-task run, the lowest error (bits per sequence) it reached at its
+    seed's *reference length*: the longest length BPTT solved on that task, T and seed,
+    plus one (BPTT's first unsolved length). A method that solved the reference length
+    scores its error there (below the threshold); one that never reached it, NaN.
+
+    Returns:
+        Columns ``task, method, truncation, seed, reference_length, reference_error``.
+    """
+    done = {}
+    for config in configs:
+        folder = pathlib.Path(out) / "runs" / run_key(config)
+        if config["task"] != "text" and folders.is_done(folder):
+            done[config["task"], config["method"], config["truncation"], config["seed"]] = (
+                read_json(folder / "result.json"), folder)
+    rows = []
+    for (task, method, truncation, seed), (result, folder) in sorted(done.items()):
+        base = done.get((task, "bptt", truncation, seed))
+        if base is None:
+            continue
+        length = int(base[0]["max_length_solved"]) + 1
+        curve = pd.read_csv(folder / "curve.csv")
+        errors = curve.loc[curve["length"] == length, "error"].dropna()
+        rows.append({"task": task, "method": method, "truncation": truncation, "seed": seed,
+                     "reference_length": length,
+                     "reference_error": float(errors.min()) if len(errors) else math.nan})
+    return pd.DataFrame(rows, columns=["task", "method", "truncation", "seed",
+                                       "reference_length", "reference_error"])
+
+
+def interval_table(summary, errors, task, confidence=0.95):
+    """Per truncation and method: the longest length solved (mean and Student-t
+    interval over seeds), its paired difference to BPTT (same seeds), and the error at
+    BPTT's first unsolved length (:func:`reference_errors`) with its paired difference.
+
+    A difference marked significant (``*`` in markdown) has an interval that excludes 0
+    (:func:`credit.results.paired_differences`).
+    """
+    runs = summary[summary["task"] == task].copy()
+    runs["max_length_solved"] = runs["max_length_solved"].astype(float)
+    errors = errors[errors["task"] == task]
+    diffs = {value: results_lib.paired_differences(
+        frame, baseline="bptt", value=value, by=("truncation",), confidence=confidence)
+        for value, frame in (("max_length_solved", runs), ("reference_error", errors))}
+    table = []
+    for (truncation, method), group in runs.groupby(["truncation", "method"], sort=False):
+        row = {"T": int(truncation), "method": method, "n": len(group)}
+        row["longest_mean"], row["longest_ci"] = results_lib.mean_ci(
+            group["max_length_solved"], confidence)
+        lengths = errors.loc[errors["truncation"] == truncation, "reference_length"]
+        row["reference_length"] = "/".join(str(v) for v in sorted(set(lengths)))
+        mine = errors[(errors["truncation"] == truncation) & (errors["method"] == method)]
+        row["error_mean"], row["error_ci"] = results_lib.mean_ci(
+            mine["reference_error"], confidence)
+        for name, value in (("diff", "max_length_solved"), ("error_diff", "reference_error")):
+            match = diffs[value][(diffs[value]["method"] == method)
+                                 & (diffs[value]["truncation"] == truncation)]
+            if len(match):
+                row[f"{name}_mean"] = match["diff_mean"].iloc[0]
+                row[f"{name}_ci"] = match["diff_ci"].iloc[0]
+                row[f"{name}_significant"] = bool(match["diff_significant"].iloc[0])
+            else:
+                row[f"{name}_mean"] = row[f"{name}_ci"] = math.nan
+                row[f"{name}_significant"] = False
+        table.append(row)
+    order = {m: i for i, m in enumerate(METHODS)}
+    frame = pd.DataFrame(table)
+    if len(frame):
+        frame = frame.sort_values(["T", "method"], key=lambda c: c.map(order)
+                                  if c.name == "method" else c).reset_index(drop=True)
+    return frame
 
 
 def _figure(width, height):
@@ -490,6 +628,38 @@ def plot_scores(summary, path):
     return path
 
 
+def plot_reference_errors(errors, task, path, confidence=0.95):
+    """Per truncation, each method's error at BPTT's first unsolved length
+    (:func:`reference_errors`): mean over seeds with a Student-t interval, and the
+    seeds as dots."""
+    rows = errors[errors["task"] == task]
+    methods = [m for m in METHODS if m in set(rows["method"])]
+    truncations = sorted(set(rows["truncation"]))
+    fig = _figure(5.0, 3.4)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        for j, truncation in enumerate(truncations):
+            values = rows[(rows["method"] == method) & (rows["truncation"] == truncation)][
+                "reference_error"].dropna()
+            if not len(values):
+                continue
+            x = j + (i - (len(methods) - 1) / 2) * width
+            mean, half = results_lib.mean_ci(values, confidence)
+            ax.bar(x, mean, width, color=f"C{i}", alpha=0.6,
+                   label=method if j == 0 else None,
+                   yerr=None if math.isnan(half) else half, capsize=2)
+            ax.plot([x] * len(values), values, "k.", markersize=3)
+    ax.axhline(data_lib.SOLVED_BITS, color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(truncations)), [f"T={t}" for t in truncations])
+    ax.set_ylabel("error at BPTT's first unsolved\nlength (bits per sequence)")
+    ax.set_title(f"{task}: mean ± {confidence:.0%} t-interval; dots: seeds")
+    ax.legend(fontsize="small")
+    path = pathlib.Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
 def curriculum_frame(out, configs):
     """The copy tasks' curricula as a frame :func:`credit.results.plot_curves` reads:
     one "data set" per task and T, the training step as "epoch", the length as metric."""
@@ -501,10 +671,14 @@ def curriculum_frame(out, configs):
         if not folders.is_done(folder):
             continue
         curve = pd.read_csv(folder / "curve.csv")
+        # A check lands a few steps past its multiple of chunk_steps (whole sequences
+        # per row); round, so that the seeds of a method line up in the mean.
+        chunk = config["settings"]["chunk_steps"]
         frames.append(pd.DataFrame({
             "dataset": f"{config['task']} T={config['truncation']}",
             "method": config["method"], "seed": config["seed"], "status": "done",
-            "epoch": curve["step"], "length": curve["length"]}))
+            "epoch": (curve["step"] / chunk).round().astype(int) * chunk,
+            "length": curve["length"]}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -524,6 +698,20 @@ def write_outputs(summary, out, configs):
         written.append(write_table(task_table(summary, task), out, task,
                                    floatfmt=".3f" if task == "text" else ".1f",
                                    caption=caption))
+    errors = reference_errors(out, configs)
+    for task in ("copy", "repeat_copy"):
+        if task not in set(summary["task"]):
+            continue
+        caption = (f"{task}: longest length solved per T and method, mean ± 95% "
+                   "t-interval over seeds (longest); diff: paired difference to BPTT on "
+                   "the same seeds (* its interval excludes 0); reference_length: BPTT's "
+                   "longest + 1 on each seed; error: the lowest error reached there, bits "
+                   "per sequence (n/a: never reached); error_diff: paired, to BPTT.")
+        written.append(write_table(interval_table(summary, errors, task), out,
+                                   f"{task}_intervals", floatfmt=".2f", caption=caption))
+        if errors["reference_error"][errors["task"] == task].notna().any():
+            written.append(plot_reference_errors(errors, task,
+                                                 out / f"{task}_reference_error.png"))
     if len(summary):
         written.append(plot_scores(summary, out / "horizon.png"))
     curves = curriculum_frame(out, configs)
@@ -550,13 +738,25 @@ def _parser():
     parser.add_argument("--tasks", nargs="+", default=None, metavar="NAME",
                         help=f"tasks: {', '.join(TASKS)} (default all)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                        help=f"methods: {', '.join(METHODS)} (default all)")
+                        help=f"methods: {', '.join(METHODS)} (default "
+                             f"{' '.join(DEFAULT_METHODS)}; all with --horizon)")
     parser.add_argument("--truncations", nargs="+", default=None, metavar="T",
                         help=f"truncation lengths (default {' '.join(map(str, TRUNCATIONS))}; "
                              f"quick {' '.join(map(str, QUICK_TRUNCATIONS))})")
     parser.add_argument("--steps", type=cli.positive_int, default=None,
                         help=f"optimizer steps per run (default {Settings().steps}; quick "
                              f"{QUICK.steps})")
+    parser.add_argument("--horizon", action="store_true",
+                        help="the horizon run: Copy, methods bptt dni cdni dni_aux, T 2 3 5, "
+                             f"seeds 0 1 2, {HORIZON.steps} steps, the curriculum checked "
+                             f"every {HORIZON.chunk_steps} steps; files go to "
+                             "DIR/recurrent/horizon/ (other flags override its choices). "
+                             "Two processes of the same command share the grid; a last one "
+                             "after both writes the tables of all runs")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train nothing: write the tables and figures of the runs of "
+                             "the grid that have finished (e.g. while, or after, other "
+                             "processes train the rest)")
     parser.add_argument("--threads", type=cli.positive_int, default=1,
                         help="TensorFlow threads (default 1: one core)")
     cli.add_common(parser, seeds_default="0",
@@ -582,12 +782,19 @@ def parse_args(argv=None):
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else Settings()
+    if args.quick and args.horizon:
+        parser.error("--quick and --horizon: pick one (--quick is a smoke run of the "
+                     "default grid; for a small horizon run pass --horizon --steps 100 "
+                     "--truncations 2 --seeds 0).")
+    settings = QUICK if args.quick else HORIZON if args.horizon else Settings()
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
-    tasks = _names(parser, "--tasks", args.tasks, TASKS)
-    methods = _names(parser, "--methods", args.methods, METHODS)
-    truncations = QUICK_TRUNCATIONS if args.quick else TRUNCATIONS
+    tasks = _names(parser, "--tasks", args.tasks or (HORIZON_TASKS if args.horizon else None),
+                   TASKS)
+    methods = _names(parser, "--methods",
+                     args.methods or (None if args.horizon else DEFAULT_METHODS), METHODS)
+    truncations = (QUICK_TRUNCATIONS if args.quick else
+                   HORIZON_TRUNCATIONS if args.horizon else TRUNCATIONS)
     if args.truncations is not None:
         try:
             truncations = [int(v) for v in cli.names(args.truncations)]
@@ -598,9 +805,13 @@ def parse_args(argv=None):
             parser.error(f"--truncations: got {' '.join(args.truncations)}; truncation "
                          "lengths are distinct integers >= 1. Pass for example "
                          "--truncations 2 3 4 5 8.")
-    seeds = cli.seeds(args.seeds, parser) if args.seeds is not None else list(DEFAULT_SEEDS)
-    # A quick run gets a folder of its own, so that it never overwrites the full tables.
+    seeds = (cli.seeds(args.seeds, parser) if args.seeds is not None else
+             list(HORIZON_SEEDS if args.horizon else DEFAULT_SEEDS))
+    # A quick run gets a folder of its own, so that it never overwrites the full tables;
+    # the horizon run has its own under recurrent/.
     out = cli.check_out(parser, args.out) / ("recurrent_quick" if args.quick else "recurrent")
+    if args.horizon:
+        out = out / "horizon"
     return args, settings, tasks, methods, list(truncations), seeds, out
 
 
@@ -623,7 +834,7 @@ def main(argv=None):
           f"{settings.units}, {settings.steps} steps per run", flush=True)
     try:
         summary = run(tasks, methods, truncations, seeds, settings, out,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, flush=True), train=not args.tables_only)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Finished runs are kept in {out / 'runs'}; run the same "
               "command again to resume.", file=sys.stderr)
