@@ -132,6 +132,8 @@ class ForwardGradient(ErrorSignal):
         return sg.state_attribute(self, "step")
 
     def build(self, graph):
+        if self.perturb == "weights":
+            refuse_rolled_loops(graph)
         if self.perturb == "activities":
             self.perturbed = perturbed_layers(graph)
         if self.local:
@@ -573,6 +575,29 @@ def own_counters(method):
     state.seed_variable = state.add_weight(
         shape=(), dtype="int64", name="seed", trainable=False,
         initializer=keras.initializers.Constant(base), aggregation="only_first_replica")
+
+
+def refuse_rolled_loops(graph):
+    """Refuses recurrent layers that run their steps in a ``tf.while_loop``.
+
+    TensorFlow's ``ForwardAccumulator`` cannot follow a variable read inside a while loop
+    (it fails with "Tried to take gradients ... of a variable without handle data"), so a
+    rolled RNN is refused at build, naming the layer; unrolled (``unroll=True``: the steps
+    in Python) the forward-mode derivative goes through.
+    """
+    from credit.graph import GraphError
+
+    for name, layer in graph.layers.items():
+        inner = [layer.forward_layer, layer.backward_layer] if isinstance(
+            layer, keras.layers.Bidirectional) else [layer]
+        for rnn in inner:
+            if isinstance(rnn, keras.layers.RNN) and not rnn.unroll:
+                raise GraphError(
+                    f"forward_gradient computes its directional derivative in forward mode, "
+                    f"which TensorFlow cannot carry through the while loop of the recurrent "
+                    f"layer {name!r} ({type(rnn).__name__}, unroll=False). Build it with "
+                    f"unroll=True (the steps run in Python; fine for short sequences), or "
+                    f"use another method.")
 
 
 def raise_no_signals(method):
