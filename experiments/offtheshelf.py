@@ -18,6 +18,11 @@ plain Keras, no credit), and trains on one seeded random batch:
   Synthetic gradients bootstrapped from zero-initialised synthesizers reach at most one
   more point down per step, so with many points the lowest layers move late.
 
+A method that does not apply to the model (it raises at compile) gets an ``n/a`` row
+with the reason. Besides the table (``offtheshelf.md``), the records go to
+``offtheshelf.jsonl`` (one JSON object a line), which ``python -m experiments.bench
+--offtheshelf-records`` can put in the benchmark's report.
+
 Plain Keras runs first, in the same invocation, so the ratios compare processes run under
 the same machine load. The machine is shared: step times are indicative (a few percent
 to tens of percent of noise on a loaded machine), the ratios more so than the times.
@@ -69,7 +74,12 @@ def child(model_name, method_name, size, batch, steps):
         model = credit.wrap(base)
         method = credit.get(json.loads(method_name) if method_name.startswith("{")
                             else method_name)
-        model.compile(optimizer="adam", loss=loss, method=method)
+        try:
+            model.compile(optimizer="adam", loss=loss, method=method)
+        except ValueError as err:  # the method does not apply to this model
+            record.update(status="n/a", note=" ".join(str(err).split())[:300])
+            print("RESULT " + json.dumps(record), flush=True)
+            return
     record["compile_s"] = round(time.perf_counter() - t0, 2)
     start = {v.path: np.array(v.numpy()) for v in model.trainable_variables}
     first_moved = {}  # variable -> the step (1-based) after which it had first moved
@@ -121,6 +131,12 @@ def run_one(model_name, method_name, args):
             "error": f"exit {proc.returncode}: {tail[:300]}"}
 
 
+def read_records(path):
+    """The records a run wrote to ``offtheshelf.jsonl`` (one JSON object a line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def table(records):
     """The records as a markdown table, with ratios to plain Keras of the same model."""
     lines = ["| model | method | points | added params (x model) | first step s | "
@@ -129,8 +145,10 @@ def table(records):
              "|---|---|---|---|---|---|---|---|---|"]
     base = {r["model"]: r for r in records if r["method"] == "keras" and "error" not in r}
     for r in records:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | error: {r['error']} "
+        if "error" in r or r.get("status") in ("n/a", "not run"):
+            what = (f"error: {r['error']}" if "error" in r
+                    else f"{r['status']}: {r.get('note', '')}")
+            lines.append(f"| {r['model']} | {r['method']} | {what.replace('|', '/')} "
                          "| | | | | | |")
             continue
         k = base.get(r["model"])
@@ -138,7 +156,7 @@ def table(records):
         def ratio(key):
             return f"{r[key]} ({r[key] / k[key]:.2f}x)" if k else f"{r[key]}"
 
-        if k:
+        if k and "first_moved" in k and "first_moved" in r:
             wanted = sorted(k["first_moved"])
             late = [p for p in wanted if r["first_moved"].get(p, 10**9) > MOVE_STEPS]
             steps = [r["first_moved"].get(p) for p in wanted]
@@ -199,6 +217,9 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "offtheshelf.md"), "w") as f:
         f.write(text)
+    # The records, for experiments.bench --offtheshelf-records (one JSON a line).
+    with open(os.path.join(folder, "offtheshelf.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
     return 0
 
 
