@@ -30,7 +30,7 @@ to tens of percent of noise on a loaded machine), the ratios more so than the ti
 Usage:
     python -m experiments.offtheshelf                       # ResNet50, MobileNetV2
     python -m experiments.offtheshelf --models ResNet50 --methods keras,sg,cdni \\
-        '{"name": "sg", "max_points": 3}' --batch 8 --steps 20 --memory-gb 8
+        '{"name": "sg", "stage_points": 2}' --batch 8 --steps 20 --memory-gb 8
     python -m experiments.offtheshelf --quick        # results/_scratch/offtheshelf/
 """
 

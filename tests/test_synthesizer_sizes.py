@@ -441,6 +441,7 @@ def test_stage_points_move_every_layer_within_four_steps(name):
         assert found == dict(zip(LAYERS, [4, 4, 4, 4, 4, 3, 3, 2, 2, 1, 1]))
 
 
+@pytest.mark.slow
 def test_a_synthesizer_at_every_stream_point_leaves_the_lowest_layers_unmoved():
     """Why the cap: with a synthesizer at each of the 10 stream points, the signal
     needs a step per point to come down (the layers below the 4th point from the top
