@@ -69,9 +69,10 @@ after 4 steps. A first step takes minutes on a 2-core machine, so rows measured 
 ``offtheshelf.jsonl``); the report says which.
 
 Time bound (``--minutes``): the run starts no new work after that many minutes, each
-model getting an even share of what is left when it starts (at least one repeat and the
-warm-ups always run); repeats, memory children and off-the-shelf rows that did not fit
-are reported as not run. The report gives the machine's load average before, during (the
+model (and the off-the-shelf table) getting an even share of what is left when it
+starts, half of a model's share for its repeats and half for its memory children (the
+warm-ups and one repeat always run); repeats, memory children and off-the-shelf rows
+that did not fit are reported as not run. The report gives the machine's load average before, during (the
 highest seen) and after the run.
 
 Usage:
@@ -610,14 +611,20 @@ def offtheshelf_rows(models, methods, reused=(), steps=10, deadline=None,
     process; after ``deadline`` a ``{"status": "not run"}`` record."""
     from experiments import offtheshelf
 
-    known = {(r["model"], r["method"]): r for r in reused}
+    names = registry.aliases()
+
+    def canonical(method):  # "sg" in a record is the row "synthetic_gradients"
+        return names.get(method.lower(), method)
+
+    known = {(r["model"], canonical(r["method"])): r for r in reused}
     child_args = argparse.Namespace(size=32, batch=8, steps=steps, memory_gb=memory_gb,
                                     timeout=1800)
     records = []
     for model in models:
         for method in methods:
-            if (model, method) in known:
-                records.append(dict(known[(model, method)], reused=True))
+            if (model, canonical(method)) in known:
+                records.append(dict(known[(model, canonical(method))], method=method,
+                                    reused=True))
                 continue
             if deadline is not None and time.perf_counter() > deadline:
                 records.append({"model": model, "method": method, "status": "not run",
@@ -848,13 +855,16 @@ def main(argv=None):
     for i, key in enumerate(args.models):
         spec = SPECS[key]
         steps = args.steps or spec.steps
-        # Each part (a model, the off-the-shelf table) gets an even share of what is left.
-        deadline = None if end is None else \
-            time.perf_counter() + (end - time.perf_counter()) / (parts - i)
+        # Each part (a model, the off-the-shelf table) gets an even share of what is
+        # left; within a model, the repeats stop at half of it (the rest for memory).
+        now = time.perf_counter()
+        share = None if end is None else (end - now) / (parts - i)
+        deadline = None if end is None else now + share
         print(f"({key}) {spec.title}: {args.repeats} repeats of {steps} rounds", flush=True)
         runners = bench_model(spec, args.repeats, steps, args.warmup, args.optimizer,
                               log=log, xla=args.xla, methods=args.methods,
-                              deadline=deadline)
+                              deadline=None if end is None else
+                              now + (share / 2 if args.memory else share))
         if args.memory:
             measure_peaks(key, runners, args.optimizer, args.warmup, args.memory_steps,
                           log=log, deadline=deadline)

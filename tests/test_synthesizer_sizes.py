@@ -540,6 +540,11 @@ def test_bench_offtheshelf_defaults_and_time_bound(tmp_path):
                                      deadline=0.0, log=lambda s: None)
     assert [r["method"] for r in records] == ["keras", "kickback", "sg"]
     assert records[0]["reused"] and records[2]["status"] == "not run"
+    # A record's alias is its method's row: "dni" stands for synthetic_gradients.
+    again = bench.offtheshelf_rows(["M"], ["synthetic_gradients"],
+                                   [dict(keras_run, method="dni")], deadline=0.0,
+                                   log=lambda s: None)
+    assert again[0]["reused"] and again[0]["method"] == "synthetic_gradients"
     args = bench.parse_args(["--offtheshelf-records", str(path)])
     lines = bench.offtheshelf_report(records, args)
     table = "\n".join(lines)
