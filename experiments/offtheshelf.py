@@ -11,7 +11,8 @@ plain Keras, no credit), and trains on one seeded random batch:
 - ``first step``: the first ``train_on_batch`` (tracing, graph building, one step);
 - ``step``: the median of the steps after the first (``--steps`` in all), and its ratio
   to plain Keras's;
-- ``peak RSS``: the process's peak resident memory (``getrusage``), and its ratio;
+- ``peak RSS``: the process's peak resident memory (``VmHWM``, :func:`peak_rss_kib`),
+  and its ratio;
 - ``unmoved after 4 steps``: of the trainable variables that plain Keras moves, how many
   this method has not moved after its first 4 steps; ``all moved by step``: the step
   after which every one of them has moved (``never``: some had not after ``--steps``).
@@ -94,7 +95,7 @@ def child(model_name, method_name, size, batch, steps):
     record.update(
         first_step_s=round(times[0], 2),
         step_s=round(float(np.median(times[1:])), 4),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=round(peak_rss_kib(resource) / 1024, 1),
         first_moved=first_moved, trainable=len(start))
     if method is not None:
         sizes = getattr(method, "point_parameters", None)
@@ -108,6 +109,22 @@ def child(model_name, method_name, size, batch, steps):
     else:
         record["added"], record["points"] = 0, 0
     print("RESULT " + json.dumps(record), flush=True)
+
+
+def peak_rss_kib(resource):
+    """This process's peak resident set size in KiB: ``VmHWM`` of ``/proc/self/status``
+    (the peak of this program's own memory map), else ``ru_maxrss``. (Linux's
+    ``ru_maxrss`` keeps the peak from before ``exec``: a child started by a large parent
+    -- ``experiments.bench`` with its models loaded -- reads at least the parent's RSS
+    at the fork.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_one(model_name, method_name, args):

@@ -553,3 +553,15 @@ def test_bench_offtheshelf_defaults_and_time_bound(tmp_path):
     assert "| M | kickback | n/a: needs a scalar output |" in table
     assert "| M | sg | not run: time bound (--minutes) |" in table
     assert "not measured in this run: keras, kickback" in table
+
+
+def test_offtheshelf_peak_rss_reads_this_programs_own_peak():
+    import resource
+
+    from experiments import offtheshelf
+
+    with open("/proc/self/status") as f:
+        rss = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+    peak = offtheshelf.peak_rss_kib(resource)  # VmHWM: this program's own peak
+    assert peak >= rss > 0
+    # (ru_maxrss also keeps the peak from before exec: a large parent's RSS at the fork.)
