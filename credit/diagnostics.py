@@ -139,7 +139,10 @@ def point_summary(model, method=None):
         (the point's shape without the batch axis), ``block`` (the index of the block
         it ends, or None) and ``parameters`` (the weights of the point's synthesizer or
         head; <NA> for a method that keeps none per point). ``table.attrs`` holds
-        ``model_parameters`` and ``added_parameters`` (the sum of the column).
+        ``model_parameters``, ``added_parameters`` (the sum of the column) and
+        ``placement`` (for synthetic gradients and local losses: the rule that chose
+        the points, e.g. ``"stages: 3 of 4 stage starts (32 stream points
+        > max_points=16, stage_points=3)"``; None for other methods).
 
     Example:
         >>> credit.point_summary(model)                      # doctest: +SKIP
@@ -162,6 +165,7 @@ def point_summary(model, method=None):
     table["parameters"] = table["parameters"].astype("Int64")
     table.attrs["model_parameters"] = int(model.count_params())
     table.attrs["added_parameters"] = int(sum(sizes.values()))
+    table.attrs["placement"] = getattr(method, "point_placement", None)
     return table
 
 

@@ -58,8 +58,27 @@ the process's heap, the baseline after the warm-up already holds them and the
 difference reads about 0. Linux only (elsewhere the column is empty). Small
 allocations (Python objects, TensorFlow's bookkeeping) are noise of about 1 MiB.
 
+Off-the-shelf models (the last table; ``--offtheshelf``, on by default in a full run):
+keras.applications ResNet50 and MobileNetV2 (``weights=None``, 32x32x3, 10 classes,
+batch 8, Adam), plain Keras and every method, each in a fresh process under a memory cap,
+measured by :mod:`experiments.offtheshelf`: the parameters the method adds, the first
+step (tracing included), the median step after it and its ratio to plain Keras's, the
+process's peak RSS and its ratio, and which of the weights plain Keras moves have moved
+after 4 steps. A first step takes minutes on a 2-core machine, so rows measured by
+``python -m experiments.offtheshelf`` can be reused (``--offtheshelf-records``, its
+``offtheshelf.jsonl``); the report says which.
+
+Time bound (``--minutes``): the run starts no new work after that many minutes, each
+model (and the off-the-shelf table) getting an even share of what is left when it
+starts, half of a model's share for its repeats and half for its memory children (the
+warm-ups and one repeat always run); repeats, memory children and off-the-shelf rows
+that did not fit are reported as not run. The report gives the machine's load average before, during (the
+highest seen) and after the run.
+
 Usage:
     python -m experiments.bench                    # full run, writes results/bench.md
+    python -m experiments.bench --minutes 40 --offtheshelf-records \
+        results/offtheshelf/offtheshelf.jsonl     # bounded, reusing off-the-shelf rows
     python -m experiments.bench --quick --models a # smoke test, results/_scratch/bench.md
     python -m experiments.bench --models a --methods backprop,pepita --no-memory
 """
@@ -384,8 +403,11 @@ def initial_weights(spec):
 
 
 def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print, xla=False,
-                methods=None):
-    """Time every method on ``spec``; return the list of :class:`Runner`."""
+                methods=None, deadline=None):
+    """Time every method on ``spec``; return the list of :class:`Runner`.
+
+    ``deadline`` (a ``time.perf_counter()`` value, or None): no repeat starts after it,
+    except the first."""
     weights = initial_weights(spec)
     x, y = data_for(spec, max(warmup, 4))
     runners = [Runner(label, identifier, spec, weights, optimizer, jit)
@@ -397,6 +419,13 @@ def bench_model(spec, repeats, steps, warmup, optimizer="sgd", log=print, xla=Fa
             + (f" ({runner.status}: {runner.note})" if runner.status != "ok" else ""))
     rng = random.Random(SEED)
     for r in range(repeats):
+        if r and deadline is not None and time.perf_counter() > deadline:
+            log(f"  [{spec.key}] time bound: {r} of {repeats} repeats")
+            for runner in runners:
+                if runner.status == "ok":
+                    runner.note = (runner.note + "; " if runner.note else "") + \
+                        f"{r} of {repeats} repeats (time bound)"
+            break
         start = time.perf_counter()
         for _ in range(steps):
             order = list(runners)
@@ -510,10 +539,16 @@ def peak_memory(key, runner, optimizer="sgd", warmup=1, steps=3, timeout=600):
             "peak_bytes": None, "baseline_bytes": None}
 
 
-def measure_peaks(key, runners, optimizer="sgd", warmup=1, steps=3, log=print):
-    """Fill ``peak_mib`` of every runner that trained, one fresh process each."""
+def measure_peaks(key, runners, optimizer="sgd", warmup=1, steps=3, log=print,
+                  deadline=None):
+    """Fill ``peak_mib`` of every runner that trained, one fresh process each (none
+    starts after ``deadline``, a ``time.perf_counter()`` value)."""
     for runner in runners:
         if runner.status != "ok":
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            runner.note = (runner.note + "; " if runner.note else "") + \
+                "peak memory not measured (time bound)"
             continue
         start = time.perf_counter()
         result = peak_memory(key, runner, optimizer, warmup, steps)
@@ -580,7 +615,88 @@ def targets(results):
     return rows
 
 
-def report(results, args, elapsed):
+# --------------------------------------------------------------------------------------
+# Off-the-shelf models: experiments.offtheshelf, one fresh process per model and method
+
+OFFTHESHELF_MODELS = ("ResNet50", "MobileNetV2")
+
+
+def offtheshelf_methods():
+    """Plain Keras, backprop and every registered method that trains any model (the
+    ones for chains of Dense layers only are left out)."""
+    return [KERAS, BACKPROP] + [m for m in credit.available() if m != BACKPROP]
+
+
+def offtheshelf_rows(models, methods, reused=(), steps=10, deadline=None,
+                     memory_gb=8.0, log=print):
+    """One :mod:`experiments.offtheshelf` record per model and method: from ``reused``
+    (records of an earlier run, matched on model and method) or measured now in a fresh
+    process; after ``deadline`` a ``{"status": "not run"}`` record."""
+    from experiments import offtheshelf
+
+    names = registry.aliases()
+
+    def canonical(method):  # "sg" in a record is the row "synthetic_gradients"
+        return names.get(method.lower(), method)
+
+    known = {(r["model"], canonical(r["method"])): r for r in reused}
+    child_args = argparse.Namespace(size=32, batch=8, steps=steps, memory_gb=memory_gb,
+                                    timeout=1800)
+    records = []
+    for model in models:
+        for method in methods:
+            if (model, canonical(method)) in known:
+                records.append(dict(known[(model, canonical(method))], method=method,
+                                    reused=True))
+                continue
+            if deadline is not None and time.perf_counter() > deadline:
+                records.append({"model": model, "method": method, "status": "not run",
+                                "note": "time bound (--minutes)"})
+                continue
+            start = time.perf_counter()
+            if deadline is not None:
+                child_args.timeout = max(60.0, deadline - start + 600)
+            try:
+                record = offtheshelf.run_one(model, method, child_args)
+            except subprocess.TimeoutExpired:
+                record = {"model": model, "method": method,
+                          "error": f"timed out after {child_args.timeout:.0f} s"}
+            records.append(record)
+            log(f"  [{model}] {method}: {time.perf_counter() - start:.0f}s "
+                f"{record.get('status') or ('error' if 'error' in record else 'ok')}")
+    return records
+
+
+def offtheshelf_report(records, args):
+    """The off-the-shelf section of the report (empty without records)."""
+    if not records:
+        return []
+    from experiments import offtheshelf
+
+    reused = sorted({r["method"] for r in records if r.get("reused")})
+    lines = [
+        "## Off-the-shelf models: keras.applications at 32x32x3",
+        "",
+        "keras.applications models (`weights=None`, 10 classes), batch 8, Adam, one seeded "
+        f"random batch, {args.offtheshelf_steps} steps (20 in reused rows); plain Keras "
+        "and each method in a fresh process capped at 8 GB of address space "
+        "(`experiments.offtheshelf`). added params: the synthesizers', heads' or "
+        "feedback matrices' weights; first step: tracing and one step; step: median "
+        "of the later steps (x plain Keras of the same run); peak RSS: the whole "
+        "process's (model, tracing and steps; x plain Keras); unmoved: of the weights "
+        "plain Keras moves, those the method has not moved after 4 steps. Not the "
+        "transient memory of the tables above.",
+        ""]
+    if reused:
+        lines += [f"Rows reused from `python -m experiments.offtheshelf` "
+                  f"({', '.join(args.offtheshelf_records)}), not measured in this run: "
+                  f"{', '.join(reused)}. Every ratio is to its model's plain Keras row "
+                  "(reused too, if listed).", ""]
+    lines += [offtheshelf.table(records), ""]
+    return lines
+
+
+def report(results, args, elapsed, offtheshelf_records=()):
     command = "python -m experiments.bench" + "".join(f" {a}" for a in args.argv)
     lines = [
         "# Benchmark: training-step throughput and peak memory",
@@ -588,7 +704,12 @@ def report(results, args, elapsed):
         f"`{command}`, {datetime.date.today().isoformat()}; TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPU core(s), CPU only; optimizer {args.optimizer}; "
-        f"{elapsed:.0f} s in all; load average {args.load:.1f} before, {_load():.1f} after.",
+        f"{elapsed:.0f} s in all; load average {args.load:.1f} before, "
+        f"{max(getattr(args, 'loads', ()), default=args.load):.1f} at most during the "
+        f"run, {_load():.1f} after (a load over the core count means other processes "
+        "shared the cores: absolute times are then slow, the ratios less affected)"
+        + (f"; time bound {args.minutes:g} min" if getattr(args, "minutes", None)
+           else "") + ".",
         "",
         "Every model starts from the same weights. After a warm-up `fit` that traces each "
         "train function, the methods take turns, one training step each (one call of "
@@ -616,6 +737,7 @@ def report(results, args, elapsed):
         lines += table(spec, runners)
         lines += ["", f"{args.steps or spec.steps} rounds per repeat, "
                       f"{args.warmup} warm-up steps.", ""]
+    lines += offtheshelf_report(offtheshelf_records, args)
     lines += ["## Targets", "", "| target | model | ratio | met |", "|---|---|---:|---|"]
     for text, key, ratio, minimum, met in targets(results):
         verdict = "reported" if minimum is None else ("yes" if met else "NO")
@@ -662,11 +784,45 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer", default="sgd",
                         help="optimizer of every model: sgd (lr 0.01, default) or a Keras "
                              "optimizer name")
+    parser.add_argument("--offtheshelf", default=None,
+                        help="comma-separated keras.applications models for the "
+                             "off-the-shelf table, or 'none' (default: "
+                             f"{','.join(OFFTHESHELF_MODELS)} in a full run; none with "
+                             "--quick or --models)")
+    parser.add_argument("--offtheshelf-methods", default=None,
+                        help="comma-separated methods of the off-the-shelf table "
+                             "(default: plain Keras and every method)")
+    parser.add_argument("--offtheshelf-records", default=None,
+                        help="comma-separated offtheshelf.jsonl files of "
+                             "`python -m experiments.offtheshelf`: their rows are reused, "
+                             "not measured again")
+    parser.add_argument("--offtheshelf-steps", type=int, default=10,
+                        help="steps of each off-the-shelf run (default 10)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time bound: start no new work after this many minutes "
+                             "(see the module docstring)")
     parser.add_argument("--out", default=None,
                         help="markdown output (default results/bench.md; "
                              "results/_scratch/bench.md with --quick)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    explicit_models = any(a == "--models" or a.startswith("--models=") for a in args.argv)
+    if args.offtheshelf is None:
+        args.offtheshelf = "none" if args.quick or explicit_models else \
+            ",".join(OFFTHESHELF_MODELS)
+    args.offtheshelf = [] if args.offtheshelf.strip().lower() == "none" else \
+        [m.strip() for m in args.offtheshelf.split(",") if m.strip()]
+    bad = [m for m in args.offtheshelf if not hasattr(keras.applications, m)]
+    if bad:
+        parser.error(f"--offtheshelf takes keras.applications model names (e.g. "
+                     f"{','.join(OFFTHESHELF_MODELS)}) or 'none'; got {bad[0]!r}")
+    args.offtheshelf_methods = (
+        offtheshelf_methods() if args.offtheshelf_methods is None else
+        [m.strip() for m in args.offtheshelf_methods.split(",") if m.strip()])
+    args.offtheshelf_records = ([] if not args.offtheshelf_records else
+                                [p.strip() for p in args.offtheshelf_records.split(",")])
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be a positive number; got {args.minutes}")
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if not keys or any(k not in SPECS for k in keys):
         parser.error(f"--models takes a comma-separated subset of "
@@ -692,7 +848,7 @@ def parse_args(argv=None):
         args.steps = 2
     if args.warmup is None:
         args.warmup = 1 if args.quick else 3
-    for name in ("repeats", "steps", "warmup", "memory_steps"):
+    for name in ("repeats", "steps", "warmup", "memory_steps", "offtheshelf_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; got {value}")
@@ -706,23 +862,47 @@ def main(argv=None):
     """Run the benchmark; print the tables and targets, write ``--out``; return results."""
     args = parse_args(argv)
     args.load = _load()
+    args.loads = []
     # Each model has its own train function; TF's "excessive retracing" heuristic counts
     # them together and warns wrongly. The traces column checks retracing per model.
     tf.get_logger().setLevel("ERROR")
     start = time.perf_counter()
+    end = None if args.minutes is None else start + 60 * args.minutes
     results = {}
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    for key in args.models:
+
+    def log(text):
+        args.loads.append(_load())
+        print(text, flush=True)
+
+    parts = len(args.models) + bool(args.offtheshelf)
+    for i, key in enumerate(args.models):
         spec = SPECS[key]
         steps = args.steps or spec.steps
+        # Each part (a model, the off-the-shelf table) gets an even share of what is
+        # left; within a model, the repeats stop at half of it (the rest for memory).
+        now = time.perf_counter()
+        share = None if end is None else (end - now) / (parts - i)
+        deadline = None if end is None else now + share
         print(f"({key}) {spec.title}: {args.repeats} repeats of {steps} rounds", flush=True)
         runners = bench_model(spec, args.repeats, steps, args.warmup, args.optimizer,
-                              log=log, xla=args.xla, methods=args.methods)
+                              log=log, xla=args.xla, methods=args.methods,
+                              deadline=None if end is None else
+                              now + (share / 2 if args.memory else share))
         if args.memory:
             measure_peaks(key, runners, args.optimizer, args.warmup, args.memory_steps,
-                          log=log)
+                          log=log, deadline=deadline)
         results[key] = (spec, runners)
-    text = report(results, args, time.perf_counter() - start)
+    records = []
+    if args.offtheshelf:
+        from experiments import offtheshelf
+
+        reused = [r for path in args.offtheshelf_records
+                  for r in offtheshelf.read_records(path)]
+        print(f"off-the-shelf: {', '.join(args.offtheshelf)} x "
+              f"{len(args.offtheshelf_methods)} methods", flush=True)
+        records = offtheshelf_rows(args.offtheshelf, args.offtheshelf_methods, reused,
+                                   args.offtheshelf_steps, end, log=log)
+    text = report(results, args, time.perf_counter() - start, records)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_atomic(args.out, text)
     print()

@@ -11,12 +11,18 @@ plain Keras, no credit), and trains on one seeded random batch:
 - ``first step``: the first ``train_on_batch`` (tracing, graph building, one step);
 - ``step``: the median of the steps after the first (``--steps`` in all), and its ratio
   to plain Keras's;
-- ``peak RSS``: the process's peak resident memory (``getrusage``), and its ratio;
+- ``peak RSS``: the process's peak resident memory (``VmHWM``, :func:`peak_rss_kib`),
+  and its ratio;
 - ``unmoved after 4 steps``: of the trainable variables that plain Keras moves, how many
   this method has not moved after its first 4 steps; ``all moved by step``: the step
   after which every one of them has moved (``never``: some had not after ``--steps``).
   Synthetic gradients bootstrapped from zero-initialised synthesizers reach at most one
   more point down per step, so with many points the lowest layers move late.
+
+A method that does not apply to the model (it raises at compile) gets an ``n/a`` row
+with the reason. Besides the table (``offtheshelf.md``), the records go to
+``offtheshelf.jsonl`` (one JSON object a line), which ``python -m experiments.bench
+--offtheshelf-records`` can put in the benchmark's report.
 
 Plain Keras runs first, in the same invocation, so the ratios compare processes run under
 the same machine load. The machine is shared: step times are indicative (a few percent
@@ -25,7 +31,7 @@ to tens of percent of noise on a loaded machine), the ratios more so than the ti
 Usage:
     python -m experiments.offtheshelf                       # ResNet50, MobileNetV2
     python -m experiments.offtheshelf --models ResNet50 --methods keras,sg,cdni \\
-        '{"name": "sg", "max_points": 3}' --batch 8 --steps 20 --memory-gb 8
+        '{"name": "sg", "stage_points": 2}' --batch 8 --steps 20 --memory-gb 8
     python -m experiments.offtheshelf --quick        # results/_scratch/offtheshelf/
 """
 
@@ -69,7 +75,12 @@ def child(model_name, method_name, size, batch, steps):
         model = credit.wrap(base)
         method = credit.get(json.loads(method_name) if method_name.startswith("{")
                             else method_name)
-        model.compile(optimizer="adam", loss=loss, method=method)
+        try:
+            model.compile(optimizer="adam", loss=loss, method=method)
+        except ValueError as err:  # the method does not apply to this model
+            record.update(status="n/a", note=" ".join(str(err).split())[:300])
+            print("RESULT " + json.dumps(record), flush=True)
+            return
     record["compile_s"] = round(time.perf_counter() - t0, 2)
     start = {v.path: np.array(v.numpy()) for v in model.trainable_variables}
     first_moved = {}  # variable -> the step (1-based) after which it had first moved
@@ -84,7 +95,7 @@ def child(model_name, method_name, size, batch, steps):
     record.update(
         first_step_s=round(times[0], 2),
         step_s=round(float(np.median(times[1:])), 4),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=round(peak_rss_kib(resource) / 1024, 1),
         first_moved=first_moved, trainable=len(start))
     if method is not None:
         sizes = getattr(method, "point_parameters", None)
@@ -98,6 +109,22 @@ def child(model_name, method_name, size, batch, steps):
     else:
         record["added"], record["points"] = 0, 0
     print("RESULT " + json.dumps(record), flush=True)
+
+
+def peak_rss_kib(resource):
+    """This process's peak resident set size in KiB: ``VmHWM`` of ``/proc/self/status``
+    (the peak of this program's own memory map), else ``ru_maxrss``. (Linux's
+    ``ru_maxrss`` keeps the peak from before ``exec``: a child started by a large parent
+    -- ``experiments.bench`` with its models loaded -- reads at least the parent's RSS
+    at the fork.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_one(model_name, method_name, args):
@@ -121,6 +148,12 @@ def run_one(model_name, method_name, args):
             "error": f"exit {proc.returncode}: {tail[:300]}"}
 
 
+def read_records(path):
+    """The records a run wrote to ``offtheshelf.jsonl`` (one JSON object a line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def table(records):
     """The records as a markdown table, with ratios to plain Keras of the same model."""
     lines = ["| model | method | points | added params (x model) | first step s | "
@@ -129,8 +162,10 @@ def table(records):
              "|---|---|---|---|---|---|---|---|---|"]
     base = {r["model"]: r for r in records if r["method"] == "keras" and "error" not in r}
     for r in records:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | error: {r['error']} "
+        if "error" in r or r.get("status") in ("n/a", "not run"):
+            what = (f"error: {r['error']}" if "error" in r
+                    else f"{r['status']}: {r.get('note', '')}")
+            lines.append(f"| {r['model']} | {r['method']} | {what.replace('|', '/')} "
                          "| | | | | | |")
             continue
         k = base.get(r["model"])
@@ -138,7 +173,7 @@ def table(records):
         def ratio(key):
             return f"{r[key]} ({r[key] / k[key]:.2f}x)" if k else f"{r[key]}"
 
-        if k:
+        if k and "first_moved" in k and "first_moved" in r:
             wanted = sorted(k["first_moved"])
             late = [p for p in wanted if r["first_moved"].get(p, 10**9) > MOVE_STEPS]
             steps = [r["first_moved"].get(p) for p in wanted]
@@ -199,6 +234,9 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "offtheshelf.md"), "w") as f:
         f.write(text)
+    # The records, for experiments.bench --offtheshelf-records (one JSON a line).
+    with open(os.path.join(folder, "offtheshelf.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
     return 0
 
 

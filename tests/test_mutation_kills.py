@@ -422,7 +422,7 @@ def test_documented_defaults():
         "target": "bootstrap", "at": None, "update_probability": 1.0, "warmup_steps": 0,
         "hidden_units": [1024, 1024], "hidden_filters": [128, 128], "kernel_size": 5,
         "activation": "relu", "optimizer": "adam", "learning_rate": 0.01, "width": 64,
-        "max_points": 16, "max_parameters": None}
+        "max_points": 16, "max_parameters": None, "stage_points": 3}
     config = credit.methods.SyntheticGradientsThroughTime().get_config()
     del config["seed"]
     assert config == {

@@ -454,8 +454,9 @@ def test_through_time_shorthand_and_configs_of_older_versions_resolve():
     between = credit.get({**old, "through_time": False, "scale": None, "aux_weight": 0.0,
                           "normalize": True})
     assert type(between) is SyntheticGradients
-    assert between.get_config() == {**old, "at": None, "width": 64, "max_points": 16,
-                                    "max_parameters": None}
+    # A complete config saved before the sizing options: the sizes it was saved with.
+    assert between.get_config() == {**old, "at": None, "width": None, "max_points": None,
+                                    "max_parameters": 2**63 - 1, "stage_points": None}
 
 
 @pytest.mark.parametrize("kwargs, words", [

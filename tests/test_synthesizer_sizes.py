@@ -2,6 +2,7 @@
 hand-written formulas, the budget error raised before anything is built, the point cap,
 the size table, and every variable moving on a small ResNet."""
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -169,6 +170,7 @@ def test_dgl_head_on_a_wide_map_is_a_1x1_convolution_down_to_width():
     head = method.heads["wide"]
     conv, pool = head.predictor[0], head.predictor[1]
     assert conv.kernel_size == (1, 1) and conv.filters == w
+    assert isinstance(pool, L.AveragePooling2D) and pool.pool_size == (3, 3)
     assert head.similar[0].kernel_size == (1, 1) and head.similar[0].filters == w
     # conv (c*w + w), pool 6x6 -> 2x2, decoder (4 w -> classes), sim conv (c*w)
     formula = (c * w + w) + (4 * w * classes + classes) + c * w
@@ -210,9 +212,12 @@ def chain(depth=6):
 
 
 def test_max_points_caps_the_default_points_only():
-    method = compiled(chain(), credit.methods.SyntheticGradients(seed=0, max_points=2))
+    # stage_points=None: max_points evenly spaced stream points (the older placement).
+    method = compiled(chain(), credit.methods.SyntheticGradients(
+        seed=0, max_points=2, stage_points=None))
     assert list(method.synthesizers) == ["d2", "d4"]  # 7 segments in 3 groups
-    method = compiled(chain(), credit.methods.LocalLosses(seed=0, max_points=3))
+    method = compiled(chain(), credit.methods.LocalLosses(seed=0, max_points=3,
+                                                          stage_points=None))
     assert list(method.heads) == ["d1", "d3", "d5"]  # 7 segments in 4 groups
     named = compiled(chain(), credit.methods.SyntheticGradients(
         seed=0, max_points=1, at=["d0", "d2", "d4"]))
@@ -316,3 +321,247 @@ def test_offtheshelf_table_ratios_and_unmoved_against_plain_keras():
     assert rows[3] == ("| M | sg | 2 | 50 (0.500x) | 1.0 | 3.0 (1.50x) | 15.0 (1.50x) | "
                        "2 of 3 | never |")
     assert rows[2].endswith("| 0 of 3 | 1 |")
+
+
+# -- placement on large models: where the stages begin ---------------------------------
+
+
+def staged():
+    """A chain of 10 hidden blocks in 5 stages of spatial size (16x16, 8x8 -- its
+    second block ends in a zero padding to 10x10 --, 4x4, 2x2, 1x1), channels changing
+    within stages too; a global pooling ends the last block."""
+    keras.utils.set_random_seed(0)
+    conv = L.Conv2D
+    return credit.Sequential([
+        keras.Input((16, 16, 2)),
+        conv(3, 3, padding="same", activation="relu", name="s0a"),
+        conv(5, 3, padding="same", activation="relu", name="s0b"),
+        conv(4, 3, strides=2, padding="same", activation="relu", name="s1a"),
+        conv(4, 3, padding="same", activation="relu", name="s1b"),
+        L.ZeroPadding2D(1, name="s1b_pad"),
+        conv(5, 3, strides=2, activation="relu", name="s2a"),            # 10 -> 4
+        conv(5, 3, padding="same", activation="relu", name="s2b"),
+        conv(6, 3, strides=2, padding="same", activation="relu", name="s3a"),
+        conv(6, 3, padding="same", activation="relu", name="s3b"),
+        conv(7, 3, strides=2, padding="same", activation="relu", name="s4a"),
+        conv(7, 1, activation="relu", name="s4b"),
+        L.GlobalAveragePooling2D(name="gap"),
+        L.Dense(3, activation="softmax", name="out")])
+
+
+STREAM = ["s0a", "s0b", "s1a", "s1b_pad", "s2a", "s2b", "s3a", "s3b", "s4a", "gap"]
+
+
+def test_stage_sizes_and_starts_of_the_stand_in():
+    method = compiled(staged(), credit.methods.SyntheticGradients(seed=0, width=4))
+    graph = method.graph
+    assert sg.hidden_points(graph, None) == STREAM
+    assert [sg.stage_size(graph, p) for p in STREAM] == [256, 256, 64, 100, 16, 16, 4, 4,
+                                                         1, 0]
+    # A padding grows the map (no new stage); the last point's stage is the output's.
+    assert sg.stage_starts(graph, STREAM) == ["s1a", "s2a", "s3a", "s4a"]
+
+
+def test_a_small_model_keeps_every_stream_point():
+    model = staged()
+    method = compiled(model, credit.methods.SyntheticGradients(seed=0, width=4))
+    assert list(method.synthesizers) == STREAM  # 10 <= max_points=16: as before
+    assert credit.point_summary(model).attrs["placement"] == "stream: all 10 stream points"
+
+
+@pytest.mark.parametrize("cls", [credit.methods.SyntheticGradients,
+                                 credit.methods.LocalLosses])
+def test_a_large_model_gets_points_where_its_stages_begin(cls):
+    def points(**kwargs):
+        model = staged()
+        method = compiled(model, cls(seed=0, width=4, **kwargs))
+        return method.point_parameters(), credit.point_summary(model).attrs["placement"]
+
+    # 10 stream points > max_points=8: 4 stage starts, 3 kept (5 segments in 4 groups).
+    found, placement = points(max_points=8)
+    assert list(found) == ["s2a", "s3a", "s4a"]
+    assert placement == ("stages: 3 of 4 stage starts (10 stream points > max_points=8, "
+                         "stage_points=3)")
+    assert list(points(max_points=8, stage_points=4)[0]) == ["s1a", "s2a", "s3a", "s4a"]
+    assert list(points(max_points=8, stage_points=1)[0]) == ["s3a"]
+    assert list(points(at="stages")[0]) == ["s2a", "s3a", "s4a"]  # whatever max_points
+    # stage_points=None: max_points evenly spaced stream points (11 segments, 9 groups).
+    found, placement = points(max_points=8, stage_points=None)
+    assert list(found) == ["s0b", "s1a", "s1b_pad", "s2a", "s3a", "s3b", "s4a", "gap"]
+    assert placement.startswith("evenly spaced: 8 of 10 stream points")
+
+
+def test_a_long_chain_of_one_size_gets_stage_points_evenly_spaced():
+    method = compiled(chain(20), credit.methods.SyntheticGradients(seed=0))
+    # 20 points + the output = 21 segments in 4 groups: the last of each of the first 3.
+    assert list(method.synthesizers) == ["d5", "d10", "d15"]
+    assert method.point_placement.startswith("evenly spaced: 3 of 20 stream points, all "
+                                             "of one spatial size")
+
+
+def first_moved(method, steps=4):
+    """Layer name -> the step after which all its weights had moved (None: not yet)."""
+    model = staged()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 16, 16, 2)).astype("float32")
+    y = rng.integers(0, 3, size=8)
+    model.compile("adam", "sparse_categorical_crossentropy", method=method)
+    start = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    moved = {}
+    for step in range(1, steps + 1):
+        model.train_on_batch(x, y)
+        for v in model.trainable_variables:
+            if v.path not in moved and not np.array_equal(start[v.path], v.numpy()):
+                moved[v.path] = step
+    layers = {}
+    for path in start:
+        layer = path.split("/")[-2]
+        step = moved.get(path)
+        layers[layer] = None if step is None or layers.get(layer, 0) is None \
+            else max(step, layers.get(layer, 0))
+    return layers
+
+
+LAYERS = ["s0a", "s0b", "s1a", "s1b", "s2a", "s2b", "s3a", "s3b", "s4a", "s4b", "out"]
+
+
+@pytest.mark.parametrize("name", [
+    "sg", pytest.param("cdni", marks=pytest.mark.slow),
+    pytest.param("local_losses", marks=pytest.mark.slow),
+    pytest.param("backprop", marks=pytest.mark.slow)])
+def test_stage_points_move_every_layer_within_four_steps(name):
+    found = first_moved(credit.get({"name": name, "width": 4, "max_points": 8}
+                                   if name != "backprop" else name))
+    if name in ("local_losses", "backprop"):  # every head learns from the first step
+        assert found == dict.fromkeys(LAYERS, 1)
+    else:
+        # Points after s2a, s3a, s4a. Step 1: the top synthesizer learns the loss
+        # gradient (its signal was zero); step 2 its signal moves the layers below it,
+        # and the next synthesizer learns from it; and so on down: one point a step.
+        assert found == dict(zip(LAYERS, [4, 4, 4, 4, 4, 3, 3, 2, 2, 1, 1]))
+
+
+@pytest.mark.slow
+def test_a_synthesizer_at_every_stream_point_leaves_the_lowest_layers_unmoved():
+    """Why the cap: with a synthesizer at each of the 10 stream points, the signal
+    needs a step per point to come down (the layers below the 4th point from the top
+    have not moved after 4 steps)."""
+    found = first_moved(credit.get({"name": "sg", "width": 4}))
+    assert found == dict(zip(LAYERS, [None] * 7 + [4, 3, 2, 1]))
+
+
+# -- configs saved before the sizing options -------------------------------------------
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.parametrize("key", ["sg", "local"])
+def test_a_model_saved_before_the_sizing_options_loads_with_its_old_architecture(key):
+    """tests/data/legacy_*.keras were saved by the version before width/max_points
+    (tests/scripts/legacy_sizing_models.py, run on commit 23010df): 18 hidden blocks
+    and a 65-channel one, which the current defaults would size differently."""
+    saved = np.load(os.path.join(DATA, f"legacy_{key}.npz"))
+    model = keras.saving.load_model(os.path.join(DATA, f"legacy_{key}.keras"))
+    method = model.method
+    config = method.get_config()
+    assert (config["width"], config["max_points"], config["stage_points"]) == (None,
+                                                                               None, None)
+    assert config["max_parameters"] == sg.NO_BUDGET
+    assert list(method.point_parameters()) == list(saved["points"])
+    assert len(saved["points"]) == 18
+    weights = [w for s in method.state.synthesizer_layers for w in s.weights]
+    assert len(weights) == len([k for k in saved.files if k.startswith("w")])
+    for i, w in enumerate(weights):
+        np.testing.assert_array_equal(w.numpy(), saved[f"w{i}"])
+    if key == "sg":  # the wide block kept its full-width 1x1 synthesizer
+        [conv] = method.synthesizers["wide"].stack
+        assert conv.filters == 65 and conv.kernel_size == (1, 1)
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 2)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), saved["prediction"],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_only_a_complete_saved_config_is_read_as_an_old_one():
+    old = {"name": "synthetic_gradients", "seed": 4, "synthesizer": "linear",
+           "conditioned": False, "target": "bootstrap", "at": None,
+           "update_probability": 1.0, "warmup_steps": 0, "hidden_units": [8],
+           "hidden_filters": [128, 128], "kernel_size": 5, "activation": "relu",
+           "optimizer": "adam", "learning_rate": 0.01}
+    method = credit.get(old)
+    assert (method.width, method.max_points, method.max_parameters,
+            method.stage_points) == (None, None, sg.NO_BUDGET, None)
+    # Saved with max_points but before stage_points: max_points evenly spaced points.
+    method = credit.get({**old, "width": 64, "max_points": 16, "max_parameters": None})
+    assert (method.width, method.max_points, method.max_parameters,
+            method.stage_points) == (64, 16, None, None)
+    # Written by hand: today's defaults.
+    for config in [{"name": "sg"}, {"name": "sg", "max_points": 3},
+                   {k: v for k, v in old.items() if k != "kernel_size"}]:
+        method = credit.get(config)
+        assert (method.width, method.stage_points) == (64, sg.STAGE_POINTS)
+    assert credit.get({"name": "local_losses"}).width == 128
+    local = credit.get({"name": "local_losses", "seed": 0, "loss": "pred",
+                        "head": "linear", "at": None, "beta": 0.99, "hidden_units": [4],
+                        "max_features": 4096, "optimizer": "adam",
+                        "learning_rate": None})
+    assert (local.width, local.max_points, local.stage_points) == (None, None, None)
+
+
+# -- the off-the-shelf rows of experiments.bench ------------------------------------------
+
+
+def test_bench_offtheshelf_defaults_and_time_bound(tmp_path):
+    from experiments import bench, offtheshelf
+
+    full = bench.parse_args([])
+    assert full.offtheshelf == ["ResNet50", "MobileNetV2"] and full.minutes is None
+    methods = full.offtheshelf_methods
+    assert methods[:2] == ["keras", "backprop"] and "synthetic_gradients" in methods
+    assert "pepita" not in methods  # trains chains of Dense layers only
+    assert bench.parse_args(["--quick"]).offtheshelf == []
+    assert bench.parse_args(["--models", "a"]).offtheshelf == []
+    assert bench.parse_args(["--models", "a", "--offtheshelf", "MobileNetV2"]
+                            ).offtheshelf == ["MobileNetV2"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--offtheshelf", "NoSuchNet"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--minutes", "0"])
+
+    keras_run = {"model": "M", "method": "keras", "points": 0, "added": 0,
+                 "model_parameters": 100, "first_step_s": 1.0, "step_s": 2.0,
+                 "peak_rss_mb": 10.0, "first_moved": {"a": 1}}
+    path = tmp_path / "offtheshelf.jsonl"
+    path.write_text(json.dumps(keras_run) + "\n"
+                    + json.dumps({"model": "M", "method": "kickback", "status": "n/a",
+                                  "note": "needs a scalar output"}) + "\n")
+    reused = offtheshelf.read_records(str(path))
+    # Past the deadline: what was not reused is not run (no child process is started).
+    records = bench.offtheshelf_rows(["M"], ["keras", "kickback", "sg"], reused,
+                                     deadline=0.0, log=lambda s: None)
+    assert [r["method"] for r in records] == ["keras", "kickback", "sg"]
+    assert records[0]["reused"] and records[2]["status"] == "not run"
+    # A record's alias is its method's row: "dni" stands for synthetic_gradients.
+    again = bench.offtheshelf_rows(["M"], ["synthetic_gradients"],
+                                   [dict(keras_run, method="dni")], deadline=0.0,
+                                   log=lambda s: None)
+    assert again[0]["reused"] and again[0]["method"] == "synthetic_gradients"
+    args = bench.parse_args(["--offtheshelf-records", str(path)])
+    lines = bench.offtheshelf_report(records, args)
+    table = "\n".join(lines)
+    assert "| M | keras | 0 | 0 (0.000x) | 1.0 | 2.0 (1.00x) | 10.0 (1.00x) | 0 of 1 | 1 |" \
+        in table
+    assert "| M | kickback | n/a: needs a scalar output |" in table
+    assert "| M | sg | not run: time bound (--minutes) |" in table
+    assert "not measured in this run: keras, kickback" in table
+
+
+def test_offtheshelf_peak_rss_reads_this_programs_own_peak():
+    import resource
+
+    from experiments import offtheshelf
+
+    with open("/proc/self/status") as f:
+        rss = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+    peak = offtheshelf.peak_rss_kib(resource)  # VmHWM: this program's own peak
+    assert peak >= rss > 0
+    # (ru_maxrss also keeps the peak from before exec: a large parent's RSS at the fork.)

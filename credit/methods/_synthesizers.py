@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from credit.signal import hidden_points
+
 SYNTHESIZERS = ("linear", "mlp")
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 _DEPTHWISE = {1: keras.layers.DepthwiseConv1D, 2: keras.layers.DepthwiseConv2D}
@@ -262,6 +264,109 @@ def cap_points(points, max_points):
     return [points[i] for i in keep]
 
 
+#: Points a large model gets by default (see :func:`place_points`): DNI's CIFAR-10 CNN
+#: has a synthesizer after each of its 3 blocks, each block ending in a pooling;
+#: Decoupled Greedy Learning splits VGG-13/19 on ImageNet into K=4 groups (3 auxiliary
+#: nets) and ResNet-152 into K=2. Under DNI's bootstrapped targets a synthetic signal
+#: reaches one point further down per step, so with 3 points in a row every layer has
+#: a signal by the 4th step.
+STAGE_POINTS = 3
+#: Configs saved before ``max_parameters`` existed had no budget.
+NO_BUDGET = 2**63 - 1
+
+
+def stage_size(graph, point):
+    """A point's spatial size: the product of a map's spatial axes (its shape without
+    the channel axis), 0 for a point without spatial axes (a vector: after a global
+    pooling or a flatten), None where a spatial axis has no fixed size."""
+    shape = tuple(graph.point_shape(point))
+    if len(shape) < 2:
+        return 0
+    block = graph.block_of(point)
+    head = block.head if block is not None and block.point == point else None
+    first = getattr(head, "data_format", "channels_last") == "channels_first"
+    spatial = shape[1:] if first else shape[:-1]
+    if any(d is None for d in spatial):
+        return None
+    return int(np.prod(spatial))
+
+
+def stage_starts(graph, points):
+    """The points (of ``points``, in order) where a stage of the model begins: those
+    whose :func:`stage_size` is smaller than that of every point before them (the
+    output of a strided convolution, a pooling, a global pooling; a zero padding,
+    which grows the map, starts none). The first and the last point are never one
+    (the last one's stage is the output's)."""
+    sizes = [stage_size(graph, p) for p in points]
+    starts = []
+    for i in range(1, len(points) - 1):
+        before = [s for s in sizes[:i] if s is not None]
+        if sizes[i] is not None and before and sizes[i] < min(before):
+            starts.append(points[i])
+    return starts
+
+
+def place_points(graph, at, max_points, stage_points, argument="at"):
+    """The points of synthetic gradients or local losses, and how they were chosen.
+
+    - ``at`` names points (layer names, block indices, or ``"stream"``,
+      ``"residuals"``, ``"blocks"``): those, as they are.
+    - ``at="stages"``: :func:`stage_starts` of the stream points (one where each
+      stage after the first begins, as DNI put a synthesizer after each pooling
+      block), at most ``stage_points`` of them (evenly spaced, :func:`cap_points`);
+      a model whose stream points all have one spatial size gets ``stage_points``
+      evenly spaced ones.
+    - ``at=None``: a model with at most ``max_points`` stream points (or
+      ``max_points=None``) gets every one of them; a larger one gets ``at="stages"``'s
+      points, or, with ``stage_points=None``, ``max_points`` evenly spaced stream points.
+
+    Returns:
+        ``(points, description)``; the description says which rule chose them (what
+        :func:`credit.point_summary` reports as ``attrs["placement"]``).
+    """
+    if at is None or at == "stages":
+        stream = hidden_points(graph, None, argument)
+        if at is None and (max_points is None or len(stream) <= max_points):
+            return stream, f"stream: all {len(stream)} stream points"
+        reason = ("at='stages'" if at == "stages" else
+                  f"{len(stream)} stream points > max_points={max_points}")
+        if at is None and stage_points is None:
+            return (cap_points(stream, max_points),
+                    f"evenly spaced: {max_points} of {len(stream)} stream points "
+                    f"({reason}, stage_points=None)")
+        starts = stage_starts(graph, stream)
+        if not starts:
+            points = cap_points(stream, stage_points)
+            return points, (f"evenly spaced: {len(points)} of {len(stream)} stream "
+                            f"points, all of one spatial size ({reason})")
+        points = cap_points(starts, stage_points)
+        return points, (f"stages: {len(points)} of {len(starts)} stage starts "
+                        f"({reason}, stage_points={stage_points})")
+    points = hidden_points(graph, at, argument)
+    return points, f"at={at!r}"
+
+
+def legacy_config(config, saved_keys):
+    """A config saved before the sizing options existed, read as it was meant.
+
+    A config that holds every key in ``saved_keys`` (all the arguments the method had
+    before ``width``) is one ``get_config`` wrote; the sizing keys it lacks take the
+    values that give the sizes and points of the version that saved it: ``width=None``,
+    ``max_points=None`` and no budget (saved before any of them existed), or
+    ``stage_points=None`` (saved with ``max_points`` but before ``stage_points``:
+    ``max_points`` evenly spaced points). A config written by hand (lacking any of
+    ``saved_keys``) gets the current defaults.
+    """
+    config = dict(config)
+    if not set(saved_keys) <= set(config):
+        return config
+    legacy = {"width": None, "max_points": None, "max_parameters": NO_BUDGET,
+              "stage_points": None}
+    for key, value in legacy.items():
+        config.setdefault(key, value)
+    return config
+
+
 # --------------------------------------------------------------------------------------
 # State
 
@@ -449,11 +554,15 @@ def optional_count(name, value, meaning, example):
     return int(value)
 
 
-def check_sizing(method, *, width, max_points, max_parameters):
+def check_sizing(method, *, width, max_points, max_parameters, stage_points):
     """Check and set the sizing arguments both point methods with their own nets take."""
     method.width = optional_count("width", width, "no bound: every convolution at the "
                                   "block's own channels", 64)
-    method.max_points = optional_count("max_points", max_points, "every hidden block", 16)
+    method.max_points = optional_count("max_points", max_points,
+                                       "every stream point, whatever the model's size", 16)
+    method.stage_points = optional_count(
+        "stage_points", stage_points, "a large model gets max_points evenly spaced "
+        "points instead of its stage starts", STAGE_POINTS)
     method.max_parameters = optional_count(
         "max_parameters", max_parameters,
         f"{BUDGET_RATIO}x the model's parameters, at least {BUDGET_FLOOR:,}", 50_000_000)

@@ -7,13 +7,16 @@ import tensorflow as tf
 from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register
-from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
+from credit.signal import PLACEMENTS, ErrorSignal, output_units
 
 LOSSES = ("pred", "sim", "predsim")
 HEADS = ("linear", "mlp", "dgl")
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 _POOL = {1: keras.layers.AveragePooling1D, 2: keras.layers.AveragePooling2D,
          3: keras.layers.AveragePooling3D}
+#: The arguments before the sizing options (see ``LocalLosses.from_config``).
+_SAVED_BEFORE_SIZING = ("seed", "loss", "head", "at", "beta", "hidden_units",
+                        "max_features", "optimizer", "learning_rate")
 
 
 class LocalHead(keras.layers.Layer):
@@ -222,10 +225,13 @@ class LocalLosses(ErrorSignal):
         seed: seed of the heads' initial weights (None: from numpy's global state).
         loss: ``"pred"``, ``"sim"`` or ``"predsim"``.
         head: ``"linear"``, ``"mlp"`` or ``"dgl"`` (see :class:`LocalHead`).
-        at: layer names or block indices of the points, or ``"stream"`` (the default,
-            also None: one where the residual stream leaves each residual block, one at
-            every other hidden block), ``"residuals"`` (after every residual merge) or
-            ``"blocks"`` (every hidden block).
+        at: layer names or block indices of the points, or ``"stream"`` (one where
+            the residual stream leaves each residual block, one at every other hidden
+            block), ``"residuals"`` (after every residual merge), ``"blocks"`` (every
+            hidden block) or ``"stages"`` (one where each stage begins: the first
+            stream point after the spatial size shrinks, at most ``stage_points``). None (the default):
+            ``"stream"`` on a model with at most ``max_points`` stream points,
+            ``"stages"`` on a larger one.
         beta: the weight of the similarity loss in ``"predsim"``.
         hidden_units: widths of an ``"mlp"`` head's hidden layers.
         max_features: spatial block outputs are average-pooled to at most this many
@@ -236,12 +242,23 @@ class LocalLosses(ErrorSignal):
             and the similarity loss's): on a block with more channels, a 1x1
             convolution down to ``width`` channels replaces the 3x3 one at the block's
             channels. None: no bound.
-        max_points: with ``at=None``, at most this many points, evenly spaced among
-            the hidden blocks (Decoupled Greedy Learning's split of a deep network
-            into groups of consecutive blocks). None: every hidden block.
+        max_points: with ``at=None``, a model with at most this many stream points
+            gets a head at each; a larger one gets them where its stages begin
+            (``stage_points``). None: every stream point, whatever the model's size.
+        stage_points: the most stage starts that get a head (``at="stages"``, or
+            ``at=None`` on a model with more than ``max_points`` stream points),
+            evenly spaced among them (3: Decoupled Greedy Learning splits VGGs on
+            ImageNet into K=4 groups, 3 auxiliary nets, and ResNet-152 into K=2).
+            None: ``max_points`` evenly spaced stream points instead (the placement
+            of the version before this option).
         max_parameters: the most weights the heads may have in all, checked from the
             shapes before anything is built (None: twice the model's parameters, and
             at least 10 million).
+
+    A config saved before the sizing options existed (every other key present, no
+    ``width``) loads with the sizes it was saved with: ``width=None``,
+    ``max_points=None``, no budget; one saved with ``max_points`` but before
+    ``stage_points`` loads with ``stage_points=None``.
 
     Attributes:
         heads: dict from point (layer name) to its :class:`LocalHead`, after binding.
@@ -264,16 +281,18 @@ class LocalLosses(ErrorSignal):
 
     def __init__(self, seed=None, loss="pred", head="linear", at=None, beta=0.99,
                  hidden_units=(1024,), max_features=4096, optimizer="adam",
-                 learning_rate=None, width=128, max_points=16, max_parameters=None):
+                 learning_rate=None, width=128, max_points=16, max_parameters=None,
+                 stage_points=sg.STAGE_POINTS):
         if seed is not None and not sg.is_int(seed):
             raise ValueError(f"seed must be None or an integer; got {seed!r}.")
         super().__init__(seed=seed)
         sg.check_sizing(self, width=width, max_points=max_points,
-                        max_parameters=max_parameters)
+                        max_parameters=max_parameters, stage_points=stage_points)
         self.loss = sg.choice("loss", loss, LOSSES)
         self.head = sg.choice("head", head, HEADS)
         # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
-        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
+        self.at = at if isinstance(at, str) and at in PLACEMENTS + ("stages",) \
+            else sg.indices("at", at)
         if not sg.is_real(beta) or not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"beta must be a number in [0, 1] (the weight of the "
                              f"similarity loss in 'predsim'); got {beta!r}.")
@@ -288,6 +307,13 @@ class LocalLosses(ErrorSignal):
         with tf.init_scope():
             sg.make_optimizer(self.optimizer, self.learning_rate)  # fail now
         self._pending = None
+        self.point_placement = None
+
+    @classmethod
+    def from_config(cls, config):
+        """Build a method from :meth:`get_config`'s output; a config saved before the
+        sizing options existed loads with the sizes it had (see the class)."""
+        return super().from_config(sg.legacy_config(config, _SAVED_BEFORE_SIZING))
 
     # -- state -----------------------------------------------------------------------
 
@@ -308,9 +334,8 @@ class LocalLosses(ErrorSignal):
         return sg.point_parameters(self, self.points)
 
     def build(self, graph):
-        points = hidden_points(graph, self.at, "at")
-        if self.at is None:
-            points = sg.cap_points(points, self.max_points)
+        points, placement = sg.place_points(graph, self.at, self.max_points,
+                                            self.stage_points)
         outputs = [p for p in points if graph.is_output(p)]
         if outputs:
             raise ValueError(f"at={list(self.at)!r} names the model output {outputs[0]!r}; "
@@ -335,6 +360,7 @@ class LocalLosses(ErrorSignal):
                      for i, p in enumerate(points)]
             sg.own_synthesizers(self, heads)
         self.points = list(points)
+        self.point_placement = placement
 
     def transport(self, layer, kernels):
         return None

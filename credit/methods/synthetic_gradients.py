@@ -10,12 +10,18 @@ from credit import transports
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer  # noqa: F401  (its former home)
 from credit.registry import register
-from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units
+from credit.signal import PLACEMENTS, ErrorSignal, output_units
 
 SYNTHESIZERS = sg.SYNTHESIZERS
 TARGETS = ("bootstrap", "true")
 #: Arguments of older versions that belong to synthetic gradients through time.
 _THROUGH_TIME_ONLY = {"scale": None, "aux_weight": 0.0, "normalize": True}
+#: The arguments before the sizing options: a config holding all of them was saved by
+#: ``get_config`` (see :func:`credit.methods._synthesizers.legacy_config`).
+_SAVED_BEFORE_SIZING = ("seed", "synthesizer", "conditioned", "target", "at",
+                        "update_probability", "warmup_steps", "hidden_units",
+                        "hidden_filters", "kernel_size", "activation", "optimizer",
+                        "learning_rate")
 
 
 @register
@@ -69,16 +75,18 @@ class SyntheticGradients(ErrorSignal):
             used as it is.
         target: ``"bootstrap"`` or ``"true"``, see above.
         at: layer names, or block indices (negative ones count from the end), whose
-            outputs carry a synthesizer; or ``"stream"`` (the default, also None: one
-            where the residual stream leaves each residual block, one at every other
-            hidden block's output), ``"residuals"`` (after every residual merge) or
-            ``"blocks"`` (every hidden block's output, residual branches included). It
-            may
-            include the output block (``-1``): the synthesizer then replaces the loss
-            gradient at the model output (the
-            linear-regression setting of the paper's convergence theorem; for a softmax
-            or sigmoid output this is the gradient with respect to the probabilities,
-            badly scaled near 0 and 1: prefer a logits output with from_logits=True).
+            outputs carry a synthesizer; or ``"stream"`` (one where the residual
+            stream leaves each residual block, one at every other hidden block's
+            output), ``"residuals"`` (after every residual merge), ``"blocks"`` (every
+            hidden block's output, residual branches included) or ``"stages"`` (one
+            where each stage begins: the first stream point after the spatial size
+            shrinks, at most ``stage_points``). None (the default): ``"stream"`` on a
+            model with at most ``max_points`` stream points, ``"stages"`` on a larger
+            one. ``at`` may include the output block (``-1``): the synthesizer then
+            replaces the loss gradient at the model output (the linear-regression
+            setting of the paper's convergence theorem; for a softmax or sigmoid
+            output this is the gradient with respect to the probabilities, badly
+            scaled near 0 and 1: prefer a logits output with from_logits=True).
         update_probability: each block is updated with this probability per step (DNI's
             stochastic updates); a block not updated gets a zero signal. With a momentum
             optimizer (Adam, SGD with momentum) its momentum still moves it; with 0
@@ -104,14 +112,28 @@ class SyntheticGradients(ErrorSignal):
             (see :class:`Synthesizer`). Its
             weights then grow with the channels ``C`` as ``2 C width``, not as
             ``kernel_size**2 C**2``. None: no bound (the sizes before this option).
-        max_points: with ``at=None``, at most this many boundaries, evenly spaced
-            among the default ones (as Decoupled Greedy Learning splits a deep
-            network into groups of consecutive blocks). None: every default one.
-            Ignored when ``at`` names the points.
+        max_points: with ``at=None``, a model with at most this many stream points
+            gets a synthesizer at each; a larger one gets them where its stages begin
+            (``stage_points``). None: every stream point, whatever the model's size.
+        stage_points: the most stage starts that get a synthesizer (``at="stages"``, or
+            ``at=None`` on a model with more than ``max_points`` stream points),
+            evenly spaced among them; a model whose stream points all have one spatial
+            size gets this many evenly spaced stream points. 3, as DNI's CIFAR-10 CNN has 3 synthesizers
+            (one after each pooling block) and Decoupled Greedy Learning splits VGGs on
+            ImageNet into 4 groups (3 auxiliary nets): DNI's bootstrapped targets
+            reach one point further down per step (the last layer of every
+            synthesizer starts at zero), so with 3 points in a row every layer has a
+            signal by the 4th step. None: ``max_points`` evenly spaced stream points
+            instead (the placement of the version before this option).
         max_parameters: the most weights the synthesizers may have in all; checked
             from the shapes before anything is built, with an error naming the
             largest synthesizers. None: twice the model's own parameters, and at
             least 10 million.
+
+    A config saved before the sizing options existed (every other key present, no
+    ``width``) loads with the sizes it was saved with: ``width=None``,
+    ``max_points=None``, no budget; one saved with ``max_points`` but before
+    ``stage_points`` loads with ``stage_points=None``.
 
     Attributes:
         synthesizers: dict from point (layer name) to its :class:`Synthesizer` (a Keras
@@ -152,17 +174,18 @@ class SyntheticGradients(ErrorSignal):
                  target="bootstrap", at=None, update_probability=1.0, warmup_steps=0,
                  hidden_units=(1024, 1024), hidden_filters=(128, 128), kernel_size=5,
                  activation="relu", optimizer="adam", learning_rate=0.01, width=64,
-                 max_points=16, max_parameters=None):
+                 max_points=16, max_parameters=None, stage_points=sg.STAGE_POINTS):
         super().__init__(seed=seed)
         sg.check_sizing(self, width=width, max_points=max_points,
-                        max_parameters=max_parameters)
+                        max_parameters=max_parameters, stage_points=stage_points)
         sg.check_common(self, seed=seed, synthesizer=synthesizer, conditioned=conditioned,
                         warmup_steps=warmup_steps, hidden_units=hidden_units,
                         activation=activation, optimizer=optimizer,
                         learning_rate=learning_rate)
         self.target = sg.choice("target", target, TARGETS)
         # "stream", "residuals" and "blocks" name a placement (see credit.signal.hidden_points).
-        self.at = at if isinstance(at, str) and at in PLACEMENTS else sg.indices("at", at)
+        self.at = at if isinstance(at, str) and at in PLACEMENTS + ("stages",) \
+            else sg.indices("at", at)
         if not sg.is_real(update_probability) or not 0.0 <= float(update_probability) <= 1.0:
             raise ValueError("update_probability must be a number in [0, 1] (the chance "
                              "that a boundary's layers are updated in a step); got "
@@ -180,6 +203,7 @@ class SyntheticGradients(ErrorSignal):
         self.boundaries = None
         self._pending = None
         self._masked_output = None
+        self.point_placement = None
 
     @classmethod
     def from_config(cls, config):
@@ -189,10 +213,13 @@ class SyntheticGradients(ErrorSignal):
         ``{"name": "cdni", "through_time": True}``) the config is one of
         :class:`credit.methods.SyntheticGradientsThroughTime`, which is returned.
         Configs saved by older versions (with ``through_time=False`` and the
-        through-time arguments at their defaults) load as they are.
+        through-time arguments at their defaults) load as they are; those saved
+        before the sizing options load with the sizes they had (see the class).
         """
         config = dict(config)   # ("name" is popped by ErrorSignal.from_config)
         through_time = config.pop("through_time", False)
+        if not through_time:
+            config = sg.legacy_config(config, _SAVED_BEFORE_SIZING)
         if not isinstance(through_time, (bool, np.bool_)):
             raise ValueError(f"through_time must be True or False; got {through_time!r}.")
         if through_time:
@@ -244,9 +271,8 @@ class SyntheticGradients(ErrorSignal):
         return sg.point_parameters(self, self.boundaries or ())
 
     def build(self, graph):
-        boundaries = hidden_points(graph, self.at, "at")
-        if self.at is None:
-            boundaries = sg.cap_points(boundaries, self.max_points)
+        boundaries, placement = sg.place_points(graph, self.at, self.max_points,
+                                                self.stage_points)
         if not boundaries:
             raise ValueError(
                 "the model has no hidden block, so there is no hidden output for a "
@@ -278,6 +304,7 @@ class SyntheticGradients(ErrorSignal):
                 for i, name in enumerate(boundaries)]
             sg.own_synthesizers(self, synthesizers)
         self.boundaries = tuple(boundaries)
+        self.point_placement = placement
 
     def transport(self, layer, kernels):
         return None
