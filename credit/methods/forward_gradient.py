@@ -125,6 +125,7 @@ class ForwardGradient(ErrorSignal):
                                                                     learning_rate)
         self.perturbed = ()
         self.owners = {}
+        self._rolled = None
 
     @property
     def step(self):
@@ -132,8 +133,7 @@ class ForwardGradient(ErrorSignal):
         return sg.state_attribute(self, "step")
 
     def build(self, graph):
-        if self.perturb == "weights":
-            refuse_rolled_loops(graph)
+        self._rolled = rolled_loop_error(graph)
         if self.perturb == "activities":
             self.perturbed = perturbed_layers(graph)
         if self.local:
@@ -231,6 +231,9 @@ class ForwardGradient(ErrorSignal):
         mixed-precision optimizer, as the gradients the optimizer unscales do."""
         from credit import model as engine
 
+        if self._rolled and not tf.executing_eagerly():
+            from credit.graph import GraphError
+            raise GraphError(self._rolled)
         # The accumulator watches TensorFlow variables: a Keras variable's ``value``
         # (read outside an autocast scope) is the tf.Variable it holds.
         variables = [v.value for v in model.trainable_variables]
@@ -577,27 +580,28 @@ def own_counters(method):
         initializer=keras.initializers.Constant(base), aggregation="only_first_replica")
 
 
-def refuse_rolled_loops(graph):
-    """Refuses recurrent layers that run their steps in a ``tf.while_loop``.
+def rolled_loop_error(graph):
+    """The refusal of a recurrent layer that runs its steps in a ``tf.while_loop``, or
+    None.
 
-    TensorFlow's ``ForwardAccumulator`` cannot follow a variable read inside a while loop
-    (it fails with "Tried to take gradients ... of a variable without handle data"), so a
-    rolled RNN is refused at build, naming the layer; unrolled (``unroll=True``: the steps
-    in Python) the forward-mode derivative goes through.
+    In a traced step TensorFlow's ``ForwardAccumulator`` cannot follow a variable read
+    inside a while loop (it fails with "Tried to take gradients ... of a variable without
+    handle data"), so a rolled RNN is refused when the step is traced, naming the layer;
+    eagerly (``run_eagerly=True``) the loop runs in Python and goes through, and so does
+    an unrolled layer (``unroll=True``).
     """
-    from credit.graph import GraphError
-
     for name, layer in graph.layers.items():
         inner = [layer.forward_layer, layer.backward_layer] if isinstance(
             layer, keras.layers.Bidirectional) else [layer]
         for rnn in inner:
             if isinstance(rnn, keras.layers.RNN) and not rnn.unroll:
-                raise GraphError(
-                    f"forward_gradient computes its directional derivative in forward mode, "
-                    f"which TensorFlow cannot carry through the while loop of the recurrent "
-                    f"layer {name!r} ({type(rnn).__name__}, unroll=False). Build it with "
-                    f"unroll=True (the steps run in Python; fine for short sequences), or "
-                    f"use another method.")
+                return (f"forward_gradient computes its directional derivative in forward "
+                        f"mode, which TensorFlow cannot carry through the while loop of "
+                        f"the recurrent layer {name!r} ({type(rnn).__name__}, "
+                        f"unroll=False) in a traced step. Build it with unroll=True (the "
+                        f"steps run in Python; fine for short sequences), train with "
+                        f"run_eagerly=True, or use another method.")
+    return None
 
 
 def raise_no_signals(method):
