@@ -520,6 +520,7 @@ def main(argv=None):
         p.error("--in-process trains one run at a time in this process; drop it, or drop "
                 "--workers / --ray")
     options = {"workers": args.workers, "ray": args.ray, "isolate": not args.in_process,
+               "rerun_stale": args.rerun_stale,
                "callbacks": TensorBoardLogs(runs_folder) if args.tensorboard else None}
     start = time.perf_counter()
     tuning_table, run_results, tune_results = None, [], []

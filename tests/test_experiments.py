@@ -440,7 +440,10 @@ class _Refuse(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.at_epoch == 0:
-            raise ValueError("layer 'lstm' (LSTM) cannot be cut into blocks; use backprop")
+            raise credit.GraphError("layer 'lstm' (LSTM) cannot be cut into blocks; use "
+                                    "backprop")
+        if self.at_epoch == "bug":  # a plain ValueError of a bound method: not a refusal
+            raise ValueError("a bug in the first step")
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.at_epoch and epoch > 0:
@@ -455,7 +458,7 @@ def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, tra
     configs_ = [tiny("backprop", epochs=1), tiny("fa", epochs=1)]
     out = sweep.run_sweep(configs_, tmp_path, verbose=0, isolate=False, callbacks=_refuse_fa)
     assert [r.status for r in out] == ["done", "not_applicable"]
-    assert out[1].reason == ("ValueError: layer 'lstm' (LSTM) cannot be cut into blocks; "
+    assert out[1].reason == ("GraphError: layer 'lstm' (LSTM) cannot be cut into blocks; "
                              "use backprop")
     record = json.loads((out[1].folder / "config.json").read_text())
     assert record["status"] == "not_applicable" and (out[1].folder / "done").exists()
@@ -466,7 +469,7 @@ def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, tra
     df = results.load_runs(tmp_path)
     assert df["method"].unique().tolist() == ["backprop"]  # not a result
     table = tables.annotate(results.accuracy_table(df), again)
-    assert table["note"].tolist() == ["", "not applicable: ValueError: layer 'lstm' cannot "
+    assert table["note"].tolist() == ["", "not applicable: GraphError: layer 'lstm' cannot "
                                           "be cut into blocks"]
     # An error after the first epoch is not a refusal: the run failed (recorded, with its
     # traceback), and the sweep goes on to the next run.
@@ -481,6 +484,57 @@ def test_a_refusal_at_the_first_step_is_recorded_as_not_applicable(tmp_path, tra
     assert (failed / "failed").read_text().splitlines()[:2] == [
         "ValueError: a bug in the second epoch", "Traceback (most recent call last):"]
     assert json.loads((failed / "config.json").read_text())["status"] == "failed"
+    # A plain ValueError at the first step of a method that is bound to the model is a
+    # bug, not the engine refusing the model: failed, never "not applicable".
+    bug = sweep.run_sweep([tiny("drtp", epochs=1)], tmp_path, verbose=0, isolate=False,
+                          callbacks=lambda c: [_Refuse("bug")])
+    assert (bug[0].status, bug[0].reason) == ("failed", "ValueError: a bug in the first step")
+
+
+def test_a_finished_run_trained_under_another_plan_is_stale(tmp_path, train_calls):
+    config = tiny("dfa", epochs=1)
+    first = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False)[0]
+    record = json.loads((first.folder / "config.json").read_text())
+    now = training.check(configs.complete(config))
+    assert now[0] is None and record["plan"] == now[1] and len(now[1]) == 12
+    again = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False)[0]
+    assert (again.cached, again.stale) == (True, False)
+    # As if the run had been trained before a default of credit changed.
+    write_atomic(first.folder / "config.json", json.dumps({**record, "plan": "0" * 12}))
+    train_calls.clear()
+    with pytest.warns(UserWarning, match=r"1 finished run\(s\) .* another plan .*"
+                                         r"direct_feedback_alignment, mlp, digits, seed 0"):
+        kept = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False)[0]
+    assert (kept.cached, kept.stale, train_calls) == (True, True, [])
+    redone = sweep.run_sweep([config], tmp_path, verbose=0, isolate=False,
+                             rerun_stale=True)[0]
+    assert (redone.cached, redone.stale, redone.status) == (False, False, "done")
+    assert len(train_calls) == 1
+    aside = tmp_path / f"{first.run}.stale-1"
+    assert json.loads((aside / "config.stale.json").read_text())["plan"] == "0" * 12
+    assert not (aside / "config.json").exists()
+    assert json.loads((redone.folder / "config.json").read_text())["plan"] == now[1]
+    assert results.load_runs(tmp_path)["run"].unique().tolist() == [first.run]
+
+
+def test_plan_fingerprint_sees_the_points_and_not_keras_names():
+    config = configs.complete(tiny("dfa", model={"type": "mlp", "hidden": [16, 16]}))
+    data, spec = data_lib.load_data(config), config["model"]
+
+    def fingerprint(method, extra_layers=0):
+        keras.backend.clear_session()
+        for _ in range(extra_layers):  # shifts Keras's automatic names (dense_3, ...)
+            keras.layers.Dense(1)
+        model = models.build_model(spec, data)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", method=method)
+        return training.plan_fingerprint(model)
+
+    dfa = fingerprint({"name": "dfa", "seed": 0})
+    assert fingerprint({"name": "dfa", "seed": 0}, extra_layers=5) == dfa
+    assert fingerprint({"name": "dfa", "seed": 0, "at": [0]}) != dfa  # other points
+    assert fingerprint({"name": "dfa", "seed": 0, "scale": 0.5}) != dfa  # other option
+    assert fingerprint({"name": "fa", "seed": 0}) != dfa
+    assert training.plan_fingerprint(keras.Sequential([keras.layers.Dense(1)])) is None
 
 
 @pytest.mark.slow
@@ -784,6 +838,7 @@ def _trained(marks):
     return sorted(p.name.split(".")[0] for p in marks.iterdir())
 
 
+@pytest.mark.slow  # 35 s: two sweeps in subprocesses
 def test_two_concurrent_sweeps_train_every_run_exactly_once(tmp_path):
     configs_ = [tiny(m, seed=s, epochs=1, n_train=100, n_align=0)
                 for m in ("backprop", "fa") for s in (0, 1)]
@@ -803,6 +858,8 @@ def test_two_concurrent_sweeps_train_every_run_exactly_once(tmp_path):
     assert [p.name for p in (tmp_path / "runs" / folders.CLAIMS).iterdir()] == [".lock"]
 
 
+@pytest.mark.slow  # 40 s; test_a_run_that_crashes_is_recorded_as_failed_and_the_sweep_goes_on
+# trains in worker processes too
 def test_workers_train_in_their_own_processes(tmp_path):
     configs_ = [tiny(m, epochs=1, n_train=100, n_align=0) for m in ("backprop", "fa")]
     marks = tmp_path / "marks"

@@ -293,6 +293,7 @@ def moved_in_four_steps(method):
     return moved, set(start)
 
 
+@pytest.mark.slow  # 100 s for the three; test_stage_points_move_every_layer_within_four_steps stays fast
 @pytest.mark.parametrize("method", [
     {"name": "sg", "width": 4, "max_points": 3},
     # max_points=3: on the residual stream this ResNet has more boundaries, and DNI's

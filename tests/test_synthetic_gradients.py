@@ -249,6 +249,7 @@ def test_deep_linear_network_reaches_backprops_loss():
     assert history["sg_loss"][-1] < 1e-3 * history["sg_loss"][0]
 
 
+@pytest.mark.slow  # 34 s: two full trainings on digits
 def test_cdni_classifies_digits_nearly_as_well_as_backprop():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

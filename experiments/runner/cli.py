@@ -78,7 +78,8 @@ def add_common(parser, seeds_default, quick_help="a smoke run: one seed, few epo
 
 
 def add_parallel(parser):
-    """Add ``--workers N``, ``--ray [ADDRESS]`` and ``--in-process`` to a sweep's parser."""
+    """Add ``--workers N``, ``--ray [ADDRESS]``, ``--in-process`` and ``--rerun-stale`` to
+    a sweep's parser."""
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="train N runs at a time in worker processes (default 1)")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -88,6 +89,11 @@ def add_parallel(parser):
                         help="train in this process, not in a worker process (for a "
                              "debugger; a crash inside TensorFlow then ends the sweep "
                              "instead of being recorded as a failed run)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="train again the finished runs that were trained under "
+                             "another plan than credit makes for their config now (a "
+                             "default changed since); the old folders are kept as "
+                             "RUN.stale-N. Without it such runs are kept, with a warning")
 
 
 def check_out(parser, out):

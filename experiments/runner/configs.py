@@ -98,7 +98,7 @@ KOLEN_POLLACK_WEIGHT_DECAY = 1.0
 #: Keys the runner adds to ``config.json``; a config must not use them.
 RESERVED = ("status", "run", "architecture", "model_name", "data_source", "data_view",
             "train_examples", "val_examples", "test_examples", "seconds", "host", "pid",
-            "alignment", "reason")
+            "alignment", "reason", "plan")
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,17 @@ whose method's build rejects the model (a ``ValueError`` such as credit's ``CutE
 or kickback on a ten-class task), is **not applicable**: it gets no folder and a note in
 the tables, with the reason.
 
+**A finished run is checked against the current code.** Each run records in
+``config.json`` the fingerprint of the plan it trained with (every layer's rule as
+``credit.summary`` states it and the method's whole config:
+:func:`experiments.runner.training.plan_fingerprint`). A config's hash cannot see a
+default of credit that changed since (feedback points, a method's options), so a
+finished run whose recorded plan differs from the one credit makes for its config now
+is **stale**: the sweep warns, naming such runs, and keeps them (``RunResult.stale``);
+``rerun_stale=True`` (``--rerun-stale``) trains them again, after setting the old
+folder aside as ``<run_id>.stale-N`` (its ``config.json`` renamed ``config.stale.json``,
+so that tables no longer read it; nothing is deleted).
+
 **A run that fails does not end the sweep.** Runs are trained in worker processes
 (:mod:`experiments.runner.isolation`; ``spawn``), so that a crash inside TensorFlow (a
 segmentation fault, or glibc aborting on a corrupted heap) ends one worker, not the
@@ -74,6 +85,7 @@ import pathlib
 import shutil
 import time
 import traceback
+import warnings
 
 import keras
 from experiments.runner import configs as configs_lib
@@ -81,6 +93,7 @@ from experiments.runner import folders
 from experiments.runner import isolation
 from experiments.runner import training
 from experiments.runner.configs import ConfigError, canonical_json, run_id, where
+from experiments.runner.files import read_json
 
 __all__ = ["RunResult", "run_one", "run_sweep", "validate"]
 
@@ -108,6 +121,8 @@ class RunResult:
             or the signal or exit status of its process and its last output), else None.
         redone: True if the run replaced a dead owner's claim (a killed worker).
         seconds: training seconds of this process (0 when cached).
+        stale: True if the run is cached but was trained under another plan than credit
+            makes for its config now (see the module docstring).
     """
 
     config: dict
@@ -118,6 +133,7 @@ class RunResult:
     reason: str | None = None
     redone: bool = False
     seconds: float = 0.0
+    stale: bool = False
 
 
 def validate(configs, flags=None):
@@ -140,7 +156,7 @@ def validate(configs, flags=None):
             the value received and the fix.
     """
     completed = _checked(configs, flags)
-    return completed, _not_applicable(completed, flags)
+    return completed, _not_applicable(completed, flags)[0]
 
 
 def _checked(configs, flags):
@@ -172,8 +188,9 @@ def _checked(configs, flags):
 
 
 def _not_applicable(completed, flags):
-    """``{run_id: reason}`` of the configs that do not apply (loads data, builds models)."""
-    not_applicable, checked = {}, {}
+    """``({run_id: reason}, {run_id: plan fingerprint})``: the configs that do not apply,
+    and what the others would train with now (loads data, builds models)."""
+    not_applicable, plans, checked = {}, {}, {}
     # In reverse, so that the data sets of the first runs are the last loaded (cached).
     for config in reversed(completed):
         key = canonical_json({k: config[k] for k in (
@@ -181,7 +198,7 @@ def _not_applicable(completed, flags):
             "val_fraction", "n_train")})
         if key not in checked:
             try:
-                checked[key] = training.applicability(config)
+                checked[key] = training.check(config)
             except (ConfigError, KeyboardInterrupt):
                 raise
             except (ValueError, TypeError) as err:
@@ -189,9 +206,48 @@ def _not_applicable(completed, flags):
                                   f"{config['dataset']!r} with data_options "
                                   f"{config['data_options']!r}: {err}") from err
             keras.backend.clear_session(free_memory=False)
-        if checked[key] is not None:
-            not_applicable[run_id(config)] = checked[key]
-    return not_applicable
+        reason, plan = checked[key]
+        if reason is not None:
+            not_applicable[run_id(config)] = reason
+        elif plan is not None:
+            plans[run_id(config)] = plan
+    return not_applicable, plans
+
+
+def _stale(folder, plan):
+    """Whether the finished run in ``folder`` recorded another plan than ``plan``."""
+    if plan is None:
+        return False
+    try:
+        recorded = read_json(folder / "config.json").get("plan")
+    except (OSError, ValueError):
+        return False
+    return recorded is not None and recorded != plan
+
+
+def _set_aside(folder):
+    """Rename a stale run's folder to ``<run_id>.stale-N`` (first free N) and its
+    ``config.json`` to ``config.stale.json``, so that tables no longer read it."""
+    n = 1
+    while folder.with_name(f"{folder.name}.stale-{n}").exists():
+        n += 1
+    target = folder.with_name(f"{folder.name}.stale-{n}")
+    folder.rename(target)
+    config = target / "config.json"
+    if config.exists():
+        config.rename(target / "config.stale.json")
+    return target
+
+
+def _stale_message(stale, out):
+    shown = "; ".join(f"{run_id(c)} ({c['method']}, {c['model']['type']}, {c['dataset']}, "
+                      f"seed {c['seed']})" for c in stale[:3])
+    more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+    return (f"{len(stale)} finished run(s) in {os.fspath(out)} were trained under another "
+            f"plan than credit makes for their config now (a default changed since: "
+            f"feedback points, a method's options): {shown}{more}. Their results are kept "
+            "and read as they are; pass --rerun-stale (run_sweep(rerun_stale=True)) to "
+            "train them again (the old folders are kept as <run_id>.stale-N).")
 
 
 def _cached(config, key, folder):
@@ -375,7 +431,7 @@ def _executor(workers, ray, isolate):
 
 
 def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=None,
-              workers=1, ray=None, isolate=True, poll=POLL_SECONDS):
+              workers=1, ray=None, isolate=True, poll=POLL_SECONDS, rerun_stale=False):
     """Run every config into ``out/<run_id>/``, skipping finished runs.
 
     Args:
@@ -396,6 +452,9 @@ def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=
             ``workers=1``: train in this process (hooks need not be picklable; a crash
             ends the sweep).
         poll: seconds between looks at a run that another live process is training.
+        rerun_stale: train again the finished runs whose recorded plan differs from
+            the one credit makes for their config now (the old folder is set aside as
+            ``<run_id>.stale-N``); False (default) keeps them, with a warning.
 
     Returns:
         One :class:`RunResult` per distinct config, in order; failed runs have status
@@ -413,23 +472,35 @@ def run_sweep(configs, out, *, flags=None, verbose=1, callbacks=None, after_fit=
     # Workers start while the sweep's applicability is checked (data loads, model builds).
     executor = _executor(workers, ray, isolate) if pending else None
     try:
-        not_applicable = _not_applicable(completed, flags)
+        not_applicable, plans = _not_applicable(completed, flags)
     except BaseException:
         if executor is not None:
             executor.close()
         raise
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    todo = []
+    todo, stale = [], []
     for config in completed:
         key = run_id(config)
         if key in not_applicable:
             results[key] = RunResult(config, None, None, folders.STATUS_NA,
                                      reason=not_applicable[key])
         elif folders.is_done(out / key):
+            is_stale = _stale(out / key, plans.get(key))
+            if is_stale and rerun_stale:
+                _set_aside(out / key)
+                todo.append(config)
+                continue
+            if is_stale:
+                stale.append(config)
             results[key] = _cached(config, key, out / key)
+            results[key].stale = is_stale
         else:
             todo.append(config)
+    if stale:
+        warnings.warn(_stale_message(stale, out), stacklevel=2)
+    if todo and executor is None:
+        executor = _executor(workers, ray, isolate)
     bar = keras.utils.Progbar(len(todo), unit_name="run", verbose=verbose) if todo else None
     try:
         finished = 0

@@ -35,6 +35,7 @@ Example:
     >>> status = train(complete(config), folder)                     # doctest: +SKIP
 """
 
+import hashlib
 import math
 import os
 import pathlib
@@ -102,17 +103,28 @@ def applicability(config):
     Raises:
         ConfigError: the model spec cannot be built for other reasons.
     """
+    return check(config)[0]
+
+
+def check(config):
+    """``(reason, plan)``: :func:`applicability`'s reason (None if the config can be
+    trained) and the :func:`plan_fingerprint` the run would train with (None where the
+    config does not apply or the model is built at its first step).
+
+    Raises:
+        ConfigError: the model spec cannot be built for other reasons.
+    """
     try:
         data = data_lib.load_data(config)
     except models_lib.NotApplicable as err:
-        return f"model {config['model']['type']!r} on {config['dataset']!r}: {err}"
+        return f"model {config['model']['type']!r} on {config['dataset']!r}: {err}", None
     # Only the name space: a garbage collection per check would cost more than the
     # check itself in a long sweep (train() collects once per run).
     keras.backend.clear_session(free_memory=False)
     try:
         model = models_lib.build_model(config["model"], data)
     except models_lib.NotApplicable as err:
-        return str(err)
+        return str(err), None
     except Exception as err:
         raise configs_lib.ConfigError(
             f"the model spec {config['model']!r} could not be built for data set "
@@ -122,8 +134,45 @@ def applicability(config):
         model.compile(optimizer=configs_lib.optimizer(config), loss=loss, metrics=metrics,
                       method=_method(config, data))
     except REFUSALS as err:  # the method's build rejected the model (or CutError)
-        return str(err)
-    return None
+        return str(err), None
+    return None, plan_fingerprint(model)
+
+
+def plan_fingerprint(model):
+    """A short hash of what the model's method does on it, or None if it is not bound.
+
+    It covers every weighted layer's rule as :func:`credit.summary` states it (where the
+    signal at its output comes from, how the backward pass crosses it), the layers' types
+    and the method's whole config, defaults included. A run records it in
+    ``config.json`` (``plan``); a finished run whose recorded plan differs from the one
+    credit makes for the same config now was trained under other defaults (feedback
+    points, a method's options), and :func:`experiments.runner.sweep.run_sweep` says so
+    instead of reading it as the result of the current code. Layer names are replaced by
+    their position, so that Keras's automatic names (``dense_3``) do not matter.
+
+    Example:
+        >>> plan_fingerprint(model)                          # doctest: +SKIP
+        '3f9a0c1b2d4e'
+    """
+    method = getattr(model, "method", None)
+    if method is None or method.plan is None:
+        return None
+    table = credit.summary(model)
+    names = sorted(enumerate(table["layer"]), key=lambda item: -len(item[1]))
+
+    def positional(text):
+        text = str(text)
+        for i, name in names:
+            text = text.replace(name, f"<layer {i}>")
+        return text
+
+    config = {k: v for k, v in method.get_config().items() if k != "name"}
+    rules = [[positional(v) for v in row]
+             for row in table[["type", "block", "signal", "transport"]].itertuples(index=False)]
+    text = configs_lib.canonical_json({"method": type(method).__name__,
+                                       "config": positional(configs_lib.canonical_json(config)),
+                                       "rules": rules})
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------
@@ -222,6 +271,19 @@ class _Recorder(keras.callbacks.Callback):
 # One run
 
 
+def _refusal(err, model):
+    """Whether ``err``, raised by a run's first training step, is the engine refusing
+    the model (not applicable) rather than a failure: credit's ``GraphError`` (a point,
+    transport or layer the method cannot handle, named), ``NotImplementedError``, or any
+    ``ValueError`` while the method was being bound to the model (its ``build``
+    rejected it). Any other ``ValueError`` of a bound method is a failure: tabling it
+    as "not applicable" would hide a bug."""
+    if isinstance(err, (credit.GraphError, NotImplementedError)):
+        return True
+    method = getattr(model, "method", None)
+    return method is None or method.plan is None
+
+
 def record_failure(folder, config, reason, details=""):
     """Record a failed run in its folder (created if missing).
 
@@ -273,7 +335,8 @@ def train(config, folder, callbacks=(), after_fit=None):
               "model_name": config["model"]["type"], "data_source": data.source,
               "data_view": data.view, "train_examples": int(len(data.x_train)),
               "val_examples": int(len(data.x_val)), "test_examples": int(len(data.x_test)),
-              "host": socket.gethostname(), "pid": os.getpid()}
+              "host": socket.gethostname(), "pid": os.getpid(),
+              "plan": plan_fingerprint(model)}
     write_json(folder / "config.json", record)
     clock = _Clock()
     recorder = _Recorder(folder, clock)
@@ -296,10 +359,11 @@ def train(config, folder, callbacks=(), after_fit=None):
                   epochs=config["epochs"], validation_data=(data.x_val, data.y_val),
                   callbacks=chain, shuffle=False, verbose=0)  # batches() shuffles
     except REFUSALS as err:
-        if recorder.rows:  # it trained: a real failure, not a refusal
-            raise
-        # The engine refused the model at its first step (a method that builds lazily):
-        # recorded, like a refusal at compile time, as not applicable.
+        if recorder.rows or not _refusal(err, model):
+            raise  # it trained, or an error of a bound method: a failure, not a refusal
+        # The engine refused the model at its first step (a method that builds lazily,
+        # or credit's GraphError naming what it cannot do): recorded, like a refusal at
+        # compile time, as not applicable.
         record.update(status=folders.STATUS_NA, reason=f"{type(err).__name__}: {err}",
                       seconds=round(time.perf_counter() - begin, 3))
         write_json(folder / "config.json", record)
@@ -308,7 +372,8 @@ def train(config, folder, callbacks=(), after_fit=None):
     status = folders.STATUS_DIVERGED if recorder.diverged else folders.STATUS_DONE
     if after_fit is not None:
         after_fit(model, data, config, folder)
-    record.update(status=status, seconds=round(time.perf_counter() - begin, 3))
+    record.update(status=status, seconds=round(time.perf_counter() - begin, 3),
+                  plan=plan_fingerprint(model))  # bound by now, also when built lazily
     if alignment is not None:
         record["alignment"] = ("measured" if alignment.unavailable is None else
                                f"unavailable: {alignment.unavailable}")
