@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import credit
+import linear_rnn_reference
 from credit.methods import _synthesizers as sg
 from credit.methods import SyntheticGradientsThroughTime
 
@@ -46,35 +47,16 @@ class Reference:
     """The linear RNN and a linear synthesizer ``M(s[, y]) = [s, y] A + a`` in numpy."""
 
     def __init__(self, model, scale, lr):
-        layer = model.get_layer("rnn")
-        self.K, self.R, self.b = (w.astype("float64") for w in layer.get_weights())
-        self.V, self.c = (w.astype("float64")
-                          for w in model.get_layer("out").get_weights())
+        self.w = linear_rnn_reference.read_weights(model)
+        self.K, self.R, self.b, self.V, self.c = (self.w[k] for k in "KRbVc")
         self.scale, self.lr = scale, lr
 
     def forward(self, xw, h):
-        hs = []
-        for t in range(T):
-            h = xw[:, t] @ self.K + h @ self.R + self.b
-            hs.append(h)
-        return hs
+        return linear_rnn_reference.forward(self.w, xw, h)
 
-    def backward(self, xw, yw, h0, hs, injected):
+    def backward(self, xw, yw, h0, hs, injected, at_first_step=0.0):
         """Gradients of the window's MSE plus <h_T, injected>: (dL/dh_0, weight grads)."""
-        batch = len(xw)
-        V, c, R = self.V, self.c, self.R
-        dy = [2 * (hs[t] @ V + c - yw[:, t]) / (batch * T * O) for t in range(T)]
-        dh = dy[-1] @ V.T + injected
-        grads = {"K": 0, "R": 0, "b": 0, "V": 0, "c": 0}
-        for t in reversed(range(T)):
-            prev = hs[t - 1] if t else h0
-            grads["K"] += xw[:, t].T @ dh
-            grads["R"] += prev.T @ dh
-            grads["b"] += dh.sum(0)
-            grads["V"] += hs[t].T @ dy[t]
-            grads["c"] += dy[t].sum(0)
-            dh = dh @ R.T + (dy[t - 1] @ V.T if t else 0)
-        return dh, grads
+        return linear_rnn_reference.backward(self.w, xw, yw, h0, hs, injected, at_first_step)
 
     def step(self, A, a, xw, yw, h0, rows, continues, condition=None, next_condition=None,
              sigma=1.0):
@@ -416,20 +398,7 @@ def test_auxiliary_task_with_a_nonzero_head_and_sigma_below_one_equals_numpy():
     error = hs[0] @ Wh + bh - target
     aux_loss = (error**2).mean()
     d_head = w * 2 * error / error.size
-    V, c, R = ref.V, ref.c, ref.R
-    dy = [2 * (hs[t] @ V + c - yw[:, t]) / (B * T * O) for t in range(T)]
-    dh = dy[-1] @ V.T + future
-    grads = {"K": 0, "R": 0, "b": 0, "V": 0, "c": 0}
-    for t in reversed(range(T)):
-        if t == 0:
-            dh = dh + d_head @ Wh.T
-        prev = hs[t - 1] if t else h0
-        grads["K"] += xw[:, t].T @ dh
-        grads["R"] += prev.T @ dh
-        grads["b"] += dh.sum(0)
-        grads["V"] += hs[t].T @ dy[t]
-        grads["c"] += dy[t].sum(0)
-        dh = dh @ R.T + (dy[t - 1] @ V.T if t else 0)
+    _, grads = ref.backward(xw, yw, h0, hs, future, at_first_step=d_head @ Wh.T)
 
     out = credit.compute_gradients(model, xw.astype("float32"), yw.astype("float32"))
     np.testing.assert_allclose(float(out.logs["aux_loss"]), aux_loss, rtol=1e-5)

@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import credit  # noqa: E402
+import linear_rnn_reference  # noqa: E402
 from credit import data, recurrent  # noqa: E402
 from credit.methods import SyntheticGradients, SyntheticGradientsThroughTime  # noqa: E402
 
@@ -151,27 +152,14 @@ def test_bootstrap_target_update_and_gradients_equal_numpy_on_a_linear_rnn(warmu
     x, y = windows(3, seed=3, outputs=1)
     x, y = x.astype("float64"), y.astype("float64")
 
+    w = {"K": K, "R": R, "b": b, "V": V, "c": c}
+
     def forward(xw, h):
-        hs = []
-        for t in range(T):
-            h = xw[:, t] @ K + h @ R + b
-            hs.append(h)
-        return hs
+        return linear_rnn_reference.forward(w, xw, h)
 
     def backward(xw, yw, h0, hs, injected):
         """Gradients of the window's MSE plus <h_T, injected>: (dh_0, weight grads)."""
-        dy = [2 * (hs[t] @ V + c - yw[:, t]) / (B * T) for t in range(T)]
-        dh = dy[-1] @ V.T + injected
-        grads = {"K": 0, "R": 0, "b": 0, "V": 0, "c": 0}
-        for t in reversed(range(T)):
-            prev = hs[t - 1] if t else h0
-            grads["K"] += xw[:, t].T @ dh
-            grads["R"] += prev.T @ dh
-            grads["b"] += dh.sum(0)
-            grads["V"] += hs[t].T @ dy[t]
-            grads["c"] += dy[t].sum(0)
-            dh = dh @ R.T + (dy[t - 1] @ V.T if t else 0)
-        return dh, grads
+        return linear_rnn_reference.backward(w, xw, yw, h0, hs, injected)
 
     out1 = credit.compute_gradients(model, x[:B], y[:B])
     assert float(out1.logs["sg_loss"]) == 0.0          # no previous window yet
