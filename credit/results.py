@@ -718,12 +718,35 @@ def _panels(data):
     return panels
 
 
+def _curve_stats(runs, metric):
+    """Mean, min, max and std over runs of ``metric`` at every x (``epoch``) value.
+
+    Runs logged at different x values (a curriculum checked every so many steps, runs
+    of different lengths) are first interpolated linearly onto the union of their x
+    values, each within its own range: averaging by x alone would average a different
+    subset of runs at neighbouring points, and the mean would zigzag between them.
+    Runs logged at the same x values give exactly their mean at each x.
+    """
+    if "run" not in runs.columns:
+        return runs.groupby("epoch")[metric].agg(["mean", "min", "max", "std"])
+    curves = {run: rows.groupby("epoch")[metric].mean()
+              for run, rows in runs.groupby("run", sort=True)}
+    grid = sorted(set().union(*(c.index for c in curves.values())))
+    table = pd.DataFrame({run: c.reindex(grid).interpolate(method="index",
+                                                             limit_area="inside")
+                          for run, c in curves.items()}, index=grid)
+    return pd.DataFrame({"mean": table.mean(axis=1), "min": table.min(axis=1),
+                         "max": table.max(axis=1), "std": table.std(axis=1)})
+
+
 def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
                 xlabel="epoch", columns=4):
     """Plot learning curves: one panel per data set and model, one line per method.
 
     Each line is the mean over seeds of ``metric`` at each epoch, with a shaded
-    band (min to max over seeds, or mean ± std). A frame with a ``model`` column (as
+    band (min to max over seeds, or mean ± std). Runs logged at different x values are
+    interpolated onto the union of their x values first (each within its own range),
+    so that every point of a line averages the same runs where they overlap. A frame with a ``model`` column (as
     :func:`load_runs` gives) gets one panel per (data set, model) that has values of
     ``metric``, titled ``"<data set> · <model type>"``; without it, one panel per data
     set. Panels are laid out ``columns`` to a row; a method has the same colour in
@@ -788,7 +811,7 @@ def plot_curves(df, path, metric=None, band="minmax", include_diverged=False,
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey="accuracy" in metric)
     for ax, (title, rows) in zip(axes.flat, panels):
         for method, runs in rows.groupby("method", sort=True):
-            stats = runs.groupby("epoch")[metric].agg(["mean", "min", "max", "std"])
+            stats = _curve_stats(runs, metric)
             ax.plot(stats.index, stats["mean"], label=method, color=colours[method])
             if band == "minmax":
                 low, high = stats["min"], stats["max"]

@@ -486,6 +486,27 @@ def test_plot_curves_draws_one_panel_per_model_and_data_set(tmp_path, figures):
     assert [t.get_text() for t in legend.get_texts()] == ["backprop", "dfa"]
 
 
+def test_plot_curves_averages_runs_logged_at_different_steps_without_zigzag(tmp_path,
+                                                                            figures):
+    # Two seeds checked at interleaved steps (as the recurrent curriculum logs): each
+    # rises linearly, seed 1 above seed 0. Averaging by x alone would alternate between
+    # the two seeds' values; the runs interpolated onto a common grid give their mean.
+    root = tmp_path / "runs"
+    steps = {0: [0, 20, 40, 60], 1: [10, 30, 50]}
+    for seed, xs in steps.items():
+        acc = [0.5 + 0.2 * seed + 0.005 * x for x in xs]
+        write_run(root, f"r{seed}", config("dfa", "digits", seed),
+                  {"epoch": xs, "loss": [1.0] * len(xs), "test_accuracy": acc})
+    results.plot_curves(results.load_runs(root), tmp_path / "curves.png")
+    line, = figures[-1].axes[0].get_lines()
+    x, y = line.get_xdata(), line.get_ydata()
+    np.testing.assert_array_equal(x, [0, 10, 20, 30, 40, 50, 60])
+    # Where both runs exist (10..50) the mean is 0.6 + 0.005 x; outside, the one run.
+    expected = [0.5, 0.65, 0.7, 0.75, 0.8, 0.85, 0.8]
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+    assert np.all(np.diff(y[1:-1]) > 0)  # no zigzag where the runs overlap
+
+
 def test_plot_curves_errors(df, tmp_path):
     with pytest.raises(ValueError, match="band"):
         results.plot_curves(df, tmp_path / "x.png", band="iqr")
