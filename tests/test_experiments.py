@@ -531,6 +531,22 @@ def test_plan_fingerprint_sees_the_points_and_not_keras_names():
 
     dfa = fingerprint({"name": "dfa", "seed": 0})
     assert fingerprint({"name": "dfa", "seed": 0}, extra_layers=5) == dfa
+    assert fingerprint({"name": "dfa", "seed": 1}) == dfa  # the sweep checks one seed
+    # Points on parameter-free layers are named in the rules too (SG on a ResNet:
+    # "true gradient from point activation_4"): Keras's names must not matter there.
+    resnet = configs.complete(tiny("sg", model={"type": "resnet", "depth": 8}))
+    rdata = data_lib.load_data(resnet)
+    plans = set()
+    for extra in (0, 3):
+        keras.backend.clear_session()
+        for _ in range(extra):
+            keras.layers.Activation("relu")
+        model = models.build_model(resnet["model"], rdata)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                      method={"name": "sg", "seed": 0})
+        assert "point activation" in " ".join(credit.summary(model)["signal"])
+        plans.add(training.plan_fingerprint(model))
+    assert len(plans) == 1
     assert fingerprint({"name": "dfa", "seed": 0, "at": [0]}) != dfa  # other points
     assert fingerprint({"name": "dfa", "seed": 0, "scale": 0.5}) != dfa  # other option
     assert fingerprint({"name": "fa", "seed": 0}) != dfa

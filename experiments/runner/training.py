@@ -39,6 +39,7 @@ import hashlib
 import math
 import os
 import pathlib
+import re
 import socket
 import time
 
@@ -158,19 +159,23 @@ def plan_fingerprint(model):
     if method is None or method.plan is None:
         return None
     table = credit.summary(model)
-    names = sorted(enumerate(table["layer"]), key=lambda item: -len(item[1]))
+    # Every layer's name (points are often parameter-free layers: "activation_4"), by
+    # position in the model; whole names only, longest first.
+    names = list(credit.graph.unique_names(model).values())
+    position = {name: i for i, name in enumerate(names)}
+    pattern = re.compile("|".join(
+        rf"(?<![\w/#]){re.escape(n)}(?![\w/#])" for n in sorted(names, key=len, reverse=True)))
 
     def positional(text):
-        text = str(text)
-        for i, name in names:
-            text = text.replace(name, f"<layer {i}>")
-        return text
+        return pattern.sub(lambda m: f"<layer {position[m.group(0)]}>", str(text))
 
-    config = {k: v for k, v in method.get_config().items() if k != "name"}
+    # Not the seed: it draws the random matrices, not the plan (and the sweep checks one
+    # config per group of seeds).
+    config = {k: v for k, v in method.get_config().items() if k not in ("name", "seed")}
     rules = [[positional(v) for v in row]
              for row in table[["type", "block", "signal", "transport"]].itertuples(index=False)]
     text = configs_lib.canonical_json({"method": type(method).__name__,
-                                       "config": positional(configs_lib.canonical_json(config)),
+                                       "config": config,  # names here are the user's
                                        "rules": rules})
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
