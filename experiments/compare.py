@@ -184,7 +184,10 @@ COMMON = {"optimizer": "adam", "learning_rate": 1e-3, "n_align": 256}
 #:   0.901, no gain over the global activity estimate on this two-hidden-layer MLP.
 #:
 #: Five epochs favour large rates: the full runs (40 epochs on digits) should confirm
-#: them with ``--tune lr``.
+#: them with ``--tune lr``. They did in part (results/compare/tuning.md, 2026-12-08;
+#: rates chosen on MNIST / digits / diabetes): forward_gradient 3e-3 / 1e-2 / 1e-2,
+#: pepita 3e-4 / 3e-3 / 3e-4, forward_forward 1e-3 / 1e-2 / n/a, local_losses 1e-2 /
+#: 3e-4 / 3e-3, delayed_feedback 1e-2 / 3e-4 / 1e-2.
 METHOD_SETTINGS = {
     "forward_gradient": {"learning_rate": 3e-3, "method_config": {"tangents": 4}},
     "pepita": {"learning_rate": 1e-2},
