@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib

@@ -10,7 +10,7 @@ import collections
 import contextlib
 
 import keras
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
@@ -555,6 +555,16 @@ class Model(keras.Model):
         # Keras caches the traced train function; a switch must retrace it.
         self.train_function = None
         self.test_function = None
+
+    @property
+    def non_trainable_variables(self):
+        """Keras's non-trainable variables; on the JAX backend also the method's state
+        (feedback matrices, brSF's step counter), so that Keras's JAX trainer carries it
+        through the jitted step with the model's and writes its updates back."""
+        variables = super().non_trainable_variables
+        if backends.is_jax():
+            variables = variables + jax_backend().method_variables(self, variables)
+        return variables
 
     def _try_bind(self):
         """Bind the method now if the input shape is known (else at the first step)."""

@@ -55,7 +55,7 @@ import inspect
 
 import keras
 import numpy as np
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit import _keras_compat as compat
 from credit.data.windows import Windows

@@ -22,10 +22,14 @@ The output error is a second call of the same VJP with cotangents ``(1, 0)``, re
 the probes only; inside ``jit`` (``fit``) the unused weight gradients of that call are
 pruned, so it costs the backward pass from the loss to the logits.
 
-Methods that run here: :data:`METHODS`. Methods with their own training state
-(Kolen-Pollack, synthetic gradients, local losses, delayed feedback) or without a
-backward pass (forward gradients, PEPITA, Forward-Forward), kickback and brSF (its
-per-step draws) are refused with an error that names the methods that run.
+The method's state (feedback matrices, brSF's step counter) rides with the model's
+non-trainable variables (``credit.Model.non_trainable_variables``), so Keras's JAX
+trainer carries it through the jitted step and writes the method's updates back.
+
+Methods that run here: :data:`METHODS`. Methods with trained state of their own
+(Kolen-Pollack, synthetic gradients, local losses, delayed feedback), without a
+backward pass (forward gradients, PEPITA, Forward-Forward) and kickback are refused
+with an error that names the methods that run.
 
 Example:
     >>> # KERAS_BACKEND=jax
@@ -46,7 +50,7 @@ from credit.signal import Trace, flat, require_one_output
 #: The built-in methods that run on the JAX backend (canonical names).
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment",
            "direct_random_target_projection", "sign_symmetry",
-           "fixed_random_sign_feedback")
+           "fixed_random_sign_feedback", "batchwise_random_sign_feedback")
 
 _LOGIT_KINDS = ("activation", "input", "output_of", "output")
 
@@ -422,19 +426,28 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
 
     trace = JaxTrace(plan, outputs, found.get("stops", {}), x, y, sample_weight, y_pred,
                      loss, logits, errors, model.trainable_variables)
-    signals = method.signals(trace) or {}
-    unknown = [p for p in signals if p not in plan.order]
-    if unknown:
-        raise ValueError(f"{type(method).__name__}.signals returned signals for {unknown}, "
-                         f"which are not its points {list(plan.order)}.")
-    deltas = []
-    for p, h in zip(order, points):
-        s = signals.get(p)
-        deltas.append(ops.zeros_like(h) if s is None
-                      else ops.cast(jax.lax.stop_gradient(s), h.dtype))
-    gradients, _ = vjp_fn((ops.ones_like(loss), deltas))
-    trace.gradients = gradients
-    method.update(trace, signals)
+    # The method reads (and its update writes) its state and the weights as values of
+    # this step: the variables themselves may hold no value inside Keras's jitted step.
+    non_trainable_variables = model.non_trainable_variables
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(non_trainable_variables, non_trainable_new))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        signals = method.signals(trace) or {}
+        unknown = [p for p in signals if p not in plan.order]
+        if unknown:
+            raise ValueError(f"{type(method).__name__}.signals returned signals for "
+                             f"{unknown}, which are not its points {list(plan.order)}.")
+        deltas = []
+        for p, h in zip(order, points):
+            s = signals.get(p)
+            deltas.append(ops.zeros_like(h) if s is None
+                          else ops.cast(jax.lax.stop_gradient(s), h.dtype))
+        gradients, _ = vjp_fn((ops.ones_like(loss), deltas))
+        trace.gradients = gradients
+        method.update(trace, signals)
+    non_trainable_new = [value if scope.get_current_value(v) is None
+                         else scope.get_current_value(v)
+                         for v, value in zip(non_trainable_variables, non_trainable_new)]
     return list(gradients), loss, y_pred, non_trainable_new, metrics_new
 
 
@@ -465,6 +478,18 @@ def _loss(model, trainable, non_trainable, metrics_variables, x, y, y_pred, samp
     for extra in losses:
         loss = loss + ops.cast(extra, loss.dtype)
     return loss, list(metrics_variables)
+
+
+def method_variables(model, known=()):
+    """The variables of the model's method's state that are not among ``known``: on
+    JAX they ride with the model's non-trainable variables (see
+    ``credit.Model.non_trainable_variables``)."""
+    method = model.__dict__.get("_credit_method")
+    state = getattr(method, "state", None)
+    if state is None or method.exact:
+        return []
+    seen = {id(v) for v in known}
+    return [v for v in state.variables if id(v) not in seen]
 
 
 def _refuse_loss_scaling(model):

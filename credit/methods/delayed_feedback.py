@@ -2,7 +2,7 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit.graph import size_of
 from credit.methods import _sign

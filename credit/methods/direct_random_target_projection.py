@@ -1,7 +1,7 @@
 """Direct random target projection: the target, not the error, sent to every hidden block."""
 
 import numpy as np
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit.graph import size_of
 from credit.methods import _per_step, _sign

@@ -4,7 +4,7 @@ at feedback points. Through time, on a stateful RNN's carried state: see
 
 import keras
 import numpy as np
-import tensorflow as tf
+from credit._tensorflow import tf
 
 from credit import transports
 from credit.methods import _synthesizers as sg
