@@ -1,8 +1,8 @@
 """credit on Keras's JAX backend, checked against numpy.
 
 The suite's own process runs TensorFlow, so each test runs ``tests/scripts/jax_checks.py``
-in a process with ``KERAS_BACKEND=jax`` and checks what it reports. Skipped where JAX is
-not installed.
+in a process with ``KERAS_BACKEND=jax`` (and TensorFlow made unimportable) and checks
+what it reports. Skipped where JAX is not installed.
 """
 
 import importlib.util
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "jax_checks.py")
 JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment",
                "direct_random_target_projection", "sign_symmetry",
-               "fixed_random_sign_feedback"]
+               "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -120,6 +120,33 @@ def test_subclassed_model_and_unsupported_method_are_refused(reference_run):
     assert "direct_feedback_alignment" in kp["message"]
     # The refused method leaves the model as it was.
     assert [line["after_refusal"] for line in lines if "after_refusal" in line] == ["backprop"]
+
+
+def test_fa_with_b_equal_to_w_is_backprop_on_a_nested_conv_model(reference_run):
+    _, lines = reference_run
+    (line,) = [line for line in lines if "conv_fa_equals_backprop" in line]
+    assert min(line["kernel_gradients"]) > 1e-4  # every kernel gets a signal
+    assert line["conv_fa_equals_backprop"] < 1e-6
+    assert line["random_b_differs"] > 1e-3  # the transports are in the backward pass
+    # The inner model's Conv2D, the separable conv and the Dense layers are crossed.
+    assert len(line["transported"]) == 4
+
+
+def test_batchwise_random_sign_feedback_counter_through_fit_and_saving(reference_run):
+    _, lines = reference_run
+    (line,) = [line for line in lines if "brsf_step" in line]
+    assert line["brsf_step_after_fit"] == 4  # one draw per batch, inside the jitted step
+    assert line["brsf_draws_change"] > 1e-3
+    assert line["brsf_fit_vs_eager"] < 1e-6
+    assert line["brsf_step"] == 5 and line["brsf_step_saved"] == 5
+
+
+def test_credit_runs_on_jax_without_tensorflow(reference_run):
+    """The JAX checks ran with ``sys.modules["tensorflow"] = None``: credit imported,
+    bound, stepped, trained, saved and loaded without TensorFlow."""
+    _, lines = reference_run
+    assert [line["tensorflow_importable"] for line in lines
+            if "tensorflow_importable" in line] == [False]
 
 
 def test_torch_backend_is_refused_at_import():

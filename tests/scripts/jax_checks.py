@@ -9,7 +9,9 @@ Usage: ``KERAS_BACKEND=jax python jax_checks.py MODE OUT`` with MODE one of:
   of the refusals (a subclassed model, an unsupported method).
 - ``train``: every method that runs on JAX trains a small MLP on sklearn's digits with
   ``fit``; one JSON line per method with its loss before and after.
-- ``import``: ``import credit`` with TensorFlow made unimportable.
+
+TensorFlow is made unimportable first (``sys.modules["tensorflow"] = None``): credit on
+JAX must neither import nor use it.
 """
 
 import json
@@ -17,18 +19,11 @@ import os
 import sys
 import tempfile
 
-import numpy as np
+sys.modules["tensorflow"] = None  # any import of tensorflow fails from here on
+
+import numpy as np  # noqa: E402
 
 MODE, OUT = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None
-
-if MODE == "import":
-    sys.modules["tensorflow"] = None  # any import of tensorflow fails
-    import credit  # noqa: E402
-
-    print(json.dumps({"imported": credit.__file__,
-                      "tensorflow": "tensorflow" in sys.modules
-                      and sys.modules["tensorflow"] is not None}))
-    sys.exit(0)
 
 import keras  # noqa: E402
 from keras import layers as L  # noqa: E402
@@ -126,6 +121,78 @@ def reference(out):
             print(json.dumps({"refused": what, "type": type(err).__name__,
                               "message": str(err)}))
     print(json.dumps({"after_refusal": seq.method.name}))
+    conv_and_nested(rng)
+    batchwise_counter(rng)
+    print(json.dumps({"tensorflow_importable": sys.modules.get("tensorflow") is not None}))
+
+
+def conv_and_nested(rng):
+    """FA with B = W equals backprop on convolutions inside a nested model (the
+    transports' adjoints are the layers' own input gradients)."""
+    from credit import transports
+
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([L.Conv2D(4, 3, padding="same"), L.BatchNormalization(),
+                              L.Activation("relu")], name="inner")
+    i = keras.Input((8, 8, 2))
+    h = inner(L.Conv2D(4, 3, padding="same", activation="relu")(i))
+    h = L.Flatten()(L.SeparableConv2D(4, 3, strides=2)(h))
+    o = L.Dense(3, activation="softmax")(L.Dense(8, activation="relu")(h))
+    model = credit.Model(i, o)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x = rng.normal(size=(6, 8, 8, 2)).astype("float32")
+    y = np.arange(6) % 3
+    fa = credit.get({"name": "fa", "seed": 0})
+    credit.model.bind(fa, model)
+    g_random = credit.compute_gradients(model, x, y, method=fa).gradients
+    for name, mats in fa.feedback_matrices.items():
+        mats = mats if isinstance(mats, tuple) else (mats,)
+        for b, k in zip(mats, transports.kernels(fa.graph.layers[name])):
+            b.assign(k.value)
+    g_fa = credit.compute_gradients(model, x, y, method=fa).gradients
+    g_bp = credit.compute_gradients(model, x, y, method="backprop").gradients
+    print(json.dumps({"conv_fa_equals_backprop": max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(g_fa, g_bp)),
+        "random_b_differs": max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                                for a, b in zip(g_random, g_bp)),
+        "transported": list(fa.transported),
+        "kernel_gradients": [float(np.abs(np.asarray(g)).max())
+                             for v, g in zip(model.trainable_variables, g_bp)
+                             if "kernel" in v.path]}))
+
+
+def batchwise_counter(rng):
+    """brSF's draws follow its step counter through fit (jitted) as eagerly, and the
+    counter is saved."""
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([keras.Input((10,)), L.Dense(16, activation="relu"),
+                               L.Dense(16, activation="tanh"),
+                               L.Dense(4, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  method={"name": "brsf", "seed": 5})
+    x = rng.normal(size=(32, 10)).astype("float32")
+    y = rng.integers(0, 4, size=32)
+    crossed = model.layers[1].name
+    first = np.asarray(model.method.draw(crossed)[0])
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)  # 4 steps
+    after_fit = int(model.method.step.value)
+    second = np.asarray(model.method.draw(crossed)[0])
+    w0 = [np.asarray(v.value) for v in model.trainable_variables]
+    grads = credit.compute_gradients(model, x, y).gradients  # at step 4, advances it
+    for v, w in zip(model.trainable_variables, w0):
+        v.assign(w)
+    model.method.step.assign(after_fit)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # at step 4
+    fit_vs_eager = max(float(np.abs(w - 0.1 * np.asarray(g) - np.asarray(v.value)).max())
+                       for w, g, v in zip(w0, grads, model.trainable_variables))
+    path = os.path.join(tempfile.mkdtemp(), "brsf.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    print(json.dumps({"brsf_step_after_fit": after_fit,
+                      "brsf_draws_change": float(np.abs(first - second).max()),
+                      "brsf_fit_vs_eager": fit_vs_eager,
+                      "brsf_step_saved": int(loaded.method.step.value),
+                      "brsf_step": int(model.method.step.value)}))
 
 
 def train():
