@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pandas as pd
-from credit._tensorflow import tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import recurrent_transports, transports

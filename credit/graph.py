@@ -31,8 +31,8 @@ import warnings
 from collections import Counter
 
 import keras
-from credit._tensorflow import tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import recurrent_transports, transports
 

@@ -10,8 +10,8 @@ import collections
 import contextlib
 
 import keras
-from credit._tensorflow import tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import backends, recurrent, registry, transports

@@ -99,6 +99,18 @@ def test_gradients_on_a_residual_model_equal_numpy(reference_run, method):
         assert info["transported"] == ["d1", "d2", "out"]
 
 
+def test_drtp_with_sample_weights_equals_numpy(reference_run):
+    """delta = (w * onehot(y)) B at the hidden layer (the loss's default reduction
+    divides by the batch size, not by the weights), pushed through tanh'."""
+    data, _ = reference_run
+    x, y, w = (data[f"drtp/{k}"].astype("float64") for k in ("x", "y", "w"))
+    h = np.tanh(x @ data["drtp/W0"] + data["drtp/b0"])
+    delta = (w[:, None] * np.eye(3)[y.astype(int)]) @ data["drtp/B"].astype("float64")
+    expected = x.T @ (delta * (1 - h ** 2))
+    assert np.max(np.abs(expected)) > 1e-2
+    np.testing.assert_allclose(data["drtp/g0"], expected, atol=1e-5, rtol=1e-4)
+
+
 def test_save_and_load_restore_dfa_matrices(reference_run):
     _, lines = reference_run
     (load,) = [line for line in lines if "load" in line]

@@ -27,7 +27,6 @@ point method's signal meets time:
 import warnings
 
 from credit._tensorflow import tf
-
 from credit import recurrent_transports
 from credit.graph import RECURRENT, GraphError, size_of
 

@@ -17,8 +17,8 @@ import numbers
 import keras
 import numpy as np
 from credit import _keras_compat as compat
-from credit._tensorflow import tf
 
+from credit._tensorflow import tf
 from credit.signal import hidden_points
 
 SYNTHESIZERS = ("linear", "mlp")

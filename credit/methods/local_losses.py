@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-from credit._tensorflow import tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register

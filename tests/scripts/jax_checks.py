@@ -72,7 +72,6 @@ def reference(out):
             saved[f"g/{name}/{v.path}"] = np.asarray(g)
         print(json.dumps({"method": name, "points": list(method.points),
                           "transported": list(method.transported)}))
-    np.savez(out, **saved)
 
     # Save and load restore DFA's matrices (and so its gradients).
     keras.utils.set_random_seed(0)
@@ -121,9 +120,30 @@ def reference(out):
             print(json.dumps({"refused": what, "type": type(err).__name__,
                               "message": str(err)}))
     print(json.dumps({"after_refusal": seq.method.name}))
+    weighted_drtp(rng, saved)
+    np.savez(out, **saved)
     conv_and_nested(rng)
     batchwise_counter(rng)
     print(json.dumps({"tensorflow_importable": sys.modules.get("tensorflow") is not None}))
+
+
+def weighted_drtp(rng, saved):
+    """DRTP with sample weights on one hidden layer: its kernel's gradient, with the
+    weights, the batch and the matrix, for the numpy reference."""
+    keras.utils.set_random_seed(0)
+    model = credit.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh"),
+                               L.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy",
+                  method={"name": "drtp", "seed": 2})
+    x = rng.normal(size=(6, 4)).astype("float32")
+    y = np.arange(6) % 3
+    w = rng.uniform(0, 2, size=6).astype("float32")
+    grads = credit.compute_gradients(model, x, y, sample_weight=w).gradients
+    (b,) = model.method.feedback_matrices.values()
+    saved.update({"drtp/x": x, "drtp/y": y, "drtp/w": w, "drtp/B": np.asarray(b.value),
+                  "drtp/W0": np.asarray(model.trainable_variables[0].value),
+                  "drtp/b0": np.asarray(model.trainable_variables[1].value),
+                  "drtp/g0": np.asarray(grads[0])})
 
 
 def conv_and_nested(rng):
