@@ -233,3 +233,16 @@ def init_scope():
         return tf.init_scope()
     import contextlib
     return contextlib.nullcontext()
+
+
+def in_stateless_scope():
+    """Whether code runs inside a ``keras.StatelessScope`` (a stateless call, where a
+    variable's value is the traced value of the step)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as inside
+    return inside()
+
+
+def held_value(variable):
+    """The array a variable holds (its private ``_value``), or None where Keras's JAX
+    trainer has released it during ``fit``: reading ``variable.value`` then fails."""
+    return getattr(variable, "_value", None)

@@ -140,6 +140,7 @@ def test_fa_with_b_equal_to_w_is_backprop_on_a_nested_conv_model(reference_run):
     assert min(line["kernel_gradients"]) > 1e-4  # every kernel gets a signal
     assert line["conv_fa_equals_backprop"] < 1e-6
     assert line["random_b_differs"] > 1e-3  # the transports are in the backward pass
+    assert line["fit_step_with_b_equal_to_w"] < 1e-5
     # The inner model's Conv2D, the separable conv and the Dense layers are crossed.
     assert len(line["transported"]) == 4
 

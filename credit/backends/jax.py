@@ -489,7 +489,22 @@ def method_variables(model, known=()):
     if state is None or method.exact:
         return []
     seen = {id(v) for v in known}
-    return [v for v in state.variables if id(v) not in seen]
+    variables = [v for v in state.variables if id(v) not in seen]
+    if not compat.in_stateless_scope():
+        # Keras's jitted step donates the buffers of its state: a method variable that
+        # holds the very array of a model variable (``B.assign(W)`` stores W's array)
+        # would be donated twice. Such a variable gets a copy of its own.
+        taken = {id(compat.held_value(v))
+                 for v in list(model.trainable_variables) + list(known)
+                 if compat.held_value(v) is not None}
+        for v in variables:
+            value = compat.held_value(v)
+            if value is None or isinstance(value, jax.core.Tracer):
+                continue
+            if id(value) in taken:
+                v.assign(jax.numpy.array(value, copy=True))
+            taken.add(id(compat.held_value(v)))
+    return variables
 
 
 def _refuse_loss_scaling(model):
