@@ -351,6 +351,8 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
         >>> trace = credit.model.record(model, x, y, method="dfa")   # doctest: +SKIP
         >>> trace.output_error()
     """
+    if backends.is_jax():
+        raise NotImplementedError(_tensorflow_only("credit.model.record"))
     method = _resolve(model, method)
     bind(method, model, inputs=x)
     plan = method.plan
@@ -377,6 +379,13 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
                   training, variables)
     trace.loss_read = read
     return trace
+
+
+def _tensorflow_only(what):
+    return (f"{what} reads the step's TensorFlow tape and is not ported to Keras's "
+            f"{keras.config.backend()} backend yet; run it on the tensorflow backend "
+            "(KERAS_BACKEND=tensorflow). On JAX, credit.compute_gradients, compile/fit "
+            "and credit.summary run.")
 
 
 def _loss_read(plan, tape, y_pred):
