@@ -25,20 +25,26 @@ def _configured_backend():
         return "tensorflow"
 
 
+#: The Keras backends credit runs on. TensorFlow is the reference and runs every
+#: method; on JAX a first set of methods runs (see ``credit.backends.jax``).
+BACKENDS = ("tensorflow", "jax")
+
+
 def _refuse(backend):
     raise ImportError(
-        f"credit runs on Keras's TensorFlow backend, but the Keras backend is "
-        f"{backend!r}. Set the environment variable KERAS_BACKEND=tensorflow before "
-        "importing keras or credit (or \"backend\": \"tensorflow\" in "
-        "~/.keras/keras.json).")
+        f"credit runs on Keras's {' and '.join(repr(b) for b in BACKENDS)} backends, but "
+        f"the Keras backend is {backend!r}. Set the environment variable "
+        "KERAS_BACKEND=tensorflow (every method) or KERAS_BACKEND=jax (backprop, feedback "
+        "alignment, DFA, DRTP and the sign methods) before importing keras or credit (or "
+        "\"backend\": \"tensorflow\" in ~/.keras/keras.json).")
 
 
-if _configured_backend() != "tensorflow":
+if _configured_backend() not in BACKENDS:
     _refuse(_configured_backend())
 
 import keras as _keras  # noqa: E402
 
-if _keras.config.backend() != "tensorflow":  # keras was imported earlier with another one
+if _keras.config.backend() not in BACKENDS:  # keras was imported earlier with another one
     _refuse(_keras.config.backend())
 
 from credit import distributed  # noqa: E402

@@ -162,3 +162,87 @@ def outputs_without_loss(model, y_pred):
         return set(range(n)) - covered
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None
+
+
+def functional_graph(model):
+    """The functional graph behind ``model``, or None: the model itself if it is a
+    functional model, the functional model Keras builds inside a ``keras.Sequential``
+    (``_functional``, set once its input shape is known), else None (a subclassed
+    model has no graph). credit reads the graph on backends where it cannot trace the
+    model's call (JAX)."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if isinstance(model, Functional):
+        return model
+    return None
+
+
+def functional_calls(functional):
+    """The calls of a functional model's graph in the order Keras runs them: a list of
+    ``(operation, input KerasTensors, output KerasTensors)``, input layers left out.
+
+    Keras keeps the graph's nodes by depth in a private dict and runs them from the
+    deepest depth up (``Functional._run_through_graph``); the order within a depth is
+    the order Keras keeps them in.
+    """
+    calls = []
+    by_depth = functional._nodes_by_depth
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if isinstance(node.operation, keras.layers.InputLayer):
+                continue
+            calls.append((node.operation, list(node.input_tensors),
+                          list(node.output_tensors)))
+    return calls
+
+
+class losses_override:
+    """Context manager: ``model.losses`` reads ``losses`` (the losses a stateless call
+    returned), as Keras's JAX trainer sets them for ``compute_loss``
+    (``_losses_override``, private)."""
+
+    def __init__(self, model, losses):
+        self.model = model
+        self.losses = losses
+
+    def __enter__(self):
+        if self.losses:
+            self.model._losses_override.clear()
+            self.model._losses_override = self.losses
+        return self
+
+    def __exit__(self, *exc):
+        if self.losses:
+            self.model._losses_override.clear()
+        return False
+
+
+def update_metrics_variables(model, metrics_variables, loss, x, y, y_pred, sample_weight):
+    """The JAX trainer's stateless metrics update after a step: ``(logs, new metrics
+    variables)``, the loss tracker included (``JAXTrainer._update_metrics_variables``,
+    private: the one place Keras's JAX train step updates its metrics)."""
+    return model._update_metrics_variables(metrics_variables, loss, x, y, y_pred,
+                                           sample_weight)
+
+
+def init_scope():
+    """Where a method creates its state variables: outside any traced function (on
+    TensorFlow ``tf.init_scope``; other backends create variables eagerly anyway)."""
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.init_scope()
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def in_stateless_scope():
+    """Whether code runs inside a ``keras.StatelessScope`` (a stateless call, where a
+    variable's value is the traced value of the step)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as inside
+    return inside()
+
+
+def held_value(variable):
+    """The array a variable holds (its private ``_value``), or None where Keras's JAX
+    trainer has released it during ``fit``: reading ``variable.value`` then fails."""
+    return getattr(variable, "_value", None)

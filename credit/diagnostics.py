@@ -3,12 +3,13 @@
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import recurrent_transports, transports
+from credit import backends, recurrent_transports, transports
 from credit.model import _resolve as resolve
+from credit.model import _tensorflow_only
 from credit.model import bind, record
 
 
@@ -288,6 +289,8 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     """
     if by not in ("layer", "block"):
         raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
+    if backends.is_jax():
+        raise NotImplementedError(_tensorflow_only("credit.alignment"))
     method = _method_for(model, method, "alignment")
     x = tf.nest.map_structure(tf.convert_to_tensor, x)
     y = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)

@@ -120,8 +120,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import model as model_lib
 

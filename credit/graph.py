@@ -31,8 +31,8 @@ import warnings
 from collections import Counter
 
 import keras
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import recurrent_transports, transports
 
@@ -257,7 +257,7 @@ class Graph:
         self._memo = {}
         for node in nodes:
             if node.unit:
-                for t in tf.nest.flatten(node.output_tensor):
+                for t in _flatten(node.output_tensor):
                     self._producer[t.name] = node.index
         self._connect_units()
         self._cut_blocks()
@@ -392,11 +392,11 @@ class Graph:
         """Whether layer ``name``'s output is itself a model output."""
         node = self.node(name)
         outs = {t.name for t in self._outputs}
-        return any(t.name in outs for t in tf.nest.flatten(node.output_tensor))
+        return any(t.name in outs for t in _flatten(node.output_tensor))
 
     def output_indices(self, name):
         """The indices of the model outputs that are layer ``name``'s output."""
-        produced = {t.name for t in tf.nest.flatten(self.node(name).output_tensor)}
+        produced = {t.name for t in _flatten(self.node(name).output_tensor)}
         return [j for j, t in enumerate(self._outputs) if t.name in produced]
 
     def resolve_points(self, points, argument="points"):
@@ -441,7 +441,7 @@ class Graph:
         """
         outputs_of = {}
         for p in points:
-            for t in tf.nest.flatten(self.node(p).output_tensor):
+            for t in _flatten(self.node(p).output_tensor):
                 outputs_of[t.name] = p
         below = {}
         for p in points:
@@ -488,15 +488,15 @@ class Graph:
             nodes = [node]
         point_out = {}
         for p in points:
-            for t in tf.nest.flatten(self.node(p).output_tensor):
+            for t in _flatten(self.node(p).output_tensor):
                 point_out[t.name] = p
         outputs = {t.name for t in self._outputs}
         found, loss = set(own), False
         for node in nodes:
             if node.point in points:
                 continue  # this call is fed by its own point
-            start = {t.name for t in tf.nest.flatten(node.output_tensor)}
-            hits, seen = _walk(tf.nest.flatten(node.output_tensor),
+            start = {t.name for t in _flatten(node.output_tensor)}
+            hits, seen = _walk(_flatten(node.output_tensor),
                                lambda t: t.name in point_out and t.name not in start,
                                forward=True)
             found.update(point_out[t.name] for t in hits)
@@ -778,7 +778,7 @@ class Graph:
             return None if i is None else self.nodes[i]
         for node in reversed(self.nodes[:before]):
             if node.unit and any(t.name == tensor.name
-                                 for t in tf.nest.flatten(node.output_tensor)):
+                                 for t in _flatten(node.output_tensor)):
                 return node
         return None
 
@@ -889,7 +889,16 @@ def _differentiable(t):
     # (TensorList ops): a gradient flows through them, so the walk must too, or the
     # layers below a recurrent layer inside a block look disconnected from it.
     return (t.dtype.is_floating or t.dtype.is_complex or t.dtype.is_integer
-            or t.dtype == tf.variant)
+            or getattr(t.dtype, "name", None) == "variant")
+
+
+def _flatten(structure):
+    """The tensors of a call's output structure: ``tf.nest.flatten`` on TensorFlow (its
+    tensors), ``keras.tree.flatten`` elsewhere (the functional graph's, see
+    ``credit.backends.keras_graph``)."""
+    if keras.config.backend() == "tensorflow":
+        return tf.nest.flatten(structure)
+    return keras.tree.flatten(structure)
 
 
 def _shape(t):

@@ -10,11 +10,11 @@ import collections
 import contextlib
 
 import keras
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import recurrent, registry, transports
+from credit import backends, recurrent, registry, transports
 from credit.signal import MethodState, Trace
 
 Gradients = collections.namedtuple("Gradients", ["gradients", "loss", "y_pred", "logs"])
@@ -50,12 +50,15 @@ def bind(method, model, inputs=None):
             f"this {type(method).__name__} instance is already bound to model "
             f"{method.model.name!r}; give each model its own method, e.g. "
             "credit.get(method.get_config()).")
-    scope = (contextlib.nullcontext() if tf.distribute.has_strategy()
-             else model.distribute_strategy.scope())
-    with tf.init_scope(), scope:
-        spec = _input_spec(model, inputs)
-        _ensure_built(model, spec)
-        graph = graph_lib.analyse(model, spec)
+    if backends.is_jax():
+        jax_backend().check_method(method)
+        scope, init = contextlib.nullcontext(), contextlib.nullcontext()
+    else:
+        scope = (contextlib.nullcontext() if tf.distribute.has_strategy()
+                 else model.distribute_strategy.scope())
+        init = tf.init_scope()
+    with init, scope:
+        graph = _analyse(model, inputs)
         method.model, method.graph = model, graph
         method.state = MethodState(name=f"{method.name}_state")
         method.points, method.transported, method.intercepted = (), (), ()
@@ -73,11 +76,33 @@ def bind(method, model, inputs=None):
                         f"layer of model {model.name!r}.")
             method.plan = graph_lib.Plan(graph, method.points, method.transported,
                                          tuple(method.intercepted))
+            if backends.is_jax():
+                jax_backend().check_bound(method)
         except Exception:
             method.model = method.graph = method.plan = None
             raise
         method.state.built = True
     return method
+
+
+def jax_backend():
+    """credit's JAX step (imported only on the JAX backend)."""
+    from credit.backends import jax as jax_step
+    return jax_step
+
+
+def _analyse(model, inputs):
+    """The model's graph: traced on TensorFlow, read from Keras's functional graph on
+    other backends (built first from the batch ``inputs`` where needed)."""
+    if backends.is_jax():
+        from credit.backends import keras_graph
+        if not model.built and inputs is not None and isinstance(model, keras.Sequential):
+            first = next(t for t in keras.tree.flatten(inputs) if t is not None)
+            model.build((None,) + tuple(first.shape[1:]))
+        return keras_graph.analyse(model)
+    spec = _input_spec(model, inputs)
+    _ensure_built(model, spec)
+    return graph_lib.analyse(model, spec)
 
 
 def _check_transported(graph, method):
@@ -197,6 +222,10 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         ...     return out.loss
     """
     method = _resolve(model, method)
+    if backends.is_jax():
+        bind(method, model, inputs=x)
+        return jax_backend().compute_gradients(model, method, x, y, sample_weight,
+                                               loss_fn=loss_fn, training=training)
     if getattr(method, "computes_gradients", False):
         # Methods without a backward pass (forward gradients, PEPITA) form the whole
         # update themselves: method.compute_gradients returns a Gradients tuple.
@@ -322,6 +351,8 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
         >>> trace = credit.model.record(model, x, y, method="dfa")   # doctest: +SKIP
         >>> trace.output_error()
     """
+    if backends.is_jax():
+        raise NotImplementedError(_tensorflow_only("credit.model.record"))
     method = _resolve(model, method)
     bind(method, model, inputs=x)
     plan = method.plan
@@ -348,6 +379,13 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
                   training, variables)
     trace.loss_read = read
     return trace
+
+
+def _tensorflow_only(what):
+    return (f"{what} reads the step's TensorFlow tape and is not ported to Keras's "
+            f"{keras.config.backend()} backend yet; run it on the tensorflow backend "
+            "(KERAS_BACKEND=tensorflow). On JAX, credit.compute_gradients, compile/fit "
+            "and credit.summary run.")
 
 
 def _loss_read(plan, tape, y_pred):
@@ -527,10 +565,23 @@ class Model(keras.Model):
         self.train_function = None
         self.test_function = None
 
+    @property
+    def non_trainable_variables(self):
+        """Keras's non-trainable variables; on the JAX backend also the method's state
+        (feedback matrices, brSF's step counter), so that Keras's JAX trainer carries it
+        through the jitted step with the model's and writes its updates back."""
+        variables = super().non_trainable_variables
+        if backends.is_jax():
+            variables = variables + jax_backend().method_variables(self, variables)
+        return variables
+
     def _try_bind(self):
         """Bind the method now if the input shape is known (else at the first step)."""
         method = self.__dict__.get("_credit_method")
         if method is None or method.exact or method.plan is not None or not self.built:
+            return
+        if backends.is_jax():  # the graph is Keras's own: no input shape to learn
+            bind(method, self)
             return
         try:
             _input_spec(self, None)
@@ -620,14 +671,20 @@ class Model(keras.Model):
         self._sync_state()
         return super().make_train_function(force)
 
-    def train_step(self, data):
+    def train_step(self, *args):
         """One step: :func:`compute_gradients` with ``self.method``, then the optimizer.
 
-        Backprop runs Keras's own ``train_step``.
+        Backprop runs Keras's own ``train_step``. On the JAX backend the step is
+        functional, as Keras's JAX trainer calls it: ``train_step(state, data)``
+        returns ``(logs, state)`` (:func:`credit.backends.jax.train_step`).
         """
         method = self.method
         if method.exact:
-            return super().train_step(data)
+            return super().train_step(*args)
+        if backends.is_jax():
+            bind(method, self, inputs=compat.unpack_x_y_sample_weight(args[1])[0])
+            return jax_backend().train_step(self, *args)
+        (data,) = args
         x, y, sample_weight = compat.unpack_x_y_sample_weight(data)
         out = compute_gradients(self, x, y, sample_weight, method=method)
         self._sync_state()

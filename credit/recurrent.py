@@ -55,8 +55,8 @@ import inspect
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit.data.windows import Windows
 from credit.graph import GraphError

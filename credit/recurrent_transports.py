@@ -57,7 +57,7 @@ import inspect
 import threading
 
 import keras
-import tensorflow as tf
+from credit._tensorflow import tf
 from keras import ops
 
 _L = keras.layers

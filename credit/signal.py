@@ -22,8 +22,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import recurrent_transports
 from credit.graph import GraphError, size_of
@@ -565,7 +565,7 @@ class ErrorSignal(abc.ABC):
     def add_state_variable(self, value, name, trainable=False, dtype="float32"):
         """Add a variable holding ``value`` (a numpy array) to the method's state."""
         value = np.asarray(value, dtype=dtype)
-        with tf.init_scope():
+        with compat.init_scope():
             return self.state.add_weight(
                 shape=value.shape, initializer=keras.initializers.Constant(value),
                 trainable=trainable, name=name, dtype=dtype)
@@ -624,8 +624,8 @@ def project(v, matrices, trace):
     deltas = {}
     for name in trace.points:
         h = trace.outputs[name]
-        delta = tf.matmul(v, tf.cast(matrices[name], v.dtype))
-        deltas[name] = tf.reshape(delta, tf.shape(h))
+        delta = keras.ops.matmul(v, keras.ops.cast(matrices[name], v.dtype))
+        deltas[name] = keras.ops.reshape(delta, keras.ops.shape(h))
     return deltas
 
 
@@ -722,4 +722,4 @@ def output_units(graph, method):
 
 def flat(t):
     """``t`` reshaped to ``(batch, -1)``."""
-    return tf.reshape(t, (tf.shape(t)[0], -1))
+    return keras.ops.reshape(t, (keras.ops.shape(t)[0], -1))

@@ -24,7 +24,7 @@ Example:
 """
 
 import keras
-import tensorflow as tf
+from credit._tensorflow import tf
 from keras import ops
 
 from credit import recurrent_transports

@@ -26,8 +26,7 @@ point method's signal meets time:
 
 import warnings
 
-import tensorflow as tf
-
+from credit._tensorflow import tf
 from credit import recurrent_transports
 from credit.graph import RECURRENT, GraphError, size_of
 

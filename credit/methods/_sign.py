@@ -32,7 +32,6 @@ MultiHeadAttention, ``"abc,cde->abde"``, fan_in = ``c`` and fan_out = ``d * e``.
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from credit import recurrent_transports, transports
 from credit.signal import PLACEMENTS
@@ -92,8 +91,8 @@ def glorot_limit(layer, kernel_index=0):
 
 def signed(magnitude, kernel):
     """``magnitude * sign(kernel)``, in the kernel's dtype (``sign(0) = 0``)."""
-    kernel = tf.convert_to_tensor(kernel)
-    return tf.cast(magnitude, kernel.dtype) * tf.sign(kernel)
+    kernel = keras.ops.convert_to_tensor(kernel)
+    return keras.ops.cast(magnitude, kernel.dtype) * keras.ops.sign(kernel)
 
 
 def check_scale(scale, what="scale"):

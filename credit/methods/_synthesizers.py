@@ -16,8 +16,9 @@ import numbers
 
 import keras
 import numpy as np
-import tensorflow as tf
+from credit import _keras_compat as compat
 
+from credit._tensorflow import tf
 from credit.signal import hidden_points
 
 SYNTHESIZERS = ("linear", "mlp")
@@ -505,7 +506,7 @@ def check_common(method, *, seed, synthesizer, conditioned, warmup_steps, hidden
                          f"{err}") from None
     method.activation = activation
     method.optimizer, method.learning_rate = optimizer_arguments(optimizer, learning_rate)
-    with tf.init_scope():
+    with compat.init_scope():
         make_optimizer(method.optimizer, method.learning_rate)  # fail now, not at compile
 
 

@@ -1,9 +1,9 @@
 """Batchwise random-magnitude sign-concordant feedback (BioTorch's brSF)."""
 
 import keras
-import tensorflow as tf
 
-from credit import transports
+from credit import _keras_compat as compat
+from credit import backends, transports
 from credit.methods import _sign
 from credit.registry import register
 from credit.signal import ErrorSignal, transported_layers
@@ -41,7 +41,8 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
             input and recurrent kernels, at every step).
 
     Attributes:
-        step: the number of training steps taken (a non-trainable int64 variable).
+        step: the number of training steps taken (a non-trainable int64 variable; int32
+            on the JAX backend).
 
     Example:
         >>> model.compile(optimizer="sgd", loss="mse", method="brsf")  # doctest: +SKIP
@@ -71,13 +72,13 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
             kernels[name] = entries
         self._kernels = kernels
         base = int(self.seed_for("batchwise_random_sign_feedback").integers(0, 2**31 - 1))
-        with tf.init_scope():
+        with compat.init_scope():
             self._seed_variable = self.state.add_weight(
-                shape=(), dtype="int64", name="seed", trainable=False,
+                shape=(), dtype=backends.counter_dtype(), name="seed", trainable=False,
                 initializer=keras.initializers.Constant(base),
                 aggregation="only_first_replica")
             self.step = self.state.add_weight(
-                shape=(), dtype="int64", name="step", trainable=False,
+                shape=(), dtype=backends.counter_dtype(), name="step", trainable=False,
                 initializer="zeros", aggregation="only_first_replica")
 
     def draw(self, name, step=None):
@@ -91,15 +92,11 @@ class BatchwiseRandomSignFeedback(ErrorSignal):
         if name not in self._kernels:
             raise ValueError(f"layer {name!r} is not crossed by brSF; its layers: "
                              f"{list(self._kernels)}.")
-        step = tf.convert_to_tensor(self.step) if step is None else step
-        seed = tf.stack([tf.convert_to_tensor(self._seed_variable),
-                         tf.cast(step, "int64")])
+        step = self.step if step is None else step
         out = []
         for k, shape, limit in self._kernels[name]:
-            m = tf.random.stateless_uniform(
-                shape, seed=tf.random.experimental.stateless_fold_in(seed, k),
-                minval=-limit, maxval=limit, dtype="float32")
-            out.append(tf.abs(m))
+            m = backends.stateless_uniform(shape, self._seed_variable, step, k, -limit, limit)
+            out.append(keras.ops.abs(m))
         return tuple(out)
 
     def transport(self, layer, kernels):

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit.graph import size_of
 from credit.methods import _sign
 from credit.methods import _synthesizers as sg

@@ -1,8 +1,9 @@
 """Direct random target projection: the target, not the error, sent to every hidden block."""
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from credit._tensorflow import tf
 from credit.graph import size_of
 from credit.methods import _per_step, _sign
 from credit.registry import register
@@ -169,26 +170,26 @@ def _weighted(trace, y=None):
     w = trace.sample_weight
     if w is None:
         return y
-    w = tf.cast(tf.convert_to_tensor(w), y.dtype)
-    batch = tf.shape(y)[0]
+    w = ops.cast(ops.convert_to_tensor(w), y.dtype)
+    batch = ops.shape(y)[0]
     out_shape = [int(d) for d in trace.graph.output_shapes[0]]
     rank = len(out_shape) + 1
     # As Keras's losses do (squeeze_or_expand_to_same_rank): drop trailing unit axes
     # beyond the output's rank, append unit axes up to it.
-    while w.shape.rank > rank and w.shape[-1] == 1:
-        w = tf.squeeze(w, -1)
-    if w.shape.rank > rank:
+    while len(w.shape) > rank and w.shape[-1] == 1:
+        w = ops.squeeze(w, -1)
+    if len(w.shape) > rank:
         raise ValueError(
             f"sample_weight of shape {tuple(w.shape)} has more axes than the model output "
             f"(batch, {', '.join(map(str, out_shape))}); pass one weight per example, or "
             "per example and time step.")
-    w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([rank - w.shape.rank], "int32")], 0))
-    w = tf.broadcast_to(w, tf.concat([[batch], out_shape], 0))
+    w = ops.reshape(w, tuple(ops.shape(w)) + (1,) * (rank - len(w.shape)))
+    w = ops.broadcast_to(w, (batch, *out_shape))
     if _reduction(trace.graph.model) == "mean_with_sample_weight":
         # The loss divides by the sum of the weights, not by their count (the ratio is
         # the same over the broadcast weights).
-        w = w * tf.math.divide_no_nan(tf.cast(tf.size(w), w.dtype), tf.reduce_sum(w))
-    return y * tf.reshape(w, tf.shape(y))
+        w = w * ops.divide_no_nan(ops.cast(ops.size(w), w.dtype), ops.sum(w))
+    return y * ops.reshape(w, ops.shape(y))
 
 
 def _reduction(model):

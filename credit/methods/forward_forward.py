@@ -1,7 +1,7 @@
 """Forward-Forward: layer-local goodness objectives on positive and negative data."""
 
 import numpy as np
-import tensorflow as tf
+from credit._tensorflow import tf
 from keras import ops
 
 from credit.graph import GraphError

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit.methods import _synthesizers as sg
 from credit.registry import register
 from credit.signal import PLACEMENTS, ErrorSignal, hidden_points, output_units

@@ -1,7 +1,6 @@
 """Kickback: a scalar error times a one-step, all-ones backward pass."""
 
-import tensorflow as tf
-
+from credit._tensorflow import tf
 from credit.graph import GraphError
 from credit.registry import register
 from credit.signal import ErrorSignal, output_units

@@ -5,8 +5,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import transports
 from credit.methods import _sign
 from credit.registry import register

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit.methods import _synthesizers as sg
 from credit.registry import register
@@ -304,7 +304,7 @@ class LocalLosses(ErrorSignal):
         self.max_features = int(max_features)
         self.optimizer, self.learning_rate = sg.optimizer_arguments(optimizer,
                                                                     learning_rate)
-        with tf.init_scope():
+        with compat.init_scope():
             sg.make_optimizer(self.optimizer, self.learning_rate)  # fail now
         self._pending = None
         self.point_placement = None

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
 from credit.methods.forward_gradient import raise_no_signals

@@ -4,8 +4,8 @@ at feedback points. Through time, on a stateful RNN's carried state: see
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import transports
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer  # noqa: F401  (its former home)

@@ -3,8 +3,8 @@ a learned estimate of the future gradient at the truncation points of truncated 
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from credit._tensorflow import tf
 from credit import recurrent
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer

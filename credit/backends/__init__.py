@@ -1,0 +1,64 @@
+"""The one backend-specific act of credit's step, per Keras backend.
+
+A method's step is the model's own forward pass with the method's transports and
+feedback points in place, the method's signals, and one backward pass with the signals
+injected at the points. Only the backward pass depends on the backend:
+
+- TensorFlow (the default and the reference): a ``tf.GradientTape`` with output
+  gradients, in :func:`credit.model.compute_gradients` and :func:`credit.model.record`;
+- JAX: ``jax.vjp`` over the model's stateless call, in :mod:`credit.backends.jax`.
+
+The methods are written in ``keras.ops`` and run unchanged on both, where the backend's
+step supports what they use (:data:`credit.backends.jax.METHODS`).
+
+Example:
+    >>> credit.backends.current()                               # doctest: +SKIP
+    'jax'
+"""
+
+import keras
+
+
+def current():
+    """The Keras backend credit runs on (``"tensorflow"`` or ``"jax"``)."""
+    return keras.config.backend()
+
+
+def is_jax():
+    """Whether Keras runs on its JAX backend."""
+    return keras.config.backend() == "jax"
+
+
+def counter_dtype():
+    """The integer dtype of a method's counters and seeds: int64 on TensorFlow, int32 on
+    JAX (its default, without ``jax_enable_x64``)."""
+    return "int32" if is_jax() else "int64"
+
+
+def stateless_uniform(shape, seed, step, index, minval, maxval):
+    """Uniform draws in ``[minval, maxval)`` that are a function of ``(seed, step,
+    index)`` alone (float32): the same inside a traced or jitted step as eagerly.
+
+    ``seed`` and ``step`` may be variables or tensors (a method's state). Each backend
+    draws with its own stateless generator (TensorFlow's ``stateless_uniform`` with a
+    fold-in of ``index``; JAX's ``random.uniform`` on a key folded with ``step`` and
+    ``index``), so the draws differ between backends but not between runs.
+
+    Example:
+        >>> m = credit.backends.stateless_uniform((3, 2), 7, 0, 1, -1.0, 1.0)  # doctest: +SKIP
+    """
+    if is_jax():
+        import jax
+        from keras import ops
+
+        key = jax.random.PRNGKey(ops.cast(ops.convert_to_tensor(seed), "int32"))
+        key = jax.random.fold_in(key, ops.cast(ops.convert_to_tensor(step), "int32"))
+        key = jax.random.fold_in(key, index)
+        return jax.random.uniform(key, tuple(shape), minval=minval, maxval=maxval,
+                                  dtype="float32")
+    from credit._tensorflow import tf
+
+    pair = tf.stack([tf.convert_to_tensor(seed), tf.cast(step, "int64")])
+    return tf.random.stateless_uniform(
+        shape, seed=tf.random.experimental.stateless_fold_in(pair, index),
+        minval=minval, maxval=maxval, dtype="float32")

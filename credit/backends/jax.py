@@ -1,0 +1,550 @@
+"""credit's step on Keras's JAX backend: one ``jax.vjp`` over the model's stateless call.
+
+The step is the one TensorFlow takes (see :func:`credit.model.compute_gradients`), with
+``jax.vjp`` in place of the tape:
+
+1. ``forward(trainable, probes)`` runs ``model.stateless_call(trainable, non_trainable,
+   x, training=True)`` with credit's hooks on the layers (:class:`credit.graph.Hooks`):
+   a transported layer runs on a stop-gradient copy of its input, and a custom VJP at
+   its pre-activation sends the gradient to its input through the method's feedback
+   kernels (:func:`gate`); a feedback point records the layer's output ``h_p`` and
+   hands a stop-gradient copy on. It returns ``(loss, [h_p])`` and, besides, the model
+   output and the logits. ``probes`` are zeros added to the logits, whose cotangent is
+   the output error ``e = dL/dlogits``.
+2. ``jax.vjp(forward, trainable, probes)`` runs it once.
+3. The method's ``signals(trace)`` reads the trace (:class:`JaxTrace`: the point
+   outputs, the output error, the targets) and returns ``delta_p`` per point.
+4. One call of the VJP with cotangents ``(1, [delta_p])`` gives every weight's
+   gradient, aligned with ``model.trainable_variables``: each layer's local gradient
+   given the signal that reaches its output.
+
+The output error is a second call of the same VJP with cotangents ``(1, 0)``, read at
+the probes only; inside ``jit`` (``fit``) the unused weight gradients of that call are
+pruned, so it costs the backward pass from the loss to the logits.
+
+The method's state (feedback matrices, brSF's step counter) rides with the model's
+non-trainable variables (``credit.Model.non_trainable_variables``), so Keras's JAX
+trainer carries it through the jitted step and writes the method's updates back.
+
+Methods that run here: :data:`METHODS`. Methods with trained state of their own
+(Kolen-Pollack, synthetic gradients, local losses, delayed feedback), without a
+backward pass (forward gradients, PEPITA, Forward-Forward) and kickback are refused
+with an error that names the methods that run.
+
+Example:
+    >>> # KERAS_BACKEND=jax
+    >>> model.compile("adam", "sparse_categorical_crossentropy", method="dfa")
+    >>> model.fit(x, y)                                          # doctest: +SKIP
+"""
+
+import jax
+import keras
+from keras import ops
+
+from credit import _keras_compat as compat
+from credit import graph as graph_lib
+from credit import transports
+from credit.graph import GraphError
+from credit.signal import Trace, flat, require_one_output
+
+#: The built-in methods that run on the JAX backend (canonical names).
+METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment",
+           "direct_random_target_projection", "sign_symmetry",
+           "fixed_random_sign_feedback", "batchwise_random_sign_feedback")
+
+_LOGIT_KINDS = ("activation", "input", "output_of", "output")
+
+
+def check_method(method):
+    """Raise a ValueError if ``method`` does not run on the JAX backend (named, with the
+    methods that do)."""
+    builtin = type(method).__module__.startswith("credit.methods")
+    reason = None
+    if builtin and method.name not in METHODS:
+        reason = "it is not ported to the JAX backend yet"
+    elif getattr(method, "computes_gradients", False):
+        reason = "it forms its update without a backward pass, which is not ported yet"
+    elif getattr(method, "blockwise", False):
+        reason = "blockwise=True carries the gradient across cuts, which is not ported yet"
+    if reason is not None:
+        raise ValueError(
+            f"method {method.name!r} does not run on Keras's JAX backend: {reason}. On "
+            f"JAX credit runs {', '.join(METHODS)}; every method runs on the tensorflow "
+            "backend (KERAS_BACKEND=tensorflow).")
+
+
+def check_bound(method):
+    """Raise a GraphError for what the bound method asks of the JAX step that it lacks."""
+    plan = method.plan
+    if plan.intercepted or method.intercepted:
+        raise GraphError(
+            f"method {method.name!r} intercepts layer calls ({list(method.intercepted)}: "
+            "per-step signals through time), which the JAX backend does not run yet; use "
+            "through_time='bptt' or the tensorflow backend.")
+    if plan.no_stop:
+        raise GraphError(
+            f"method {method.name!r} puts a feedback point on a model output "
+            f"({sorted(plan.no_stop)}), which the JAX backend does not run yet; choose "
+            "hidden points or use the tensorflow backend.")
+    if any(_recurrent(plan.transported[k]) for k in plan.transported):
+        raise GraphError(
+            f"method {method.name!r} crosses a recurrent layer's kernels through time, "
+            "which the JAX backend does not run yet; use the tensorflow backend.")
+    for kind, where in plan.graph.output_logits:
+        if kind not in _LOGIT_KINDS:
+            raise GraphError(
+                f"credit reads this model's logits as {kind!r} ({where}), which the JAX "
+                "backend does not do yet: end the model with a Dense/Conv layer whose "
+                "activation is softmax or sigmoid, a Softmax/Activation layer, or no "
+                "squashing; or use the tensorflow backend.")
+
+
+def _recurrent(layer):
+    from credit import recurrent_transports
+    return recurrent_transports.is_recurrent(layer)
+
+
+# --------------------------------------------------------------------------------------
+# Transports
+
+
+def adjoint(layer, g, x, kernels_):
+    """``VJP_x[L(.; kernels_)](g)`` of the layer's linear op (see
+    :func:`credit.transports.adjoint`), by ``jax.vjp`` of :func:`credit.transports.linear`
+    at zero (the VJP of a linear op does not depend on where it is taken)."""
+    kernels_ = tuple(ops.cast(k, g.dtype) for k in kernels_)
+    if isinstance(layer, keras.layers.Dense):
+        return ops.tensordot(g, kernels_[0], [[-1], [1]])
+    x0 = ops.zeros(ops.shape(x), g.dtype)
+    _, vjp = jax.vjp(lambda v: transports.linear(layer, v, kernels_), x0)
+    return vjp(g)[0]
+
+
+def gate(a, x, layer, feedback):
+    """Identity on ``a``; its cotangent goes to ``a`` unchanged and to ``x`` as the
+    adjoint of ``layer``'s linear op with the ``feedback`` kernels (a ``jax.custom_vjp``).
+
+    Put at a weighted layer's pre-activation with the layer run on a stop-gradient copy
+    of ``x``: the weights get their true local gradient, ``x`` the transport's.
+    """
+
+    @jax.custom_vjp
+    def _gate(a, x, feedback):
+        return a
+
+    def forward(a, x, feedback):
+        return a, (x, feedback)
+
+    def backward(residuals, g):
+        x_, feedback_ = residuals
+        return (g, ops.cast(adjoint(layer, g, x_, feedback_), x_.dtype),
+                tuple(ops.zeros_like(k) for k in feedback_))
+
+    _gate.defvjp(forward, backward)
+    return _gate(a, x, tuple(feedback))
+
+
+# --------------------------------------------------------------------------------------
+# The forward pass's hooks
+
+
+class Recorder:
+    """The hooks' recorder of one JAX forward pass (the JAX twin of
+    :class:`credit.graph.StepRecorder`): transports, points and logits (plus their
+    probes)."""
+
+    def __init__(self, plan, transport, probes, logit_outputs):
+        self.plan = plan
+        self.transport = transport
+        self.probes = probes
+        self.logit_outputs = logit_outputs  # layer name -> model output index
+        self.frames = {}
+        self.outputs = {}
+        self.stops = {}
+        self.logits = {}
+        self.calls = {}
+
+    def _logit(self, name, t):
+        j = self.logit_outputs[name]
+        t = ops.add(t, ops.cast(self.probes[j], t.dtype))
+        self.logits[j] = t
+        return t
+
+    def on_call(self, layer, original, args, kwargs):
+        key = id(layer)
+        plan = self.plan
+        logits = plan.logits_layers.get(key)
+        if logits is not None and logits[0] == "input":
+            args = (self._logit(logits[1], args[0]),) + tuple(args[1:])
+        if key in plan.transported:
+            x = ops.convert_to_tensor(args[0])
+            feedback = self.transport(layer, transports.kernels(layer))
+            if feedback is None:
+                output = original(*args, **kwargs)
+            else:
+                feedback = tuple(ops.convert_to_tensor(k) for k in feedback)
+                frame = {"x": x, "feedback": feedback, "used": False}
+                self.frames.setdefault(key, []).append(frame)
+                try:
+                    output = original(jax.lax.stop_gradient(x), *args[1:], **kwargs)
+                finally:
+                    self.frames[key].pop()
+                if not frame["used"]:  # a layer without an activation function
+                    output = gate(output, x, layer, feedback)
+        else:
+            output = original(*args, **kwargs)
+        if key in plan.points:
+            k = self.calls.get(key, 0)
+            self.calls[key] = k + 1
+            name = plan.points[key].get(k)
+            if name is not None:
+                output = self._point(name, output)
+        if logits is not None and logits[0] == "output_of":
+            output = self._logit(logits[1], output)
+        return output
+
+    def on_activation(self, layer, original, a):
+        key = id(layer)
+        frames = self.frames.get(key)
+        if frames and not frames[-1]["used"]:
+            frame = frames[-1]
+            frame["used"] = True
+            a = gate(a, frame["x"], layer, frame["feedback"])
+        logits = self.plan.logits_layers.get(key)
+        if logits is not None and logits[0] == "activation":
+            a = self._logit(logits[1], a)
+        return original(a)
+
+    def on_regularizer(self, layer, original, output):
+        # The activity penalty on the layer's own output at a point (see StepRecorder).
+        for name in self.plan.points.get(id(layer), {}).values():
+            if self.stops.get(name) is output:
+                output = self.outputs[name]
+                break
+        return original(output)
+
+    def _point(self, name, output):
+        if name in self.outputs:
+            raise GraphError(f"the feedback point at layer {name!r} was reached twice in one "
+                             "forward pass; points need layers called once.")
+        if isinstance(output, (list, tuple, dict)):
+            raise GraphError(f"layer {name!r} returned {type(output).__name__}; a feedback "
+                             "point needs a layer with one output tensor.")
+        self.outputs[name] = output
+        cut = jax.lax.stop_gradient(output)
+        self.stops[name] = cut
+        return cut
+
+
+# --------------------------------------------------------------------------------------
+# The trace
+
+
+class JaxTrace(Trace):
+    """The record of one forward pass on the JAX backend (see :class:`credit.Trace`).
+
+    It answers what the methods that run on JAX read: ``points``, ``outputs``,
+    ``x``, ``y``, ``sample_weight``, ``y_pred``, ``loss``, :meth:`output_error(s)
+    <output_errors>`, :meth:`flat_output_error`, :meth:`labels`. Backward products
+    inside ``signals`` (``gradient``, ``vjp``, ``loss_gradients``) are not available
+    here yet.
+    """
+
+    def __init__(self, plan, outputs, stops, x, y, sample_weight, y_pred, loss, logits,
+                 errors_fn, variables):
+        self.plan = plan
+        self.graph = plan.graph
+        self.points = plan.order
+        self.outputs = dict(outputs)
+        self.stops = dict(stops)
+        self.below = plan.below
+        self.above = plan.above
+        self.records = {}
+        self.extra_targets = []
+        self.extra_sources = []
+        self.source_gradients = None
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.y_pred = y_pred
+        self.loss = self.objective = loss
+        self.tape = None
+        self.training = True
+        self.variables = variables
+        self.gradients = None
+        self.loss_read = {}
+        self._logit_list = logits
+        self._errors_fn = errors_fn
+        self._output_errors = None
+        self._output_gradient = None
+        missing = [p for p in self.points if p not in self.outputs]
+        if missing:
+            raise GraphError(
+                f"the forward pass did not reach the feedback point(s) {missing}: the "
+                "model's call took another path than when credit analysed it.")
+
+    def output_logits(self):
+        return list(self._logit_list)
+
+    def output_errors(self):
+        if self._output_errors is None:
+            self._output_errors = list(self._errors_fn())
+        return self._output_errors
+
+    def flat_output_error(self):
+        errors = [flat(e) for e in self.output_errors()]
+        if len(errors) == 1:
+            return errors[0]
+        return ops.concatenate([ops.cast(e, "float32") for e in errors], axis=1)
+
+    def labels(self, units=None):
+        require_one_output(self.graph, "the targets of one output", "Use a method")
+        y = self.y
+        units = self.output_units if units is None else units
+        if y is None or isinstance(y, (dict, list, tuple)):
+            raise ValueError(
+                f"this method needs one target tensor y per batch; got "
+                f"{type(y).__name__}. Pass y to fit (or to compute_gradients).")
+        y = ops.convert_to_tensor(y)
+        y_pred = keras.tree.flatten(self.y_pred)[0]
+        batch, dtype = ops.shape(y_pred)[0], y_pred.dtype
+        size = 1
+        for d in y.shape[1:]:
+            size *= int(d)
+        if size == units:
+            return ops.cast(ops.reshape(y, (batch, units)), dtype)
+        if size == 1 and len(y.shape) <= 2 and units > 1:
+            return ops.one_hot(ops.cast(ops.reshape(y, (batch,)), "int32"), units,
+                               dtype=dtype)
+        raise ValueError(
+            f"targets of shape {tuple(y.shape)} do not fit a model output of {units} units "
+            f"per example: y must hold one class index per example (classification) or "
+            f"{units} values per example (one-hot labels or a regression target).")
+
+    def output_gradient(self, point=None):
+        raise NotImplementedError(_not_here("Trace.output_gradient"))
+
+    def gradient(self, signals, sources, objective=True):
+        raise NotImplementedError(_not_here("Trace.gradient"))
+
+    def loss_gradients(self):
+        raise NotImplementedError(_not_here("Trace.loss_gradients"))
+
+    def add_target(self, tensor, gradient):
+        raise NotImplementedError(_not_here("Trace.add_target"))
+
+    def add_source(self, tensor):
+        raise NotImplementedError(_not_here("Trace.add_source"))
+
+
+def _not_here(what):
+    return (f"{what} is not available on Keras's JAX backend yet (the JAX step has one "
+            "backward pass, after the signals); use the tensorflow backend for a method "
+            "that needs it.")
+
+
+# --------------------------------------------------------------------------------------
+# The step
+
+
+def _logit_outputs(graph):
+    """``{layer name: model output index}`` for logits read at a layer."""
+    return {where: j for j, (kind, where) in enumerate(graph.output_logits)
+            if kind != "output"}
+
+
+def _logit_shapes(graph):
+    """The logits' shapes without the batch axis, one per model output."""
+    shapes = []
+    for j, (kind, where) in enumerate(graph.output_logits):
+        if kind == "output":
+            shapes.append(tuple(graph.output_shapes[j]))
+            continue
+        node = graph.node(where)
+        t = node.input_tensors[0] if kind == "input" else node.output_tensor
+        shapes.append(tuple(t.shape[1:]))
+    return shapes
+
+
+def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
+         training=True, loss_fn=None):
+    """One step of ``method`` on values (no variable is read or written: ``jit``-able).
+
+    Args:
+        model: the model (bound to ``method``).
+        method: the bound method.
+        x, y, sample_weight: the batch.
+        trainable, non_trainable, metrics_variables: lists of values aligned with
+            ``model.trainable_variables``, ``model.non_trainable_variables`` and
+            ``model.metrics_variables``.
+        training: run the layers in training mode.
+        loss_fn: as in :func:`credit.compute_gradients` (None: the compiled loss).
+
+    Returns:
+        ``(gradients, loss, y_pred, non_trainable, metrics_variables)``, gradients aligned
+        with ``trainable``.
+    """
+    plan = method.plan
+    graph = plan.graph
+    order = list(plan.order)
+    logit_outputs = _logit_outputs(graph)
+    batch = ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+    probes = [ops.zeros((batch,) + shape, "float32") for shape in _logit_shapes(graph)]
+    kinds = [kind for kind, _ in graph.output_logits]
+    found = {}
+
+    def forward(trainable_, probes_):
+        recorder = Recorder(plan, method.transport, probes_, logit_outputs)
+        with graph_lib.Hooks(plan.hooked, recorder):
+            y_pred, non_trainable_, losses = model.stateless_call(
+                trainable_, non_trainable, x, return_losses=True, training=training)
+        flat = keras.tree.flatten(y_pred)
+        outs = [t for t in flat if t is not None]
+        for j, kind in enumerate(kinds):
+            if kind == "output":  # the output is its own logits
+                outs[j] = ops.add(outs[j], ops.cast(probes_[j], outs[j].dtype))
+                recorder.logits[j] = outs[j]
+        it = iter(outs)
+        y_pred = keras.tree.pack_sequence_as(
+            y_pred, [None if t is None else next(it) for t in flat])
+        loss, metrics_ = _loss(model, trainable_, non_trainable_, metrics_variables, x, y,
+                               y_pred, sample_weight, training, loss_fn, losses)
+        found["stops"] = recorder.stops
+        logits = [recorder.logits[j] for j in range(len(kinds))]
+        points = [recorder.outputs[p] for p in order]
+        missing = [p for p in order if p not in recorder.outputs]
+        if missing:
+            raise GraphError(f"the forward pass did not reach the feedback point(s) "
+                             f"{missing}.")
+        return (loss, points), (y_pred, logits, non_trainable_, metrics_, recorder.outputs)
+
+    (loss, points), vjp_fn, aux = jax.vjp(forward, list(trainable), probes, has_aux=True)
+    y_pred, logits, non_trainable_new, metrics_new, outputs = aux
+
+    def errors():
+        zero = [ops.zeros_like(h) for h in points]
+        _, e = vjp_fn((ops.ones_like(loss), zero))
+        return [ops.cast(err, l.dtype) for err, l in zip(e, logits)]
+
+    trace = JaxTrace(plan, outputs, found.get("stops", {}), x, y, sample_weight, y_pred,
+                     loss, logits, errors, model.trainable_variables)
+    # The method reads (and its update writes) its state and the weights as values of
+    # this step: the variables themselves may hold no value inside Keras's jitted step.
+    non_trainable_variables = model.non_trainable_variables
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(non_trainable_variables, non_trainable_new))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        signals = method.signals(trace) or {}
+        unknown = [p for p in signals if p not in plan.order]
+        if unknown:
+            raise ValueError(f"{type(method).__name__}.signals returned signals for "
+                             f"{unknown}, which are not its points {list(plan.order)}.")
+        deltas = []
+        for p, h in zip(order, points):
+            s = signals.get(p)
+            deltas.append(ops.zeros_like(h) if s is None
+                          else ops.cast(jax.lax.stop_gradient(s), h.dtype))
+        gradients, _ = vjp_fn((ops.ones_like(loss), deltas))
+        trace.gradients = gradients
+        method.update(trace, signals)
+    non_trainable_new = [value if scope.get_current_value(v) is None
+                         else scope.get_current_value(v)
+                         for v, value in zip(non_trainable_variables, non_trainable_new)]
+    return list(gradients), loss, y_pred, non_trainable_new, metrics_new
+
+
+def _loss(model, trainable, non_trainable, metrics_variables, x, y, y_pred, sample_weight,
+          training, loss_fn, losses):
+    """The loss, as Keras's JAX trainer computes it (the forward pass's losses included),
+    or ``loss_fn``'s plus those losses."""
+    if loss_fn is None:
+        if not compat.has_compiled_loss(model) and not losses:
+            raise ValueError(
+                f"model {model.name!r} has no loss: compile it with a loss, e.g. "
+                "model.compile(loss='sparse_categorical_crossentropy', ...), or pass "
+                "loss_fn=... to credit.compute_gradients.")
+        with compat.losses_override(model, losses):
+            loss, (_, _, metrics_) = model.stateless_compute_loss(
+                trainable, non_trainable, metrics_variables, x=x, y=y, y_pred=y_pred,
+                sample_weight=sample_weight, training=training)
+        return loss, metrics_
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be a callable loss_fn(y, y_pred[, sample_weight]); got "
+            f"{loss_fn!r} of type {type(loss_fn).__name__}.")
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(model.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping):
+        loss = (loss_fn(y, y_pred) if sample_weight is None
+                else loss_fn(y, y_pred, sample_weight))
+    for extra in losses:
+        loss = loss + ops.cast(extra, loss.dtype)
+    return loss, list(metrics_variables)
+
+
+def method_variables(model, known=()):
+    """The variables of the model's method's state that are not among ``known``: on
+    JAX they ride with the model's non-trainable variables (see
+    ``credit.Model.non_trainable_variables``)."""
+    method = model.__dict__.get("_credit_method")
+    state = getattr(method, "state", None)
+    if state is None or method.exact:
+        return []
+    seen = {id(v) for v in known}
+    variables = [v for v in state.variables if id(v) not in seen]
+    if not compat.in_stateless_scope():
+        # Keras's jitted step donates the buffers of its state: a method variable that
+        # holds the very array of a model variable (``B.assign(W)`` stores W's array)
+        # would be donated twice. Such a variable gets a copy of its own.
+        taken = {id(compat.held_value(v))
+                 for v in list(model.trainable_variables) + list(known)
+                 if compat.held_value(v) is not None}
+        for v in variables:
+            value = compat.held_value(v)
+            if value is None or isinstance(value, jax.core.Tracer):
+                continue
+            if id(value) in taken:
+                v.assign(jax.numpy.array(value, copy=True))
+            taken.add(id(compat.held_value(v)))
+    return variables
+
+
+def _refuse_loss_scaling(model):
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "credit's JAX step does not scale the loss yet (LossScaleOptimizer, mixed "
+            "precision); train in float32 on JAX, or use the tensorflow backend.")
+
+
+def compute_gradients(model, method, x, y=None, sample_weight=None, loss_fn=None,
+                      training=True):
+    """:func:`credit.compute_gradients` on the JAX backend (eagerly; the model's
+    non-trainable variables, e.g. BatchNormalization statistics, are updated)."""
+    from credit.model import Gradients
+
+    _refuse_loss_scaling(model)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    metrics = [v.value for v in model.metrics_variables]
+    gradients, loss, y_pred, non_trainable_new, _ = step(
+        model, method, x, y, sample_weight, trainable, non_trainable, metrics, training,
+        loss_fn)
+    for v, value in zip(model.non_trainable_variables, non_trainable_new):
+        if value is not None:
+            v.assign(value)
+    return Gradients(gradients, loss, y_pred, {})
+
+
+def train_step(model, state, data):
+    """``Model.train_step(state, data)`` of Keras's JAX trainer, with credit's step in
+    place of ``jax.value_and_grad``: the method's gradients, then the optimizer."""
+    _refuse_loss_scaling(model)
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    x, y, sample_weight = compat.unpack_x_y_sample_weight(data)
+    gradients, loss, y_pred, non_trainable, metrics_variables = step(
+        model, model.method, x, y, sample_weight, trainable, non_trainable,
+        metrics_variables, True)
+    trainable, optimizer_variables = model.optimizer.stateless_apply(
+        optimizer_variables, gradients, trainable)
+    logs, metrics_variables = compat.update_metrics_variables(
+        model, metrics_variables, loss, x, y, y_pred, sample_weight)
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
