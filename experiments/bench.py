@@ -86,6 +86,7 @@ Usage:
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import os
 import platform
@@ -100,7 +101,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+#: The Keras backend this process runs on (``KERAS_BACKEND``; ``--backend`` re-runs the
+#: command with it set). TensorFlow is imported only on its own backend: the JAX bench
+#: runs where TensorFlow is not installed.
+BACKEND = keras.config.backend()
+BACKENDS = ("tensorflow", "jax")
+if BACKEND == "tensorflow":
+    import tensorflow as tf  # noqa: E402
+else:
+    tf = None
 
 import credit  # noqa: E402
 from credit import registry  # noqa: E402
@@ -286,7 +296,9 @@ class Runner:
         self.model = spec.build(plain=identifier is None)
         self.model.set_weights(weights)
         self._count_traces()
-        kwargs = {"jit_compile": jit_compile}
+        # On JAX, jit_compile=False would run the step eagerly, op by op: every JAX
+        # row is jitted (XLA is JAX's only compiler), as Keras's default "auto" does.
+        kwargs = {"jit_compile": jit_compile if BACKEND == "tensorflow" else "auto"}
         if identifier is not None:
             kwargs["method"] = identifier
         try:
@@ -300,9 +312,9 @@ class Runner:
         # Each Python call of train_step is one trace of the train function.
         step = self.model.train_step
 
-        def train_step(data):
+        def train_step(*args):  # (data), or (state, data) on JAX
             self.traces += 1
-            return step(data)
+            return step(*args)
 
         object.__setattr__(self.model, "train_step", train_step)
 
@@ -324,17 +336,28 @@ class Runner:
             else:
                 self.model.fit(x[:n], y[:n], batch_size=self.spec.batch, epochs=1,
                                shuffle=False, verbose=0)
-            # Same element type as fit's batches (static batch size), so no retrace.
-            dataset = tf.data.Dataset.from_tensor_slices((x, y))
-            self._iterator = iter(dataset.batch(self.spec.batch, drop_remainder=True)
-                                  .repeat())
+            if BACKEND == "tensorflow":
+                # Same element type as fit's batches (static batch size), so no retrace.
+                dataset = tf.data.Dataset.from_tensor_slices((x, y))
+                self._iterator = iter(dataset.batch(self.spec.batch, drop_remainder=True)
+                                      .repeat())
+            else:
+                # Keras's JAX trainer threads the variables through its jitted step:
+                # train_on_batch is that step plus the variables' write-back, for
+                # plain Keras and every method alike.
+                b = self.spec.batch
+                batches = [(x[i:i + b], y[i:i + b]) for i in range(0, len(x) - b + 1, b)]
+                self._iterator = itertools.cycle(batches)
             self._step()  # the first step on a new iterator starts its pipeline
         except Exception as err:  # noqa: BLE001 - report it in the table, go on
             self._fail(err)
 
     def _step(self):
         start = time.perf_counter()
-        logs = self.model.train_function(self._iterator)
+        if BACKEND == "tensorflow":
+            logs = self.model.train_function(self._iterator)
+        else:
+            logs = self.model.train_on_batch(*next(self._iterator), return_dict=True)
         for value in logs.values():  # fit reads the logs after every step, too
             np.asarray(value)
         return time.perf_counter() - start
@@ -392,7 +415,9 @@ def data_for(spec, steps, seed=SEED):
     else:
         x = rng.normal(size=(n,) + spec.input_shape).astype("float32")
     y = rng.integers(0, NUM_CLASSES, size=(n,)).astype("int64")
-    return tf.constant(x), tf.constant(y)
+    if BACKEND == "tensorflow":
+        return tf.constant(x), tf.constant(y)
+    return x, y
 
 
 def initial_weights(spec):
@@ -477,7 +502,7 @@ def measure_memory(key, label, identifier, jit_compile=False, optimizer="sgd", w
     trained other models the heap holds their leftovers.
     """
     spec = SPECS[key]
-    tf.get_logger().setLevel("ERROR")
+    _quiet()
     runner = Runner(label, identifier, spec, initial_weights(spec), optimizer,
                     jit_compile)
     x, y = data_for(spec, max(warmup, 4))
@@ -701,9 +726,9 @@ def report(results, args, elapsed, offtheshelf_records=()):
     lines = [
         "# Benchmark: training-step throughput and peak memory",
         "",
-        f"`{command}`, {datetime.date.today().isoformat()}; TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPU core(s), CPU only; optimizer {args.optimizer}; "
+        f"`{command}`, {datetime.date.today().isoformat()}; Keras backend {BACKEND}: "
+        f"{libraries()[0]}, Keras {keras.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU core(s), {libraries()[1]}; optimizer {args.optimizer}; "
         f"{elapsed:.0f} s in all; load average {args.load:.1f} before, "
         f"{max(getattr(args, 'loads', ()), default=args.load):.1f} at most during the "
         f"run, {_load():.1f} after (a load over the core count means other processes "
@@ -802,10 +827,17 @@ def parse_args(argv=None):
                         help="time bound: start no new work after this many minutes "
                              "(see the module docstring)")
     parser.add_argument("--out", default=None,
-                        help="markdown output (default results/bench.md; "
-                             "results/_scratch/bench.md with --quick)")
+                        help="markdown output (default results/bench.md, on JAX "
+                             "results/bench_jax.md; results/_scratch/bench.md with --quick)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="Keras backend to time on (default: KERAS_BACKEND, else "
+                             "tensorflow); the command re-runs itself with KERAS_BACKEND "
+                             "set, since Keras picks its backend at import")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.xla and (args.backend or BACKEND) != "tensorflow":
+        parser.error("--xla adds XLA rows on the tensorflow backend; on JAX every row is "
+                     "compiled with XLA already: drop --xla.")
     explicit_models = any(a == "--models" or a.startswith("--models=") for a in args.argv)
     if args.offtheshelf is None:
         args.offtheshelf = "none" if args.quick or explicit_models else \
@@ -854,18 +886,46 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1; got {value}")
     if args.out is None:
         args.out = os.path.join("results", "_scratch", "bench.md") if args.quick else \
-            os.path.join("results", "bench.md")
+            os.path.join("results", "bench.md" if BACKEND == "tensorflow" else
+                         f"bench_{BACKEND}.md")
     return args
+
+
+def _quiet():
+    # Each model has its own train function; TF's "excessive retracing" heuristic counts
+    # them together and warns wrongly. The traces column checks retracing per model.
+    if BACKEND == "tensorflow":
+        tf.get_logger().setLevel("ERROR")
+
+
+def libraries():
+    """The backend's library versions and devices, for the report's header."""
+    if BACKEND == "tensorflow":
+        gpus = tf.config.list_physical_devices("GPU")
+        devices = (", ".join(d.name for d in gpus) if gpus else "CPU only")
+        return f"TensorFlow {tf.__version__}", devices
+    import jax
+    import jaxlib
+
+    kinds = sorted({d.device_kind for d in jax.devices()})
+    platform_ = jax.default_backend()
+    devices = ("CPU only" if platform_ == "cpu" else
+               f"{len(jax.devices())} x {', '.join(kinds)} ({platform_})")
+    return f"JAX {jax.__version__} (jaxlib {jaxlib.__version__})", devices
 
 
 def main(argv=None):
     """Run the benchmark; print the tables and targets, write ``--out``; return results."""
     args = parse_args(argv)
+    if args.backend is not None and args.backend != BACKEND:
+        # Keras chose its backend at import: run again in a process that chooses this one.
+        env = dict(os.environ, KERAS_BACKEND=args.backend)
+        code = subprocess.run([sys.executable, "-m", "experiments.bench", *args.argv],
+                              env=env).returncode
+        raise SystemExit(code)
     args.load = _load()
     args.loads = []
-    # Each model has its own train function; TF's "excessive retracing" heuristic counts
-    # them together and warns wrongly. The traces column checks retracing per model.
-    tf.get_logger().setLevel("ERROR")
+    _quiet()
     start = time.perf_counter()
     end = None if args.minutes is None else start + 60 * args.minutes
     results = {}

@@ -116,3 +116,42 @@ def test_quick_benchmark_writes_a_peak_memory_column(tmp_path):
     assert set(rows) == {"plain keras.Model.fit", "backprop"}
     for method, cells in rows.items():
         assert float(cells[2]) >= 0.0, (method, cells)
+
+
+JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment",
+               "direct_random_target_projection", "sign_symmetry",
+               "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
+
+
+def test_quick_benchmark_on_the_jax_backend(tmp_path):
+    """``--backend jax`` re-runs the bench on Keras's JAX backend: the methods that run
+    there have numbers (each step jitted once: traces 2, the warm-up fit's function and
+    train_on_batch's), the others a row that says why not; the header names JAX."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench_jax.md"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop("KERAS_BACKEND", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "--backend", "jax", "--quick",
+         "--models", "t", "--no-memory", "--out", str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert "Keras backend jax: JAX " in text and "TensorFlow" not in text.split("\n")[2]
+    rows = _rows(text)
+    for method in ["plain keras.Model.fit", *JAX_METHODS]:
+        samples, vs_keras, _, vs_backprop, _, traces, note = rows[method]
+        assert float(samples.replace(",", "")) > 0 and float(vs_backprop) > 0, (method, note)
+        assert traces == "2", f"{method}: traced {traces} times (an eager JAX step?)"
+    for method in ("synthetic_gradients", "local_losses", "backprop (blockwise)"):
+        assert rows[method][0] == "n/a"
+        assert "does not run on Keras's JAX backend" in rows[method][6]
+
+
+def test_xla_rows_are_refused_on_jax():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backend", "jax", "--xla"])
