@@ -5,6 +5,7 @@ Speed itself is measured by the benchmark, never asserted here.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -155,3 +156,43 @@ def test_quick_benchmark_on_the_jax_backend(tmp_path):
 def test_xla_rows_are_refused_on_jax():
     with pytest.raises(SystemExit):
         bench.parse_args(["--backend", "jax", "--xla"])
+
+
+@pytest.mark.slow  # 30-60 s: the bench on JAX through the shell script
+def test_gpu_bench_script_runs_on_cpu(tmp_path):
+    """experiments/gpu_bench.sh, run here on JAX's CPU devices (no wheel needed: Keras is
+    installed), writes bench_gpu.md under OUT with the JAX header."""
+    pytest.importorskip("jax")
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OUT=str(tmp_path),
+               BENCH_ARGS="--quick --models t --no-memory")
+    done = subprocess.run([os.path.join(root, "experiments", "gpu_bench.sh")], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gpu_bench: JAX" in done.stdout
+    text = (tmp_path / "bench_gpu.md").read_text()
+    assert "Keras backend jax: JAX " in text and "CPU only" in text
+    assert float(_rows(text)["direct_feedback_alignment"][0].replace(",", "")) > 0
+
+
+def test_gpu_bench_script_names_what_is_missing(tmp_path):
+    """Without Keras and without a wheel, the script stops with a message saying what
+    to carry (checked with a Python that cannot import keras)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    python = fake / "python"
+    python.write_text("#!/bin/sh\n"
+                      "if [ \"$1\" = \"-c\" ] && [ \"$2\" = \"import keras\" ]; then exit 1; fi\n"
+                      f"exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+               KERAS_WHEEL="", OUT=str(tmp_path))
+    done = subprocess.run(["bash", "-c", f"cd {tmp_path} && {root}/experiments/gpu_bench.sh"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no wheel was carried" in done.stderr and "dist/" in done.stderr
