@@ -24,10 +24,11 @@ JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment",
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(mode, *args, backend="jax", timeout=600):
+def _run(mode, *args, backend="jax", timeout=600, **extra_env):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               **extra_env)
     proc = subprocess.run([sys.executable, SCRIPT, mode, *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -180,3 +181,14 @@ def test_every_jax_method_trains_an_mlp_on_digits():
     assert sorted(line["method"] for line in lines) == sorted(JAX_METHODS)
     for line in lines:
         assert line["after"] < 0.8 * line["before"], line
+
+
+def test_data_parallel_over_two_devices_equals_one_device():
+    """keras.distribution.DataParallel on JAX (two CPU devices): every JAX method's fit
+    splits each batch over the devices and ends at the one-device weights."""
+    lines = _run("data_parallel",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    assert [line["method"] for line in lines] == JAX_METHODS
+    for line in lines:
+        assert (line["devices"], line["mesh"]) == (2, 2), line
+        assert line["max_diff"] < 1e-5, line

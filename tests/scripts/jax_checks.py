@@ -9,6 +9,8 @@ Usage: ``KERAS_BACKEND=jax python jax_checks.py MODE OUT`` with MODE one of:
   of the refusals (a subclassed model, an unsupported method).
 - ``train``: every method that runs on JAX trains a small MLP on sklearn's digits with
   ``fit``; one JSON line per method with its loss before and after.
+- ``data_parallel``: every method that runs on JAX, fit on one device and under
+  ``keras.distribution.DataParallel`` over all devices; one JSON line per method.
 
 TensorFlow is made unimportable first (``sys.modules["tensorflow"] = None``): credit on
 JAX must neither import nor use it.
@@ -247,9 +249,46 @@ def train():
         print(json.dumps({"method": model.method.name, "before": before, "after": after}))
 
 
+def data_parallel():
+    """Each JAX method trained by fit on one device, then under
+    ``keras.distribution.DataParallel`` over every device (the test makes two CPU
+    devices with XLA_FLAGS): one JSON line per method with the largest weight
+    difference; the batch is split across the devices, the weights replicated."""
+    import jax
+
+    from credit.backends import jax as jax_step
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = rng.integers(0, 3, 128)
+
+    def trained(name):
+        keras.utils.set_random_seed(0)
+        model = credit.Sequential([keras.Input((8,)), L.Dense(16, activation="tanh"),
+                                   L.Dense(16, activation="relu"),
+                                   L.Dense(3, activation="softmax")])
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                      method=name)
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    single = {name: trained(name).get_weights() for name in jax_step.METHODS}
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices()))
+    for name in jax_step.METHODS:
+        model = trained(name)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(single[name],
+                                                              model.get_weights()))
+        sharding = model.trainable_variables[0].value.sharding
+        print(json.dumps({"method": name, "devices": len(jax.devices()),
+                          "mesh": int(sharding.mesh.size), "max_diff": diff}))
+
+
 if MODE == "reference":
     reference(OUT)
 elif MODE == "train":
     train()
+elif MODE == "data_parallel":
+    data_parallel()
 else:
     raise SystemExit(f"unknown mode {MODE!r}")
