@@ -15,6 +15,7 @@ from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import backends, recurrent, registry, transports
+from credit.backends import tensorflow as tf_backend
 from credit.signal import MethodState, Trace
 
 Gradients = collections.namedtuple("Gradients", ["gradients", "loss", "y_pred", "logs"])
@@ -243,94 +244,18 @@ def compute_gradients(model, x, y=None, sample_weight=None, *, method=None, loss
         return Gradients(tape.gradient(scaled, variables), loss, y_pred, {})
     trace = record(model, x, y, sample_weight, method=method, training=training,
                    loss_fn=loss_fn)
-    plan, variables, tape = method.plan, trace.variables, trace.tape
+    plan = method.plan
     signals = method.signals(trace) or {}
     unknown = [p for p in signals if p not in plan.order]
     if unknown:
         raise ValueError(f"{type(method).__name__}.signals returned signals for {unknown}, "
                          f"which are not its points {list(plan.order)}.")
-    # One backward pass: the objective, plus each point output h_p with its signal
-    # delta_p as output gradient -- the VJP of sum_p <h_p, delta_p> without building
-    # that sum.
-    with tape:  # the loss scale (mixed precision) must be on the tape
-        scaled = _scale(model, trace.objective)
-    targets, output_gradients = [scaled], [tf.ones_like(scaled)]
-    for p in plan.order:
-        delta = signals.get(p)
-        if delta is None:
-            continue
-        h = trace.outputs[p]
-        delta = _scale(model, tf.cast(tf.stop_gradient(delta), "float32"))
-        targets.append(h)
-        output_gradients.append(tf.cast(delta, h.dtype))
-    for tensor, gradient in trace.extra_targets:
-        gradient = _scale(model, tf.cast(tf.stop_gradient(gradient), "float32"))
-        targets.append(tensor)
-        output_gradients.append(tf.cast(gradient, tensor.dtype))
-    sources = list(trace.extra_sources)
-    gradients = tape.gradient(targets, list(variables) + sources,
-                              output_gradients=output_gradients)
-    if sources:
-        # The gradients at the extra sources come from the same backward pass; undo
-        # the loss scale (mixed precision) that the optimizer undoes for the weights.
-        unscale = 1.0 / _scale(model, tf.constant(1.0))
-        trace.source_gradients = [
-            tf.zeros_like(s) if g is None else g * tf.cast(unscale, g.dtype)
-            for s, g in zip(sources, gradients[len(variables):])]
-        gradients = gradients[:len(variables)]
-    gradients, trace.source_gradients = _after_backward((gradients, trace.source_gradients))
-    trace.gradients = gradients
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-    gate = _barrier(_all_tensors(gradients))
-    known = len(graph.get_operations()) if graph is not None else 0
-    with tf.control_dependencies(gate):
-        logs = method.update(trace, signals) or {}
-    if graph is not None and len(graph.get_operations()) > known:
-        # And the optimizer's writes wait for the method's update, which reads this
-        # step's weights too (synthetic gradients' bootstrapped targets).
-        with tf.control_dependencies(_barrier(graph.get_operations()[known:])):
-            gradients = [None if g is None else tf.identity(g) for g in gradients]
-    del trace.tape, tape
+    # One backward pass with the signals injected at the points, then the method's
+    # update, behind a barrier (credit.backends.tensorflow).
+    gradients = tf_backend.backward(trace, signals, lambda t: _scale(model, t))
+    gradients, logs = tf_backend.update(method, trace, signals, gradients)
+    del trace.tape
     return Gradients(gradients, trace.loss, trace.y_pred, logs)
-
-
-def _all_tensors(structure):
-    return [t for t in tf.nest.flatten(structure, expand_composites=True) if t is not None]
-
-
-def _barrier(items):
-    """Control inputs that make an op wait for all of ``items`` (tensors or ops).
-
-    In a graph, one NoOp that waits for them all: each op created under it then gets
-    one control edge, not one per item. (With an edge per pair, the step of
-    synthetic gradients on MobileNetV2 had 1,073,028 control edges, and TensorFlow's
-    graph optimizer spent minutes on them before the first step ran.) Eagerly, where
-    ops run in order anyway: the items themselves.
-    """
-    if tf.executing_eagerly() or not items:
-        return list(items)
-    return [tf.group(*items)]
-
-
-def _after_backward(structure):
-    """``structure`` (gradients) behind a barrier: the whole backward pass first.
-
-    Transports and updates read variables that the same step then writes: the kernels
-    whose signs the sign methods use, Kolen-Pollack's feedback, the weights under a
-    synthesizer's bootstrapped target. TensorFlow runs each read before the write, but
-    not always the ops that use what was read: in the traced step, Kolen-Pollack's
-    feedback product and a backward MatMul of synthetic gradients could run after the
-    optimizer's write (``test_every_use_of_a_variable_read_runs_before_the_step_writes
-    _it``), and uSF, repeated 92 times on a busy machine, used this step's updated
-    kernel for entries that crossed zero in 4 runs (in none of 30 with the barrier).
-    Every write consumes these gradients (the optimizer) or runs under them (the
-    method's ``update``), so none starts before the last backward op.
-    """
-    if tf.executing_eagerly():
-        return structure  # ops run one after the other
-    with tf.control_dependencies(_barrier(_all_tensors(structure))):
-        return tf.nest.map_structure(lambda t: None if t is None else tf.identity(t),
-                                     structure)
 
 
 def record(model, x, y=None, sample_weight=None, *, method=None, training=True,

@@ -644,7 +644,7 @@ def test_every_use_of_a_variable_read_runs_before_the_step_writes_it(name):
     state (Kolen-Pollack's feedback product, synthetic gradients' backward MatMul
     through the weights, a sign method's ``sign(W)``) runs before any write to that
     variable. TensorFlow orders only the read itself: without credit's barrier after
-    the backward pass (``credit.model._after_backward``) this fails for Kolen-Pollack
+    the backward pass (``credit.backends.tensorflow.after_backward``) this fails for Kolen-Pollack
     and synthetic gradients."""
     keras.utils.set_random_seed(0)
     model = credit.Sequential([keras.Input((6,)), L.Dense(8, activation="tanh"),

@@ -5,7 +5,8 @@ feedback points in place, the method's signals, and one backward pass with the s
 injected at the points. Only the backward pass depends on the backend:
 
 - TensorFlow (the default and the reference): a ``tf.GradientTape`` with output
-  gradients, in :func:`credit.model.compute_gradients` and :func:`credit.model.record`;
+  gradients, in :mod:`credit.backends.tensorflow` (the forward pass is recorded on the
+  tape by :func:`credit.model.record`);
 - JAX: ``jax.vjp`` over the model's stateless call, in :mod:`credit.backends.jax`.
 
 The methods are written in ``keras.ops`` and run unchanged on both, where the backend's
