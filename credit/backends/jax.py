@@ -37,6 +37,8 @@ Example:
     >>> model.fit(x, y)                                          # doctest: +SKIP
 """
 
+import types
+
 import jax
 import keras
 from keras import ops
@@ -252,34 +254,14 @@ class JaxTrace(Trace):
 
     def __init__(self, plan, outputs, stops, x, y, sample_weight, y_pred, loss, logits,
                  errors_fn, variables):
-        self.plan = plan
-        self.graph = plan.graph
-        self.points = plan.order
-        self.outputs = dict(outputs)
-        self.stops = dict(stops)
-        self.below = plan.below
-        self.above = plan.above
-        self.records = {}
-        self.extra_targets = []
-        self.extra_sources = []
-        self.source_gradients = None
-        self.x, self.y, self.sample_weight = x, y, sample_weight
-        self.y_pred = y_pred
-        self.loss = self.objective = loss
-        self.tape = None
-        self.training = True
-        self.variables = variables
-        self.gradients = None
-        self.loss_read = {}
+        # What Trace reads from TensorFlow's recorder; no tape: the backward pass is the
+        # step's jax.vjp, after the signals.
+        recorder = types.SimpleNamespace(outputs=outputs, stops=stops, logits=None,
+                                         records={})
+        super().__init__(plan, recorder, x, y, sample_weight, y_pred, loss, loss, None,
+                         True, variables)
         self._logit_list = logits
         self._errors_fn = errors_fn
-        self._output_errors = None
-        self._output_gradient = None
-        missing = [p for p in self.points if p not in self.outputs]
-        if missing:
-            raise GraphError(
-                f"the forward pass did not reach the feedback point(s) {missing}: the "
-                "model's call took another path than when credit analysed it.")
 
     def output_logits(self):
         return list(self._logit_list)
