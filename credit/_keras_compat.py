@@ -117,6 +117,7 @@ def quantized(layer):
 
 
 def is_keras_tensor(x):
+    """Whether ``x`` is a symbolic Keras tensor (a functional graph's, not a value)."""
     return isinstance(x, keras.KerasTensor)
 
 

@@ -294,15 +294,17 @@ class Trace:
             raise ValueError(
                 f"this method needs one target tensor y per batch; got "
                 f"{type(y).__name__}. Pass y to fit (or to compute_gradients).")
-        y = tf.convert_to_tensor(y)
-        batch = tf.shape(self.y_pred)[0]
-        dtype = self.y_pred.dtype
-        size = int(np.prod(y.shape[1:])) if y.shape.rank and None not in y.shape[1:] else None
+        # keras.ops: the same on every backend (the JAX step's trace uses it as it is).
+        y = keras.ops.convert_to_tensor(y)
+        y_pred = keras.tree.flatten(self.y_pred)[0]
+        batch, dtype = keras.ops.shape(y_pred)[0], y_pred.dtype
+        dims = tuple(y.shape)[1:]
+        size = int(np.prod(dims)) if len(y.shape) and None not in dims else None
         if size == units:
-            return tf.cast(tf.reshape(y, (batch, units)), dtype)
-        if size in (None, 1) and (y.shape.rank or 0) <= 2 and units > 1:
-            labels = tf.cast(tf.reshape(y, (batch,)), "int32")
-            return tf.one_hot(labels, units, dtype=dtype)
+            return keras.ops.cast(keras.ops.reshape(y, (batch, units)), dtype)
+        if size in (None, 1) and len(y.shape) <= 2 and units > 1:
+            labels = keras.ops.cast(keras.ops.reshape(y, (batch,)), "int32")
+            return keras.ops.one_hot(labels, units, dtype=dtype)
         raise ValueError(
             f"targets of shape {tuple(y.shape)} do not fit a model output of {units} units "
             f"per example: y must hold one class index per example (classification) or "

@@ -47,7 +47,7 @@ from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import transports
 from credit.graph import GraphError
-from credit.signal import Trace, flat, require_one_output
+from credit.signal import Trace, flat
 
 #: The built-in methods that run on the JAX backend (canonical names).
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment",
@@ -276,30 +276,6 @@ class JaxTrace(Trace):
         if len(errors) == 1:
             return errors[0]
         return ops.concatenate([ops.cast(e, "float32") for e in errors], axis=1)
-
-    def labels(self, units=None):
-        require_one_output(self.graph, "the targets of one output", "Use a method")
-        y = self.y
-        units = self.output_units if units is None else units
-        if y is None or isinstance(y, (dict, list, tuple)):
-            raise ValueError(
-                f"this method needs one target tensor y per batch; got "
-                f"{type(y).__name__}. Pass y to fit (or to compute_gradients).")
-        y = ops.convert_to_tensor(y)
-        y_pred = keras.tree.flatten(self.y_pred)[0]
-        batch, dtype = ops.shape(y_pred)[0], y_pred.dtype
-        size = 1
-        for d in y.shape[1:]:
-            size *= int(d)
-        if size == units:
-            return ops.cast(ops.reshape(y, (batch, units)), dtype)
-        if size == 1 and len(y.shape) <= 2 and units > 1:
-            return ops.one_hot(ops.cast(ops.reshape(y, (batch,)), "int32"), units,
-                               dtype=dtype)
-        raise ValueError(
-            f"targets of shape {tuple(y.shape)} do not fit a model output of {units} units "
-            f"per example: y must hold one class index per example (classification) or "
-            f"{units} values per example (one-hot labels or a regression target).")
 
     def output_gradient(self, point=None):
         raise NotImplementedError(_not_here("Trace.output_gradient"))

@@ -82,6 +82,7 @@ def update(method, trace, signals, gradients):
 
 
 def all_tensors(structure):
+    """The tensors of a nested ``structure`` (composites expanded), Nones left out."""
     return [t for t in tf.nest.flatten(structure, expand_composites=True) if t is not None]
 
 
