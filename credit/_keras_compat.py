@@ -243,6 +243,12 @@ def in_stateless_scope():
     return inside()
 
 
+def current_stateless_scope():
+    """The ``keras.StatelessScope`` code runs in, or None."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+    return get_stateless_scope()
+
+
 def held_value(variable):
     """The array a variable holds (its private ``_value``), or None where Keras's JAX
     trainer has released it during ``fit``: reading ``variable.value`` then fails."""

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed")
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "jax_checks.py")
-JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment",
-               "direct_random_target_projection", "sign_symmetry",
+JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
+               "kolen_pollack", "direct_random_target_projection", "sign_symmetry",
                "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,10 +127,11 @@ def test_subclassed_model_unsupported_method_and_alignment_are_refused(reference
     sub = refused["subclassed"]
     assert sub["type"] == "GraphError"
     assert "functional model" in sub["message"] and "tensorflow backend" in sub["message"]
-    kp = refused["kolen_pollack"]
-    assert kp["type"] == "ValueError"
-    assert "'kolen_pollack' does not run on Keras's JAX backend" in kp["message"]
-    assert "direct_feedback_alignment" in kp["message"]
+    sgtt = refused["through_time"]
+    assert sgtt["type"] == "ValueError"
+    assert ("'synthetic_gradients_through_time' does not run on Keras's JAX backend"
+            in sgtt["message"])
+    assert "direct_feedback_alignment" in sgtt["message"]
     align = refused["alignment"]
     assert align["type"] == "NotImplementedError"
     assert "credit.alignment" in align["message"] and "tensorflow backend" in align["message"]
@@ -188,7 +189,61 @@ def test_data_parallel_over_two_devices_equals_one_device():
     splits each batch over the devices and ends at the one-device weights."""
     lines = _run("data_parallel",
                  XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    assert [line["method"] for line in lines] == JAX_METHODS
+    assert sorted(line["method"] for line in lines) == sorted(JAX_METHODS)
     for line in lines:
         assert (line["devices"], line["mesh"]) == (2, 2), line
         assert line["max_diff"] < 1e-5, line
+
+
+CROSS = os.path.join(os.path.dirname(__file__), "scripts", "cross_backend.py")
+
+
+def _cross(backend, *args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, CROSS, *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {line["case"]: line for line in map(json.loads, proc.stdout.splitlines())
+            if line.get("case")}
+
+
+@pytest.fixture(scope="module")
+def cross_run(tmp_path_factory):
+    """TensorFlow's step (the reference) and JAX's from the same weights, batch and
+    method state, for every case of tests/scripts/cross_backend.py."""
+    folder = tmp_path_factory.mktemp("cross")
+    tf_out, jax_out = str(folder / "tf.npz"), str(folder / "jax.npz")
+    tf_cases = _cross("tensorflow", tf_out)
+    jax_cases = _cross("jax", jax_out, tf_out)
+    return tf_cases, jax_cases, dict(np.load(tf_out)), dict(np.load(jax_out))
+
+
+def _cases():
+    import ast
+
+    tree = ast.parse(open(CROSS).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "CASES":
+            return [elt.elts[0].value for elt in node.value.elts]
+    raise AssertionError("CASES not found in cross_backend.py")
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_jax_step_equals_tensorflow_step(cross_run, case):
+    """The JAX step equals TensorFlow's, to float32 rounding: the gradients of one
+    ``compute_gradients``, the method's state after its update (Kolen-Pollack's
+    matrices and their optimizer's slots, synthesizers, heads), and the weights and
+    state after three steps of ``fit`` (jitted on JAX)."""
+    tf_cases, jax_cases, ref, got = cross_run
+    assert tf_cases[case].get("ok"), tf_cases[case]
+    assert jax_cases[case].get("ok"), jax_cases[case]
+    keys = [k for k in ref if k.startswith(case + "/")
+            and k.rsplit("/", 1)[1].startswith(("g", "after", "fit_"))]
+    assert any("/g" in k for k in keys) and any("/fit_w" in k for k in keys)
+    for k in keys:
+        scale = max(float(np.abs(ref[k]).max()), 1e-3)
+        assert ref[k].shape == got[k].shape, k
+        diff = float(np.abs(ref[k] - got[k]).max())
+        assert diff <= 1e-4 * scale, (k, diff, scale)

@@ -63,3 +63,39 @@ def stateless_uniform(shape, seed, step, index, minval, maxval):
     return tf.random.stateless_uniform(
         shape, seed=tf.random.experimental.stateless_fold_in(pair, index),
         minval=minval, maxval=maxval, dtype="float32")
+
+
+def value_and_gradients(fn, variables=(), tensors=()):
+    """``(value, variable gradients, tensor gradients)`` of a scalar ``fn(*tensors)``.
+
+    The gradients of what a method trains on its own (synthesizers, local heads) and of
+    local objectives, on either backend: a ``tf.GradientTape`` on TensorFlow, and on
+    JAX ``jax.value_and_grad`` of ``fn`` with ``variables`` read as traced values (a
+    ``keras.StatelessScope`` that keeps the values of any scope around it, e.g. the
+    JAX step's). ``fn`` must not write variables (a write would be lost on JAX).
+
+    Args:
+        fn: a function of ``tensors`` returning a scalar; it may read ``variables``.
+        variables: Keras variables to differentiate with respect to.
+        tensors: tensors to differentiate with respect to (passed to ``fn``).
+
+    Returns:
+        ``(value, [gradient per variable], [gradient per tensor])``; a gradient is None
+        (TensorFlow) or zeros (JAX) where ``fn`` does not depend on it.
+
+    Example:
+        >>> loss, (g_kernel,), (g_h,) = credit.backends.value_and_gradients(
+        ...     lambda h: keras.ops.sum(head(h)), [head.kernel], [h])  # doctest: +SKIP
+    """
+    variables, tensors = list(variables), list(tensors)
+    if is_jax():
+        from credit.backends import jax as jax_backend
+        return jax_backend.value_and_gradients(fn, variables, tensors)
+    from credit._tensorflow import tf
+
+    with tf.GradientTape() as tape:
+        for t in tensors:
+            tape.watch(t)
+        value = fn(*tensors)
+    grads = tape.gradient(value, variables + tensors)
+    return value, grads[:len(variables)], grads[len(variables):]

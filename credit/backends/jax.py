@@ -50,7 +50,8 @@ from credit.graph import GraphError
 from credit.signal import Trace, flat
 
 #: The built-in methods that run on the JAX backend (canonical names).
-METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment",
+METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
+           "kolen_pollack",
            "direct_random_target_projection", "sign_symmetry",
            "fixed_random_sign_feedback", "batchwise_random_sign_feedback")
 
@@ -66,8 +67,6 @@ def check_method(method):
         reason = "it is not ported to the JAX backend yet"
     elif getattr(method, "computes_gradients", False):
         reason = "it forms its update without a backward pass, which is not ported yet"
-    elif getattr(method, "blockwise", False):
-        reason = "blockwise=True carries the gradient across cuts, which is not ported yet"
     if reason is not None:
         raise ValueError(
             f"method {method.name!r} does not run on Keras's JAX backend: {reason}. On "
@@ -155,10 +154,11 @@ class Recorder:
     :class:`credit.graph.StepRecorder`): transports, points and logits (plus their
     probes)."""
 
-    def __init__(self, plan, transport, probes, logit_outputs):
+    def __init__(self, plan, transport, probes, logit_outputs, cuts=None):
         self.plan = plan
         self.transport = transport
         self.probes = probes
+        self.cuts = cuts or {}
         self.logit_outputs = logit_outputs  # layer name -> model output index
         self.frames = {}
         self.outputs = {}
@@ -234,6 +234,10 @@ class Recorder:
                              "point needs a layer with one output tensor.")
         self.outputs[name] = output
         cut = jax.lax.stop_gradient(output)
+        if name in self.cuts:
+            # A zero input added to the cut copy: its cotangent is what arrives at the
+            # point from the layers above (Trace.gradient).
+            cut = ops.add(cut, ops.cast(self.cuts[name], cut.dtype))
         self.stops[name] = cut
         return cut
 
@@ -245,30 +249,43 @@ class Recorder:
 class JaxTrace(Trace):
     """The record of one forward pass on the JAX backend (see :class:`credit.Trace`).
 
-    It answers what the methods that run on JAX read: ``points``, ``outputs``,
-    ``x``, ``y``, ``sample_weight``, ``y_pred``, ``loss``, :meth:`output_error(s)
-    <output_errors>`, :meth:`flat_output_error`, :meth:`labels`. Backward products
-    inside ``signals`` (``gradient``, ``vjp``, ``loss_gradients``) are not available
-    here yet.
+    It answers what methods read of a trace: ``points``, ``outputs``, ``stops``, ``x``,
+    ``y``, ``sample_weight``, ``y_pred``, ``loss``, :meth:`output_error(s)
+    <output_errors>`, :meth:`flat_output_error`, :meth:`output_gradient`,
+    :meth:`labels`, and the backward products :meth:`gradient`, :meth:`vjp` and
+    :meth:`loss_gradients`, each a call of the step's one ``jax.vjp`` with other
+    cotangents (inside ``jit`` what a call does not use is pruned). Extra targets and
+    sources (synthetic gradients through time) are not available here.
     """
 
     def __init__(self, plan, outputs, stops, x, y, sample_weight, y_pred, loss, logits,
-                 errors_fn, variables):
-        # What Trace reads from TensorFlow's recorder; no tape: the backward pass is the
-        # step's jax.vjp, after the signals.
+                 pullback, variables):
+        # What Trace reads from TensorFlow's recorder; no tape: the backward products
+        # are calls of the step's jax.vjp (pullback).
         recorder = types.SimpleNamespace(outputs=outputs, stops=stops, logits=None,
                                          records={})
         super().__init__(plan, recorder, x, y, sample_weight, y_pred, loss, loss, None,
                          True, variables)
+        for p in plan.no_stop:
+            self.stops[p] = None
         self._logit_list = logits
-        self._errors_fn = errors_fn
+        self._pullback = pullback
+        self._loss_pullback = None
+
+    def _of_loss(self):
+        """The pullback of the loss alone (computed once per step)."""
+        if self._loss_pullback is None:
+            self._loss_pullback = self._pullback(1.0, {})
+        return self._loss_pullback
 
     def output_logits(self):
         return list(self._logit_list)
 
     def output_errors(self):
         if self._output_errors is None:
-            self._output_errors = list(self._errors_fn())
+            errors = self._of_loss()[1]
+            self._output_errors = [ops.cast(e, l.dtype)
+                                   for e, l in zip(errors, self._logit_list)]
         return self._output_errors
 
     def flat_output_error(self):
@@ -278,13 +295,29 @@ class JaxTrace(Trace):
         return ops.concatenate([ops.cast(e, "float32") for e in errors], axis=1)
 
     def output_gradient(self, point=None):
-        raise NotImplementedError(_not_here("Trace.output_gradient"))
+        if point is None:
+            self._single_output("the output gradient")
+            j = 0
+        else:
+            indices = self.graph.output_indices(point)
+            if len(indices) != 1:
+                raise GraphError(f"point {point!r} is not one model output; its output "
+                                 "gradient is not defined.")
+            (j,) = indices
+        outputs = [t for t in keras.tree.flatten(self.y_pred) if t is not None]
+        return ops.cast(self._of_loss()[3][j], outputs[j].dtype)
 
     def gradient(self, signals, sources, objective=True):
-        raise NotImplementedError(_not_here("Trace.gradient"))
-
-    def loss_gradients(self):
-        raise NotImplementedError(_not_here("Trace.loss_gradients"))
+        for p in sources:
+            if self.stops[p] is None:
+                raise GraphError(f"point {p!r} is a model output; nothing arrives at it "
+                                 "from above.")
+        signals = {p: s for p, s in signals.items() if s is not None}
+        if not signals and not objective:
+            return {p: ops.zeros_like(self.stops[p]) for p in sources}
+        at_cuts = (self._of_loss() if objective and not signals
+                   else self._pullback(1.0 if objective else 0.0, signals))[2]
+        return {p: ops.cast(at_cuts[p], self.stops[p].dtype) for p in sources}
 
     def add_target(self, tensor, gradient):
         raise NotImplementedError(_not_here("Trace.add_target"))
@@ -294,9 +327,9 @@ class JaxTrace(Trace):
 
 
 def _not_here(what):
-    return (f"{what} is not available on Keras's JAX backend yet (the JAX step has one "
-            "backward pass, after the signals); use the tensorflow backend for a method "
-            "that needs it.")
+    return (f"{what} is not available on Keras's JAX backend yet (extra targets and "
+            "sources of the backward pass: synthetic gradients through time); use the "
+            "tensorflow backend for a method that needs it.")
 
 
 # --------------------------------------------------------------------------------------
@@ -307,6 +340,20 @@ def _logit_outputs(graph):
     """``{layer name: model output index}`` for logits read at a layer."""
     return {where: j for j, (kind, where) in enumerate(graph.output_logits)
             if kind != "output"}
+
+
+def _point_shape(graph, name):
+    """A point's output shape without the batch axis, from the model's graph."""
+    shape = tuple(graph.node(name).output_tensor.shape[1:])
+    if any(d is None for d in shape):
+        raise GraphError(f"the output of point {name!r} has an unknown dimension "
+                         f"{shape}; the JAX step needs its shape. Give the model's inputs "
+                         "a fixed shape, or use the tensorflow backend.")
+    return shape
+
+
+def _is_float(t):
+    return "float" in keras.backend.standardize_dtype(t.dtype)
 
 
 def _logit_shapes(graph):
@@ -323,7 +370,7 @@ def _logit_shapes(graph):
 
 
 def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
-         training=True, loss_fn=None):
+         training=True, loss_fn=None, optimizer_variables=None):
     """One step of ``method`` on values (no variable is read or written: ``jit``-able).
 
     Args:
@@ -335,6 +382,9 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
             ``model.metrics_variables``.
         training: run the layers in training mode.
         loss_fn: as in :func:`credit.compute_gradients` (None: the compiled loss).
+        optimizer_variables: values of ``model.optimizer.variables`` (inside Keras's
+            jitted step), which the method's update may read (Kolen-Pollack reads the
+            learning rate); None: the variables' own.
 
     Returns:
         ``(gradients, loss, y_pred, non_trainable, metrics_variables)``, gradients aligned
@@ -346,11 +396,17 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
     logit_outputs = _logit_outputs(graph)
     batch = ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
     probes = [ops.zeros((batch,) + shape, "float32") for shape in _logit_shapes(graph)]
+    # Zero inputs at the cut copies of the points and at the model outputs: their
+    # cotangents are the gradient arriving at a point from above and dL/dy_pred.
+    cuts = {p: ops.zeros((batch,) + _point_shape(graph, p), "float32")
+            for p in order if p not in plan.no_stop}
+    output_probes = [ops.zeros((batch,) + tuple(shape), "float32")
+                     for shape in graph.output_shapes]
     kinds = [kind for kind, _ in graph.output_logits]
     found = {}
 
-    def forward(trainable_, probes_):
-        recorder = Recorder(plan, method.transport, probes_, logit_outputs)
+    def forward(trainable_, probes_, cuts_, output_probes_):
+        recorder = Recorder(plan, method.transport, probes_, logit_outputs, cuts_)
         with graph_lib.Hooks(plan.hooked, recorder):
             y_pred, non_trainable_, losses = model.stateless_call(
                 trainable_, non_trainable, x, return_losses=True, training=training)
@@ -360,6 +416,8 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
             if kind == "output":  # the output is its own logits
                 outs[j] = ops.add(outs[j], ops.cast(probes_[j], outs[j].dtype))
                 recorder.logits[j] = outs[j]
+        outs = [ops.add(t, ops.cast(q, t.dtype)) if _is_float(t) else t
+                for t, q in zip(outs, output_probes_)]
         it = iter(outs)
         y_pred = keras.tree.pack_sequence_as(
             y_pred, [None if t is None else next(it) for t in flat])
@@ -374,33 +432,36 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
                              f"{missing}.")
         return (loss, points), (y_pred, logits, non_trainable_, metrics_, recorder.outputs)
 
-    (loss, points), vjp_fn, aux = jax.vjp(forward, list(trainable), probes, has_aux=True)
+    (loss, points), vjp_fn, aux = jax.vjp(forward, list(trainable), probes, cuts,
+                                          output_probes, has_aux=True)
     y_pred, logits, non_trainable_new, metrics_new, outputs = aux
 
-    def errors():
-        zero = [ops.zeros_like(h) for h in points]
-        _, e = vjp_fn((ops.ones_like(loss), zero))
-        return [ops.cast(err, l.dtype) for err, l in zip(e, logits)]
+    def pullback(objective, signals):
+        """``(weight gradients, errors at the logits, gradients at the cut copies,
+        gradients at the outputs)`` of ``objective * loss + sum_p <h_p, delta_p>``."""
+        deltas = []
+        for p, h in zip(order, points):
+            s = signals.get(p)
+            deltas.append(ops.zeros_like(h) if s is None
+                          else ops.cast(jax.lax.stop_gradient(s), h.dtype))
+        return vjp_fn((ops.full_like(loss, objective), deltas))
 
     trace = JaxTrace(plan, outputs, found.get("stops", {}), x, y, sample_weight, y_pred,
-                     loss, logits, errors, model.trainable_variables)
+                     loss, logits, pullback, model.trainable_variables)
     # The method reads (and its update writes) its state and the weights as values of
     # this step: the variables themselves may hold no value inside Keras's jitted step.
     non_trainable_variables = model.non_trainable_variables
     mapping = list(zip(model.trainable_variables, trainable))
     mapping += list(zip(non_trainable_variables, non_trainable_new))
+    if optimizer_variables is not None:
+        mapping += list(zip(model.optimizer.variables, optimizer_variables))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         signals = method.signals(trace) or {}
         unknown = [p for p in signals if p not in plan.order]
         if unknown:
             raise ValueError(f"{type(method).__name__}.signals returned signals for "
                              f"{unknown}, which are not its points {list(plan.order)}.")
-        deltas = []
-        for p, h in zip(order, points):
-            s = signals.get(p)
-            deltas.append(ops.zeros_like(h) if s is None
-                          else ops.cast(jax.lax.stop_gradient(s), h.dtype))
-        gradients, _ = vjp_fn((ops.ones_like(loss), deltas))
+        gradients = pullback(1.0, signals)[0]
         trace.gradients = gradients
         method.update(trace, signals)
     non_trainable_new = [value if scope.get_current_value(v) is None
@@ -447,7 +508,7 @@ def method_variables(model, known=()):
     if state is None or method.exact:
         return []
     seen = {id(v) for v in known}
-    variables = [v for v in state.variables if id(v) not in seen]
+    variables = [v for v in state_variables(state) if id(v) not in seen]
     if not compat.in_stateless_scope():
         # Keras's jitted step donates the buffers of its state: a method variable that
         # holds the very array of a model variable (``B.assign(W)`` stores W's array)
@@ -462,6 +523,42 @@ def method_variables(model, known=()):
             if id(value) in taken:
                 v.assign(jax.numpy.array(value, copy=True))
             taken.add(id(compat.held_value(v)))
+    return variables
+
+
+def value_and_gradients(fn, variables, tensors):
+    """:func:`credit.backends.value_and_gradients` on JAX: ``jax.value_and_grad`` of
+    ``fn`` with ``variables`` mapped to traced values in a ``keras.StatelessScope``
+    that also keeps the mapping of the scope it runs in (the step's)."""
+    outer = compat.current_stateless_scope()
+    base = dict(outer.state_mapping) if outer is not None else {}
+    values = [v.value for v in variables]
+
+    def f(values_, tensors_):
+        scope = keras.StatelessScope()
+        scope.state_mapping.update(base)
+        scope.state_mapping.update({id(v): value for v, value in zip(variables, values_)})
+        with scope:
+            return fn(*tensors_)
+
+    value, (grads, tensor_grads) = jax.value_and_grad(f, argnums=(0, 1))(
+        values, [ops.convert_to_tensor(t) for t in tensors])
+    return value, list(grads), list(tensor_grads)
+
+
+def state_variables(state):
+    """A method state's variables and those of its optimizers (Kolen-Pollack's copy of
+    the model's optimizer, the synthesizers' and heads' optimizers): Keras tracks no
+    optimizer on a layer, and a slot or step counter left out would be read as a
+    constant inside the jitted step and its update dropped."""
+    variables = list(state.variables)
+    seen = {id(v) for v in variables}
+    for value in vars(state).values():
+        if isinstance(value, keras.optimizers.Optimizer):
+            for v in value.variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    variables.append(v)
     return variables
 
 
@@ -500,7 +597,7 @@ def train_step(model, state, data):
     x, y, sample_weight = compat.unpack_x_y_sample_weight(data)
     gradients, loss, y_pred, non_trainable, metrics_variables = step(
         model, model.method, x, y, sample_weight, trainable, non_trainable,
-        metrics_variables, True)
+        metrics_variables, True, optimizer_variables=optimizer_variables)
     trainable, optimizer_variables = model.optimizer.stateless_apply(
         optimizer_variables, gradients, trainable)
     logs, metrics_variables = compat.update_metrics_variables(

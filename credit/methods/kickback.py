@@ -1,6 +1,7 @@
 """Kickback: a scalar error times a one-step, all-ones backward pass."""
 
-from credit._tensorflow import tf
+from keras import ops
+
 from credit.graph import GraphError
 from credit.registry import register
 from credit.signal import ErrorSignal, output_units
@@ -61,8 +62,8 @@ class Kickback(ErrorSignal):
         deltas = {points[-1]: trace.gradient({}, [points[-1]])[points[-1]]}
         for k in range(len(points) - 2, -1, -1):
             above = trace.outputs[points[k + 1]]
-            v = trace.vjp(points[k + 1], tf.ones_like(above))[points[k]]
-            e_k = tf.reshape(tf.cast(e, v.dtype), [-1] + [1] * (len(v.shape) - 1))
+            v = trace.vjp(points[k + 1], ops.ones_like(above))[points[k]]
+            e_k = ops.reshape(ops.cast(e, v.dtype), (-1,) + (1,) * (len(v.shape) - 1))
             deltas[points[k]] = e_k * v
         return deltas
 

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 
 from credit._tensorflow import tf
-from credit import transports
+from credit import _keras_compat as compat
+from credit import backends, transports
 from credit.methods import _sign
 from credit.registry import register
 from credit.signal import ErrorSignal, random_kernels, transported_layers
@@ -163,7 +164,7 @@ class KolenPollack(ErrorSignal):
                     "optimizer, or one whose from_config(get_config()) works.") from None
         if self.weight_decay is None and not optimizer.weight_decay:
             _warn_no_decay(inner)
-        with tf.init_scope():
+        with compat.init_scope():
             optimizer.build([matrix for _, _, matrix in self._pairs])
         self.state.kp_optimizer = optimizer
         self.optimizer_instance = optimizer
@@ -183,7 +184,7 @@ class KolenPollack(ErrorSignal):
         if source is not self._source:
             # The model was compiled again with this instance: copy its new optimizer
             # (B's optimizer state starts afresh).
-            with tf.init_scope():
+            with compat.init_scope():
                 self._make_optimizer(self.model)
         index = {id(v): i for i, v in enumerate(trace.variables)}
         grads, matrices = [], []
@@ -193,17 +194,18 @@ class KolenPollack(ErrorSignal):
             if i is None or trace.gradients[i] is None:
                 continue  # a kernel that is not trained: B stays fixed
             grad = trace.gradients[i]
-            if isinstance(grad, tf.IndexedSlices):
+            if not backends.is_jax() and isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
-            grads.append(tf.cast(grad, matrix.dtype))
+            grads.append(keras.ops.cast(grad, matrix.dtype))
             matrices.append(matrix)
         if not matrices:
             return {}
         optimizer = self.optimizer_instance
         inner = _inner(source)
         if inner is not None:
-            optimizer.learning_rate = tf.cast(inner.learning_rate, "float32")
+            optimizer.learning_rate = keras.ops.cast(inner.learning_rate, "float32")
         if isinstance(source, keras.optimizers.LossScaleOptimizer):
+            # (TensorFlow only: the JAX step refuses loss scaling.)
             scale = source.dynamic_scale if source.built else source.initial_scale
             grads = [g / tf.cast(scale, g.dtype) for g in grads]
             finite = source.check_finite([g for g in trace.gradients if g is not None])

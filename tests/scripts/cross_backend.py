@@ -1,0 +1,147 @@
+"""One credit step per method on the backend Keras runs on, from a shared starting point.
+
+Usage: ``KERAS_BACKEND=B python cross_backend.py OUT [IN]``.
+
+For every case of :data:`CASES` (a method on a model), the script builds the model,
+binds the method, and takes one step with :func:`credit.compute_gradients`. Without
+``IN`` it draws the model's weights, the batch and the method's state from seeds and
+writes them to ``OUT`` with the gradients; with ``IN`` (the file another backend wrote)
+it sets the weights, the batch and the method's state from there before the step. So
+TensorFlow's run is the reference and JAX's must equal it: the tests in
+tests/test_jax_backend.py compare the gradients and the method's state after its update
+(Kolen-Pollack's matrices, the synthesizers and heads with their optimizers' slots),
+then the weights and the state after three steps of ``fit``.
+
+Each case also reports ``{"case": ..., "error": ...}`` instead of its arrays when the
+step raises, so one refused method does not hide the others.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+OUT = sys.argv[1]
+IN = sys.argv[2] if len(sys.argv) > 2 else None
+
+if os.environ.get("KERAS_BACKEND") == "jax":
+    sys.modules["tensorflow"] = None  # credit on JAX must not need TensorFlow
+
+import keras  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+import credit  # noqa: E402
+
+
+def mlp(units=3, activation="softmax"):
+    return credit.Sequential([keras.Input((6,)), L.Dense(8, activation="tanh"),
+                              L.Dense(7, activation="relu"),
+                              L.Dense(units, activation=activation)])
+
+
+def residual():
+    i = keras.Input((6,))
+    h = L.Dense(8, activation="relu", name="d0")(i)
+    a = L.Dense(8, activation="tanh", name="d1")(h)
+    b = L.Dense(8, name="d2")(a)
+    s = L.Add(name="add")([b, h])
+    o = L.Dense(3, activation="softmax", name="out")(s)
+    return credit.Model(i, o)
+
+
+def conv():
+    i = keras.Input((6, 6, 2))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c0")(i)
+    h = L.Conv2D(4, 3, strides=2, activation="relu", name="c1")(h)
+    h = L.Flatten()(h)
+    h = L.Dense(8, activation="relu", name="d0")(h)
+    return credit.Model(i, L.Dense(3, activation="softmax", name="out")(h))
+
+
+#: (case name, model builder, loss, method config, optimizer)
+CASES = [
+    ("kickback/mlp", lambda: mlp(1, None), "mse", {"name": "kickback"}, "sgd"),
+    ("kolen_pollack/residual", residual, "sparse_categorical_crossentropy",
+     {"name": "kolen_pollack", "weight_decay": 0.1}, "sgd"),
+    ("kolen_pollack/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "kolen_pollack", "weight_decay": 0.1}, "adam"),
+]
+
+
+def batch(name, model):
+    rng = np.random.default_rng(len(name))
+    shape = (5,) + tuple(model.inputs[0].shape[1:])
+    x = rng.normal(size=shape).astype("float32")
+    units = model.outputs[0].shape[-1]
+    y = (rng.normal(size=(5, 1)).astype("float32") if units == 1
+         else (np.arange(5) % units).astype("int32"))
+    return x, y
+
+
+def state_variables(method):
+    """The method's variables, its optimizers' included (in the same order on every
+    backend)."""
+    state = getattr(method, "state", None)
+    if state is None:
+        return []
+    variables = list(state.variables)
+    for value in vars(state).values():
+        if isinstance(value, keras.optimizers.Optimizer):
+            seen = {id(v) for v in variables}
+            variables += [v for v in value.variables if id(v) not in seen]
+    return variables
+
+
+def run_case(name, build, loss, config, optimizer, given):
+    keras.utils.set_random_seed(len(name))
+    model = build()
+    model.compile(optimizer, loss, method=dict(config, seed=1))
+    x, y = batch(name, model)
+    method = model.method
+    credit.model.bind(method, model, inputs=x)
+    rng = np.random.default_rng(len(name) + 1)
+    out = {}
+    if given is None:
+        for v in model.trainable_variables:
+            v.assign(rng.normal(0, 0.4, size=v.shape).astype("float32"))
+    else:
+        x, y = given[f"{name}/x"], given[f"{name}/y"]
+        for k, v in enumerate(model.trainable_variables):
+            v.assign(given[f"{name}/w{k}"])
+        for k, v in enumerate(state_variables(method)):
+            v.assign(given[f"{name}/s{k}"])
+    out[f"{name}/x"], out[f"{name}/y"] = x, y
+    for k, v in enumerate(model.trainable_variables):
+        out[f"{name}/w{k}"] = np.asarray(v.value)
+    for k, v in enumerate(state_variables(method)):
+        out[f"{name}/s{k}"] = np.asarray(v.value)
+    grads = credit.compute_gradients(model, x, y).gradients
+    for k, g in enumerate(grads):
+        out[f"{name}/g{k}"] = np.zeros(model.trainable_variables[k].shape) if g is None \
+            else np.asarray(g)
+    for k, v in enumerate(state_variables(method)):
+        out[f"{name}/after{k}"] = np.asarray(v.value)
+    # Three steps of fit (jitted on JAX, a tf.function on TensorFlow) from there.
+    model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0)
+    for k, v in enumerate(model.trainable_variables):
+        out[f"{name}/fit_w{k}"] = np.asarray(v.value)
+    for k, v in enumerate(state_variables(method)):
+        out[f"{name}/fit_s{k}"] = np.asarray(v.value)
+    return out
+
+
+def main():
+    given = None if IN is None else dict(np.load(IN))
+    saved = {}
+    for name, build, loss, config, optimizer in CASES:
+        try:
+            saved.update(run_case(name, build, loss, config, optimizer, given))
+            print(json.dumps({"case": name, "ok": True}))
+        except Exception as err:  # noqa: BLE001 - reported per case
+            print(json.dumps({"case": name, "error": f"{type(err).__name__}: {err}"}))
+    np.savez(OUT, **saved)
+
+
+if __name__ == "__main__":
+    main()
