@@ -276,10 +276,17 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
         >>> trace = credit.model.record(model, x, y, method="dfa")   # doctest: +SKIP
         >>> trace.output_error()
     """
-    if backends.is_jax():
-        raise NotImplementedError(_tensorflow_only("credit.model.record"))
     method = _resolve(model, method)
     bind(method, model, inputs=x)
+    if backends.is_jax():
+        # The trace's backward products are calls of one jax.vjp (no tape).
+        trace, _, _ = jax_backend().forward_trace(
+            model, method, x, y, sample_weight,
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.metrics_variables], training, loss_fn, cut=cut,
+            use_transports=use_transports)
+        return trace
     plan = method.plan
     variables = model.trainable_variables
     tape = tf.GradientTape(persistent=True)

@@ -154,11 +154,12 @@ class Recorder:
     :class:`credit.graph.StepRecorder`): transports, points and logits (plus their
     probes)."""
 
-    def __init__(self, plan, transport, probes, logit_outputs, cuts=None):
+    def __init__(self, plan, transport, probes, logit_outputs, cuts=None, cut=True):
         self.plan = plan
         self.transport = transport
         self.probes = probes
         self.cuts = cuts or {}
+        self.cut = cut
         self.logit_outputs = logit_outputs  # layer name -> model output index
         self.frames = {}
         self.outputs = {}
@@ -233,7 +234,9 @@ class Recorder:
             raise GraphError(f"layer {name!r} returned {type(output).__name__}; a feedback "
                              "point needs a layer with one output tensor.")
         self.outputs[name] = output
-        cut = jax.lax.stop_gradient(output)
+        # cut=False (credit.model.record): the point only records; the zero input's
+        # cotangent is then the true dL/dh_p.
+        cut = jax.lax.stop_gradient(output) if self.cut else output
         if name in self.cuts:
             # A zero input added to the cut copy: its cotangent is what arrives at the
             # point from the layers above (Trace.gradient).
@@ -269,13 +272,13 @@ class JaxTrace(Trace):
         for p in plan.no_stop:
             self.stops[p] = None
         self._logit_list = logits
-        self._pullback = pullback
+        self.pullback = pullback
         self._loss_pullback = None
 
     def _of_loss(self):
         """The pullback of the loss alone (computed once per step)."""
         if self._loss_pullback is None:
-            self._loss_pullback = self._pullback(1.0, {})
+            self._loss_pullback = self.pullback(1.0, {})
         return self._loss_pullback
 
     def output_logits(self):
@@ -316,7 +319,7 @@ class JaxTrace(Trace):
         if not signals and not objective:
             return {p: ops.zeros_like(self.stops[p]) for p in sources}
         at_cuts = (self._of_loss() if objective and not signals
-                   else self._pullback(1.0 if objective else 0.0, signals))[2]
+                   else self.pullback(1.0 if objective else 0.0, signals))[2]
         return {p: ops.cast(at_cuts[p], self.stops[p].dtype) for p in sources}
 
     def add_target(self, tensor, gradient):
@@ -369,29 +372,20 @@ def _logit_shapes(graph):
     return shapes
 
 
-def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
-         training=True, loss_fn=None, optimizer_variables=None):
-    """One step of ``method`` on values (no variable is read or written: ``jit``-able).
+def forward_trace(model, method, x, y, sample_weight, trainable, non_trainable,
+                  metrics_variables, training=True, loss_fn=None, cut=True,
+                  use_transports=True):
+    """The forward pass of one step on values, as a :class:`JaxTrace` (its backward
+    products are calls of one ``jax.vjp``), with the new non-trainable and metrics
+    values: ``(trace, non_trainable, metrics_variables)``.
 
-    Args:
-        model: the model (bound to ``method``).
-        method: the bound method.
-        x, y, sample_weight: the batch.
-        trainable, non_trainable, metrics_variables: lists of values aligned with
-            ``model.trainable_variables``, ``model.non_trainable_variables`` and
-            ``model.metrics_variables``.
-        training: run the layers in training mode.
-        loss_fn: as in :func:`credit.compute_gradients` (None: the compiled loss).
-        optimizer_variables: values of ``model.optimizer.variables`` (inside Keras's
-            jitted step), which the method's update may read (Kolen-Pollack reads the
-            learning rate); None: the variables' own.
-
-    Returns:
-        ``(gradients, loss, y_pred, non_trainable, metrics_variables)``, gradients aligned
-        with ``trainable``.
+    ``cut=False`` only records the points (the pass is backprop's between them, and
+    :meth:`JaxTrace.gradient` at a point gives the true ``dL/dh_p``);
+    ``use_transports=False`` crosses every layer with its own kernels.
     """
     plan = method.plan
     graph = plan.graph
+    transport = method.transport if use_transports else (lambda layer, kernels: None)
     order = list(plan.order)
     logit_outputs = _logit_outputs(graph)
     batch = ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
@@ -406,7 +400,7 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
     found = {}
 
     def forward(trainable_, probes_, cuts_, output_probes_):
-        recorder = Recorder(plan, method.transport, probes_, logit_outputs, cuts_)
+        recorder = Recorder(plan, transport, probes_, logit_outputs, cuts_, cut)
         with graph_lib.Hooks(plan.hooked, recorder):
             y_pred, non_trainable_, losses = model.stateless_call(
                 trainable_, non_trainable, x, return_losses=True, training=training)
@@ -448,6 +442,34 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
 
     trace = JaxTrace(plan, outputs, found.get("stops", {}), x, y, sample_weight, y_pred,
                      loss, logits, pullback, model.trainable_variables)
+    return trace, non_trainable_new, metrics_new
+
+
+def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
+         training=True, loss_fn=None, optimizer_variables=None):
+    """One step of ``method`` on values (no variable is read or written: ``jit``-able).
+
+    Args:
+        model: the model (bound to ``method``).
+        method: the bound method.
+        x, y, sample_weight: the batch.
+        trainable, non_trainable, metrics_variables: lists of values aligned with
+            ``model.trainable_variables``, ``model.non_trainable_variables`` and
+            ``model.metrics_variables``.
+        training: run the layers in training mode.
+        loss_fn: as in :func:`credit.compute_gradients` (None: the compiled loss).
+        optimizer_variables: values of ``model.optimizer.variables`` (inside Keras's
+            jitted step), which the method's update may read (Kolen-Pollack reads the
+            learning rate); None: the variables' own.
+
+    Returns:
+        ``(gradients, loss, y_pred, non_trainable, metrics_variables)``, gradients aligned
+        with ``trainable``.
+    """
+    plan = method.plan
+    trace, non_trainable_new, metrics_new = forward_trace(
+        model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
+        training, loss_fn)
     # The method reads (and its update writes) its state and the weights as values of
     # this step: the variables themselves may hold no value inside Keras's jitted step.
     non_trainable_variables = model.non_trainable_variables
@@ -461,13 +483,13 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
         if unknown:
             raise ValueError(f"{type(method).__name__}.signals returned signals for "
                              f"{unknown}, which are not its points {list(plan.order)}.")
-        gradients = pullback(1.0, signals)[0]
+        gradients = trace.pullback(1.0, signals)[0]
         trace.gradients = gradients
         method.update(trace, signals)
     non_trainable_new = [value if scope.get_current_value(v) is None
                          else scope.get_current_value(v)
                          for v, value in zip(non_trainable_variables, non_trainable_new)]
-    return list(gradients), loss, y_pred, non_trainable_new, metrics_new
+    return list(gradients), trace.loss, trace.y_pred, non_trainable_new, metrics_new
 
 
 def _loss(model, trainable, non_trainable, metrics_variables, x, y, y_pred, sample_weight,
