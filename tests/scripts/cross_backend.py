@@ -66,6 +66,12 @@ CASES = [
      {"name": "kolen_pollack", "weight_decay": 0.1}, "sgd"),
     ("kolen_pollack/conv", conv, "sparse_categorical_crossentropy",
      {"name": "kolen_pollack", "weight_decay": 0.1}, "adam"),
+    ("delayed_feedback/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "delayed_feedback", "examples": 5}, "sgd"),
+    ("delayed_feedback/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "delayed_feedback", "examples": 5}, "adam"),
+    ("backprop_blockwise/residual", residual, "sparse_categorical_crossentropy",
+     {"name": "backprop", "blockwise": True}, "sgd"),
 ]
 
 
