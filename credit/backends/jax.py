@@ -322,6 +322,15 @@ class JaxTrace(Trace):
                    else self.pullback(1.0 if objective else 0.0, signals))[2]
         return {p: ops.cast(at_cuts[p], self.stops[p].dtype) for p in sources}
 
+    def weight_gradients(self, signals):
+        return list(self.pullback(1.0, signals)[0])
+
+    def true_point_gradient(self, point):
+        at_cuts = self._of_loss()[2]
+        if point in at_cuts:  # recorded with cut=False: the zero input's cotangent
+            return at_cuts[point]
+        return self.output_gradient(point)
+
     def add_target(self, tensor, gradient):
         raise NotImplementedError(_not_here("Trace.add_target"))
 

@@ -122,6 +122,11 @@ def run_case(name, build, loss, config, optimizer, given):
         out[f"{name}/w{k}"] = np.asarray(v.value)
     for k, v in enumerate(state_variables(method)):
         out[f"{name}/s{k}"] = np.asarray(v.value)
+    # credit.alignment before the step (it updates nothing): the update's and the
+    # signals' cosines with backprop's and the norm ratios.
+    table = credit.alignment(model, x, y)
+    out[f"{name}/galign"] = np.nan_to_num(
+        table[["update_cosine", "norm_ratio", "signal_cosine"]].to_numpy(float), nan=-9.0)
     grads = credit.compute_gradients(model, x, y).gradients
     for k, g in enumerate(grads):
         out[f"{name}/g{k}"] = np.zeros(model.trainable_variables[k].shape) if g is None \
