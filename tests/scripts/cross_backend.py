@@ -59,6 +59,14 @@ def conv():
     return credit.Model(i, L.Dense(3, activation="softmax", name="out")(h))
 
 
+def recurrent():
+    i = keras.Input((4, 3))
+    h = L.LSTM(5, return_sequences=True, name="lstm")(i)
+    h = L.SimpleRNN(4, return_sequences=True, name="rnn")(h)
+    h = L.GRU(4, name="gru")(h)
+    return credit.Model(i, L.Dense(3, activation="softmax", name="out")(h))
+
+
 #: (case name, model builder, loss, method config, optimizer)
 CASES = [
     ("kickback/mlp", lambda: mlp(1, None), "mse", {"name": "kickback"}, "sgd"),
@@ -72,6 +80,12 @@ CASES = [
      {"name": "delayed_feedback", "examples": 5}, "adam"),
     ("backprop_blockwise/residual", residual, "sparse_categorical_crossentropy",
      {"name": "backprop", "blockwise": True}, "sgd"),
+    ("feedback_alignment/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "feedback_alignment"}, "sgd"),
+    ("kolen_pollack/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "kolen_pollack", "weight_decay": 0.1}, "adam"),
+    ("sign_symmetry/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "sign_symmetry"}, "sgd"),
 ]
 
 
