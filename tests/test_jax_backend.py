@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "jax_checks.py")
 JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
-               "kolen_pollack", "direct_random_target_projection", "sign_symmetry",
+               "kolen_pollack", "synthetic_gradients", "local_losses",
+               "direct_random_target_projection", "sign_symmetry",
                "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
