@@ -10,8 +10,10 @@ it sets the weights, the batch and the method's state from there before the step
 TensorFlow's run is the reference and JAX's must equal it: the tests in
 tests/test_jax_backend.py compare the gradients and the method's state after its update
 (Kolen-Pollack's matrices, the synthesizers and heads with their optimizers' slots),
-then the weights and the state after three steps of ``fit``. The reference run also
-draws the synthesizers' and heads' weights (a synthesizer's last layer starts at zero).
+then the weights and the state after three steps of ``fit``, and for synthetic gradients
+and local losses the state of the model saved and loaded, and its gradients. The
+reference run also draws the synthesizers' and heads' weights (a synthesizer's last
+layer starts at zero).
 
 Each case also reports ``{"case": ..., "error": ...}`` instead of its arrays when the
 step raises, so one refused method does not hide the others.
@@ -20,6 +22,7 @@ step raises, so one refused method does not hide the others.
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -152,6 +155,17 @@ def run_case(name, build, loss, config, optimizer, given):
         out[f"{name}/fit_w{k}"] = np.asarray(v.value)
     for k, v in enumerate(state_variables(method)):
         out[f"{name}/fit_s{k}"] = np.asarray(v.value)
+    if getattr(method.state, "synthesizer_layers", None):
+        # Saved and loaded: the synthesizers (heads) and counters come back, and the
+        # loaded model's gradients are the trained one's.
+        path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        for k, v in enumerate(loaded.method.state.variables):
+            out[f"{name}/fit_loaded_s{k}"] = np.asarray(v.value)
+        grads = credit.compute_gradients(loaded, x, y).gradients
+        for k, g in enumerate(grads):
+            out[f"{name}/fit_loaded_g{k}"] = np.asarray(g)
     return out
 
 
