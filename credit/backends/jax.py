@@ -51,7 +51,7 @@ from credit.signal import Trace, flat
 
 #: The built-in methods that run on the JAX backend (canonical names).
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
-           "kolen_pollack", "delayed_feedback",
+           "kolen_pollack", "delayed_feedback", "synthetic_gradients", "local_losses",
            "direct_random_target_projection", "sign_symmetry",
            "fixed_random_sign_feedback", "batchwise_random_sign_feedback")
 
