@@ -500,11 +500,15 @@ class Model(keras.Model):
     @property
     def non_trainable_variables(self):
         """Keras's non-trainable variables; on the JAX backend also the method's state
-        (feedback matrices, brSF's step counter), so that Keras's JAX trainer carries it
-        through the jitted step with the model's and writes its updates back."""
+        (feedback matrices, brSF's step counter, its optimizers' slots) and the trackers
+        of its logs, so that Keras's JAX trainer carries them through the jitted step
+        with the model's and writes their updates back."""
         variables = super().non_trainable_variables
         if backends.is_jax():
             variables = variables + jax_backend().method_variables(self, variables)
+            # The Mean trackers of the method's logs (sg_loss, ...), updated in the step.
+            for tracker in self.__dict__.get("_credit_trackers", {}).values():
+                variables = variables + list(tracker.variables)
         return variables
 
     def _try_bind(self):

@@ -496,8 +496,8 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
             learning rate); None: the variables' own.
 
     Returns:
-        ``(gradients, loss, y_pred, non_trainable, metrics_variables)``, gradients aligned
-        with ``trainable``.
+        ``(gradients, loss, y_pred, non_trainable, metrics_variables, logs)``, gradients
+        aligned with ``trainable``; ``logs`` the method's extra scalars (``sg_loss``).
     """
     plan = method.plan
     trace, non_trainable_new, metrics_new = forward_trace(
@@ -518,11 +518,12 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
                              f"{unknown}, which are not its points {list(plan.order)}.")
         gradients = trace.pullback(1.0, signals)[0]
         trace.gradients = gradients
-        method.update(trace, signals)
+        logs = method.update(trace, signals) or {}
     non_trainable_new = [value if scope.get_current_value(v) is None
                          else scope.get_current_value(v)
                          for v, value in zip(non_trainable_variables, non_trainable_new)]
-    return list(gradients), trace.loss, trace.y_pred, non_trainable_new, metrics_new
+    return (list(gradients), trace.loss, trace.y_pred, non_trainable_new, metrics_new,
+            dict(logs))
 
 
 def _loss(model, trainable, non_trainable, metrics_variables, x, y, y_pred, sample_weight,
@@ -635,13 +636,13 @@ def compute_gradients(model, method, x, y=None, sample_weight=None, loss_fn=None
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     metrics = [v.value for v in model.metrics_variables]
-    gradients, loss, y_pred, non_trainable_new, _ = step(
+    gradients, loss, y_pred, non_trainable_new, _, logs = step(
         model, method, x, y, sample_weight, trainable, non_trainable, metrics, training,
         loss_fn)
     for v, value in zip(model.non_trainable_variables, non_trainable_new):
         if value is not None:
             v.assign(value)
-    return Gradients(gradients, loss, y_pred, {})
+    return Gradients(gradients, loss, y_pred, logs)
 
 
 def train_step(model, state, data):
@@ -650,11 +651,23 @@ def train_step(model, state, data):
     _refuse_loss_scaling(model)
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     x, y, sample_weight = compat.unpack_x_y_sample_weight(data)
-    gradients, loss, y_pred, non_trainable, metrics_variables = step(
+    gradients, loss, y_pred, non_trainable, metrics_variables, method_logs = step(
         model, model.method, x, y, sample_weight, trainable, non_trainable,
         metrics_variables, True, optimizer_variables=optimizer_variables)
     trainable, optimizer_variables = model.optimizer.stateless_apply(
         optimizer_variables, gradients, trainable)
     logs, metrics_variables = compat.update_metrics_variables(
         model, metrics_variables, loss, x, y, y_pred, sample_weight)
+    trackers = model.__dict__.get("_credit_trackers") or {}
+    if trackers:
+        # The method's logs (sg_loss, ...): its Mean trackers ride with the
+        # non-trainable variables (credit.Model.non_trainable_variables).
+        variables = model.non_trainable_variables
+        with keras.StatelessScope(state_mapping=list(zip(variables, non_trainable))) as scope:
+            for name, value in method_logs.items():
+                trackers[name].update_state(value)
+            logs.update({name: t.result() for name, t in trackers.items()})
+        non_trainable = [value if scope.get_current_value(v) is None
+                         else scope.get_current_value(v)
+                         for v, value in zip(variables, non_trainable)]
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)

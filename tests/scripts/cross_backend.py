@@ -175,7 +175,9 @@ def run_case(name, build, loss, config, optimizer, given):
     for k, v in enumerate(state_variables(method)):
         out[f"{name}/after{k}"] = np.asarray(v.value)
     # Three steps of fit (jitted on JAX, a tf.function on TensorFlow) from there.
-    model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0)
+    history = model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0)
+    if method.log_names:  # the method's own logs (sg_loss, ...), per epoch
+        out[f"{name}/fit_logs"] = np.array([history.history[n] for n in method.log_names])
     for k, v in enumerate(model.trainable_variables):
         out[f"{name}/fit_w{k}"] = np.asarray(v.value)
     for k, v in enumerate(state_variables(method)):
