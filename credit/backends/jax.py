@@ -3,33 +3,39 @@
 The step is the one TensorFlow takes (see :func:`credit.model.compute_gradients`), with
 ``jax.vjp`` in place of the tape:
 
-1. ``forward(trainable, probes)`` runs ``model.stateless_call(trainable, non_trainable,
-   x, training=True)`` with credit's hooks on the layers (:class:`credit.graph.Hooks`):
-   a transported layer runs on a stop-gradient copy of its input, and a custom VJP at
-   its pre-activation sends the gradient to its input through the method's feedback
-   kernels (:func:`gate`); a feedback point records the layer's output ``h_p`` and
-   hands a stop-gradient copy on. It returns ``(loss, [h_p])`` and, besides, the model
-   output and the logits. ``probes`` are zeros added to the logits, whose cotangent is
-   the output error ``e = dL/dlogits``.
-2. ``jax.vjp(forward, trainable, probes)`` runs it once.
+1. ``forward(trainable, probes, cuts, output_probes)`` runs ``model.stateless_call(
+   trainable, non_trainable, x, training=True)`` with credit's hooks on the layers
+   (:class:`credit.graph.Hooks`): a transported layer runs on a stop-gradient copy of
+   its input, and a custom VJP at its pre-activation sends the gradient to its input
+   through the method's feedback kernels (:func:`gate`; a recurrent layer's cells get
+   a probe in their bias, :func:`probe`); a feedback point records the layer's output
+   ``h_p`` and hands a stop-gradient copy on. It returns ``(loss, [h_p])`` and,
+   besides, the model output and the logits. ``probes``, ``cuts`` and
+   ``output_probes`` are zeros added to the logits, to the cut copies of the points
+   and to the model outputs: their cotangents are the output error ``e = dL/dlogits``,
+   the gradient arriving at a point from above, and ``dL/dy_pred``.
+2. ``jax.vjp(forward, ...)`` runs it once (:func:`forward_trace`).
 3. The method's ``signals(trace)`` reads the trace (:class:`JaxTrace`: the point
-   outputs, the output error, the targets) and returns ``delta_p`` per point.
+   outputs, the output error, the targets, and backward products such as
+   ``trace.gradient`` and ``trace.loss_gradients``, each a call of the same VJP) and
+   returns ``delta_p`` per point.
 4. One call of the VJP with cotangents ``(1, [delta_p])`` gives every weight's
    gradient, aligned with ``model.trainable_variables``: each layer's local gradient
-   given the signal that reaches its output.
+   given the signal that reaches its output. Then the method's ``update`` (its own
+   optimizers, synthesizers, heads, buffers) runs in a ``keras.StatelessScope``.
 
-The output error is a second call of the same VJP with cotangents ``(1, 0)``, read at
-the probes only; inside ``jit`` (``fit``) the unused weight gradients of that call are
-pruned, so it costs the backward pass from the loss to the logits.
+Inside ``jit`` (``fit``) what a call of the VJP does not use is pruned: the output
+error costs the backward pass from the loss to the logits.
 
-The method's state (feedback matrices, brSF's step counter) rides with the model's
-non-trainable variables (``credit.Model.non_trainable_variables``), so Keras's JAX
-trainer carries it through the jitted step and writes the method's updates back.
+The method's state (feedback matrices, counters, synthesizers and heads, and its
+optimizers' slots) and the trackers of its logs ride with the model's non-trainable
+variables (``credit.Model.non_trainable_variables``), so Keras's JAX trainer carries
+them through the jitted step and writes their updates back.
 
-Methods that run here: :data:`METHODS`. Methods with trained state of their own
-(Kolen-Pollack, synthetic gradients, local losses, delayed feedback), without a
-backward pass (forward gradients, PEPITA, Forward-Forward) and kickback are refused
-with an error that names the methods that run.
+Methods that run here: :data:`METHODS`; the others are refused with an error that
+names those that run. Not here yet: extra targets and sources of the backward pass
+(synthetic gradients through time), per-step signals through time, a point on a model
+output, loss scaling.
 
 Example:
     >>> # KERAS_BACKEND=jax
@@ -82,11 +88,6 @@ def check_bound(method):
             f"method {method.name!r} intercepts layer calls ({list(method.intercepted)}: "
             "per-step signals through time), which the JAX backend does not run yet; use "
             "through_time='bptt' or the tensorflow backend.")
-    if plan.no_stop:
-        raise GraphError(
-            f"method {method.name!r} puts a feedback point on a model output "
-            f"({sorted(plan.no_stop)}), which the JAX backend does not run yet; choose "
-            "hidden points or use the tensorflow backend.")
     for kind, where in plan.graph.output_logits:
         if kind not in _LOGIT_KINDS:
             raise GraphError(
@@ -258,6 +259,14 @@ class Recorder:
             raise GraphError(f"layer {name!r} returned {type(output).__name__}; a feedback "
                              "point needs a layer with one output tensor.")
         self.outputs[name] = output
+        if name in self.plan.no_stop:
+            # A point on a model output is not cut (the loss reads a cut copy of the
+            # output instead: forward_trace). Uncut (record's cut=False), a zero input
+            # reads the whole dL/dh_p there (the loss's and the layers' above).
+            self.stops[name] = None
+            if name in self.cuts:
+                output = ops.add(output, ops.cast(self.cuts[name], output.dtype))
+            return output
         # cut=False (credit.model.record): the point only records; the zero input's
         # cotangent is then the true dL/dh_p.
         cut = jax.lax.stop_gradient(output) if self.cut else output
@@ -286,7 +295,7 @@ class JaxTrace(Trace):
     """
 
     def __init__(self, plan, outputs, stops, x, y, sample_weight, y_pred, loss, logits,
-                 pullback, variables):
+                 pullback, variables, split=False):
         # What Trace reads from TensorFlow's recorder; no tape: the backward products
         # are calls of the step's jax.vjp (pullback).
         recorder = types.SimpleNamespace(outputs=outputs, stops=stops, logits=None,
@@ -298,11 +307,14 @@ class JaxTrace(Trace):
         self._logit_list = logits
         self.pullback = pullback
         self._loss_pullback = None
+        self._split = split  # a point sits on a model output
 
     def _of_loss(self):
-        """The pullback of the loss alone (computed once per step)."""
+        """The pullback of the loss alone, on the uncut outputs (computed once per
+        step): the output errors and gradients."""
         if self._loss_pullback is None:
-            self._loss_pullback = self.pullback(1.0, {})
+            self._loss_pullback = (self.pullback(0.0, {}, 1.0) if self._split
+                                   else self.pullback(1.0, {}))
         return self._loss_pullback
 
     def output_logits(self):
@@ -342,7 +354,7 @@ class JaxTrace(Trace):
         signals = {p: s for p, s in signals.items() if s is not None}
         if not signals and not objective:
             return {p: ops.zeros_like(self.stops[p]) for p in sources}
-        at_cuts = (self._of_loss() if objective and not signals
+        at_cuts = (self._of_loss() if objective and not signals and not self._split
                    else self.pullback(1.0 if objective else 0.0, signals))[2]
         return {p: ops.cast(at_cuts[p], self.stops[p].dtype) for p in sources}
 
@@ -426,11 +438,13 @@ def forward_trace(model, method, x, y, sample_weight, trainable, non_trainable,
     # Zero inputs at the cut copies of the points and at the model outputs: their
     # cotangents are the gradient arriving at a point from above and dL/dy_pred.
     cuts = {p: ops.zeros((batch,) + _point_shape(graph, p), "float32")
-            for p in order if p not in plan.no_stop}
+            for p in order if p not in plan.no_stop or not cut}
     output_probes = [ops.zeros((batch,) + tuple(shape), "float32")
                      for shape in graph.output_shapes]
     kinds = [kind for kind, _ in graph.output_logits]
     found = {}
+    output_points = sorted(plan.output_points) if cut else []
+    split = bool(output_points)
 
     def forward(trainable_, probes_, cuts_, output_probes_):
         recorder = Recorder(plan, transport, probes_, logit_outputs, cuts_, cut)
@@ -443,13 +457,30 @@ def forward_trace(model, method, x, y, sample_weight, trainable, non_trainable,
             if kind == "output":  # the output is its own logits
                 outs[j] = ops.add(outs[j], ops.cast(probes_[j], outs[j].dtype))
                 recorder.logits[j] = outs[j]
-        outs = [ops.add(t, ops.cast(q, t.dtype)) if _is_float(t) else t
-                for t, q in zip(outs, output_probes_)]
-        it = iter(outs)
+        probed = [ops.add(t, ops.cast(q, t.dtype)) if _is_float(t) else t
+                  for t, q in zip(outs, output_probes_)]
+        it = iter(probed)
         y_pred = keras.tree.pack_sequence_as(
             y_pred, [None if t is None else next(it) for t in flat])
-        loss, metrics_ = _loss(model, trainable_, non_trainable_, metrics_variables, x, y,
-                               y_pred, sample_weight, training, loss_fn, losses)
+        if split:
+            # The loss (the objective) reads a cut copy of each output that carries a
+            # point, so that the point's signal replaces that output's loss gradient;
+            # the same loss on the uncut outputs gives the output errors.
+            read = list(probed)
+            for j in output_points:
+                read[j] = ops.add(jax.lax.stop_gradient(outs[j]),
+                                  ops.cast(output_probes_[j], outs[j].dtype))
+            it = iter(read)
+            y_read = keras.tree.pack_sequence_as(
+                y_pred, [None if t is None else next(it) for t in flat])
+            loss, metrics_ = _loss(model, trainable_, non_trainable_, metrics_variables, x,
+                                   y, y_read, sample_weight, training, loss_fn, losses)
+            true_loss, _ = _loss(model, trainable_, non_trainable_, metrics_variables, x,
+                                 y, y_pred, sample_weight, training, loss_fn, losses)
+        else:
+            loss, metrics_ = _loss(model, trainable_, non_trainable_, metrics_variables, x,
+                                   y, y_pred, sample_weight, training, loss_fn, losses)
+            true_loss = ops.zeros_like(loss)
         found["stops"] = recorder.stops
         logits = [recorder.logits[j] for j in range(len(kinds))]
         points = [recorder.outputs[p] for p in order]
@@ -457,24 +488,27 @@ def forward_trace(model, method, x, y, sample_weight, trainable, non_trainable,
         if missing:
             raise GraphError(f"the forward pass did not reach the feedback point(s) "
                              f"{missing}.")
-        return (loss, points), (y_pred, logits, non_trainable_, metrics_, recorder.outputs)
+        return ((loss, true_loss, points),
+                (y_pred, logits, non_trainable_, metrics_, recorder.outputs))
 
-    (loss, points), vjp_fn, aux = jax.vjp(forward, list(trainable), probes, cuts,
-                                          output_probes, has_aux=True)
+    (loss, _, points), vjp_fn, aux = jax.vjp(forward, list(trainable), probes, cuts,
+                                             output_probes, has_aux=True)
     y_pred, logits, non_trainable_new, metrics_new, outputs = aux
 
-    def pullback(objective, signals):
+    def pullback(objective, signals, true=0.0):
         """``(weight gradients, errors at the logits, gradients at the cut copies,
-        gradients at the outputs)`` of ``objective * loss + sum_p <h_p, delta_p>``."""
+        gradients at the outputs)`` of ``objective * loss + true * loss on the uncut
+        outputs + sum_p <h_p, delta_p>`` (the two losses differ only where a point sits
+        on a model output)."""
         deltas = []
         for p, h in zip(order, points):
             s = signals.get(p)
             deltas.append(ops.zeros_like(h) if s is None
                           else ops.cast(jax.lax.stop_gradient(s), h.dtype))
-        return vjp_fn((ops.full_like(loss, objective), deltas))
+        return vjp_fn((ops.full_like(loss, objective), ops.full_like(loss, true), deltas))
 
     trace = JaxTrace(plan, outputs, found.get("stops", {}), x, y, sample_weight, y_pred,
-                     loss, logits, pullback, model.trainable_variables)
+                     loss, logits, pullback, model.trainable_variables, split)
     return trace, non_trainable_new, metrics_new
 
 

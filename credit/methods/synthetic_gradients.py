@@ -9,7 +9,6 @@ from keras import ops
 from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import backends, transports
-from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer  # noqa: F401  (its former home)
 from credit.registry import register
@@ -93,9 +92,8 @@ class SyntheticGradients(ErrorSignal):
         update_probability: each block is updated with this probability per step (DNI's
             stochastic updates); a block not updated gets a zero signal. With a momentum
             optimizer (Adam, SGD with momentum) its momentum still moves it; with 0
-            nothing moves at all. The synthesizers are trained every step. On Keras's
-            JAX backend only 1 runs (the output block's mask needs a point on the model
-            output, which the JAX step does not run yet).
+            nothing moves at all. The synthesizers are trained every step. The draws
+            come from each backend's own generator (TensorFlow's and JAX's differ).
         warmup_steps: for this many steps the blocks get backprop's gradient while the
             synthesizers learn from their targets; then the synthetic signals take over.
         hidden_units: widths of the hidden layers of an ``"mlp"`` synthesizer on a dense
@@ -293,13 +291,6 @@ class SyntheticGradients(ErrorSignal):
                     "update_probability < 1 masks the output block's update too, which "
                     "needs the model output to be a layer's output; this model's output "
                     "is computed after its last layer. Use update_probability=1.")
-            if backends.is_jax():
-                # (credit.backends.jax.check_bound refuses a point on a model output.)
-                raise GraphError(
-                    f"update_probability={self.update_probability!r} masks the output "
-                    "block's update through a point on the model output, which the JAX "
-                    "backend does not run yet; use update_probability=1 on JAX, or the "
-                    "tensorflow backend.")
             self._masked_output = output
             self.points.append(output)
         n_cond = output_units(graph, "cDNI") if self.conditioned else 0
