@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "jax_checks.py")
 JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
                "kolen_pollack", "direct_random_target_projection", "sign_symmetry",
-               "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
+               "fixed_random_sign_feedback", "batchwise_random_sign_feedback",
+               "forward_gradient", "pepita", "forward_forward"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
