@@ -431,8 +431,10 @@ def train_synthesizers(method, tape, loss, extra_pairs=()):
 
 
 def replicas():
-    """Replicas in sync under the current distribution strategy."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
+    """Replicas in sync under the current distribution strategy (1 on JAX: see
+    :func:`credit.backends.replicas`)."""
+    from credit import backends
+    return backends.replicas()
 
 
 def global_batch(h):

@@ -341,7 +341,7 @@ class ForwardForward(ErrorSignal):
         ``(batch, 1)``, are averaged away) each example's term is weighted and the sum
         divided by the batch size, as Keras's default loss reduction does.
         """
-        batch = ops.cast(ops.shape(positive[0])[0] * backends.replicas(), "float32")
+        batch = ops.cast(ops.shape(positive[0])[0] * sg.replicas(), "float32")
         weight = None
         if sample_weight is not None:
             weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from credit import backends
 from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
 from credit.methods.forward_gradient import raise_no_signals
@@ -110,7 +109,7 @@ class Pepita(ErrorSignal):
         Returns a dict from each variable's ``id`` to its update (unscaled).
         """
         e = ops.cast(flat(first.output_error()), "float32")
-        batch = ops.cast(ops.shape(e)[0] * backends.replicas(), "float32")
+        batch = ops.cast(ops.shape(e)[0] * sg.replicas(), "float32")
         points = list(self.points)
         inputs = [x_mod] + [ops.cast(flat(second.outputs[p]), "float32") for p in points]
         out = {}
@@ -139,7 +138,7 @@ class Pepita(ErrorSignal):
         first = engine.record(model, x, y, sample_weight, method=self, training=training,
                               loss_fn=loss_fn, cut=False, use_transports=False)
         e = ops.cast(flat(first.output_error()), "float32")
-        batch = ops.cast(ops.shape(e)[0] * backends.replicas(), "float32")
+        batch = ops.cast(ops.shape(e)[0] * sg.replicas(), "float32")
         x = ops.convert_to_tensor(x)
         modulation = ops.matmul(e * batch, self.feedback_matrices["input"])
         x_mod = ops.cast(flat(x), "float32") + modulation
