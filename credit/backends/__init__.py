@@ -159,16 +159,6 @@ def jvp(fn, variables=(), tangents=(), tensors=(), tensor_tangents=(), has_aux=F
     return (outputs, found, aux) if has_aux else (outputs, found)
 
 
-def init_scope():
-    """The context a method's ``build`` creates its state in: ``tf.init_scope()`` on
-    TensorFlow (outside any traced function), nothing on JAX."""
-    if is_jax():
-        import contextlib
-        return contextlib.nullcontext()
-    from credit._tensorflow import tf
-    return tf.init_scope()
-
-
 def replicas():
     """Replicas in sync, whose per-replica losses are summed: the current
     ``tf.distribute`` strategy's on TensorFlow; 1 on JAX, whose jitted step sees the

@@ -3,6 +3,7 @@
 import numpy as np
 from keras import ops
 
+from credit import _keras_compat as compat
 from credit import backends
 from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
@@ -184,7 +185,7 @@ class ForwardForward(ErrorSignal):
         self.n_classes = n
         self._d_in = d_in
         self._blocks = [tuple(b.layers) for b in graph.blocks]
-        with backends.init_scope():
+        with compat.init_scope():
             own_counters(self)
 
     def transport(self, layer, kernels):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from credit import _keras_compat as compat
 from credit import backends
 from credit import graph as graph_lib
 from credit._tensorflow import tf
@@ -142,7 +143,7 @@ class ForwardGradient(ErrorSignal):
         if self.local:
             self._build_heads(graph)
             return
-        with backends.init_scope():
+        with compat.init_scope():
             own_counters(self)
 
     def _build_heads(self, graph):
@@ -173,7 +174,7 @@ class ForwardGradient(ErrorSignal):
             block = index(name)
             later = [p for p in points if block is not None and blocks[p] >= block]
             self.owners[name] = later[0] if later else None
-        with backends.init_scope():
+        with compat.init_scope():
             heads = [local_losses.LocalHead(graph.point_shape(p), units, name=f"head_{i}",
                                             seed=sg.synthesizer_seed(self, i))
                      for i, p in enumerate(points)]
@@ -368,7 +369,6 @@ class ForwardGradient(ErrorSignal):
         its point's output (``outputs``; the head's logits carry the tangents), the
         local derivative of its loss at its logits, and its exact weight gradients (the
         model's compiled loss of the head's prediction, regularisation left out)."""
-        from credit import _keras_compat as compat
         from credit import model as engine
 
         if not compat.has_compiled_loss(model):
@@ -424,8 +424,6 @@ class ForwardGradient(ErrorSignal):
 def _output_logits(y_pred):
     """The tensors each model output's loss is read at: its Keras logits (kept on a
     softmax/sigmoid output by TensorFlow's backend), else the output itself."""
-    from credit import _keras_compat as compat
-
     found = []
     for out in keras.tree.flatten(y_pred):
         if out is None or "float" not in keras.backend.standardize_dtype(out.dtype):
@@ -439,8 +437,6 @@ def _with_logits(y_pred, tensors):
     """``y_pred`` with each float output read at ``tensors`` (one per
     :func:`_output_logits` entry): an output with Keras logits becomes a cut copy that
     keeps ``tensors[j]`` as its logits, an output without them ``tensors[j]`` itself."""
-    from credit import _keras_compat as compat
-
     flat = keras.tree.flatten(y_pred)
     it = iter(tensors)
     out = []
