@@ -20,7 +20,8 @@ class ForwardGradient(ErrorSignal):
 
     Rule: draw a tangent ``v ~ N(0, I)`` over all trainable variables, compute the
     directional derivative ``dL/dθ · v`` in forward mode (one forward pass under
-    ``tf.autodiff.ForwardAccumulator``, no backward pass), and use ``(dL/dθ · v) v``
+    :func:`credit.backends.jvp`: TensorFlow's ``ForwardAccumulator`` or ``jax.jvp``;
+    no backward pass), and use ``(dL/dθ · v) v``
     as the gradient. Since ``E[v v^T] = I``, the estimate is unbiased:
     ``E[(∇L · v) v] = ∇L``. With ``tangents=K`` the step averages K such estimates
     (K forward passes), which divides the variance by K.
@@ -66,7 +67,8 @@ class ForwardGradient(ErrorSignal):
     the method's seed and its step counter, both variables on ``method.state`` (see
     :meth:`draw_tangents`): they are saved with the model, so a resumed run draws the
     tangents it would have drawn; every replica under ``tf.distribute`` draws the same
-    ones, and an XLA-compiled step the same as a plain one.
+    ones, an XLA-compiled step the same as a plain one, and the JAX backend the same
+    as TensorFlow (the hash is written in ``keras.ops``).
 
     Args:
         seed: seed of the tangents (None: drawn from numpy's global state).
