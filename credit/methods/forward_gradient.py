@@ -360,8 +360,7 @@ class ForwardGradient(ErrorSignal):
             d_layer = d[self.owners.get(name)]
             estimate = ops.reshape(d_layer, (batch,) + (1,) * (len(v.shape) - 1)) * v
             own = layer.trainable_weights
-            local = _local_gradients(layer, x_in, ops.cast(estimate, pre.dtype),
-                                     training)
+            local = _local_gradients(layer, x_in, ops.cast(estimate, pre.dtype))
             for w, g in zip(own, local):
                 gradients[where[id(w)]] = ops.cast(g, w.dtype)
         return gradients, loss, y_pred
@@ -484,7 +483,7 @@ def _directional(errors, tangents, batch):
     return d
 
 
-def _local_gradients(layer, x, estimate, training):
+def _local_gradients(layer, x, estimate):
     """The gradient of ``<z(x), estimate>`` in the layer's own trainable weights, with
     ``z`` its pre-activation on ``x`` (its input in the step's pass, held): ``x^T
     estimate`` and ``sum estimate`` for a Dense layer, the convolutions' adjoints.
