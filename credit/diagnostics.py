@@ -4,13 +4,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from credit._tensorflow import tf
 from credit import _keras_compat as compat
 from credit import graph as graph_lib
-from credit import backends, recurrent_transports, transports
+from credit import recurrent_transports, transports
 from credit.model import _resolve as resolve
-from credit.model import _tensorflow_only
 from credit.model import bind, record
+from credit.model import compute_gradients as credit_compute_gradients
 
 
 def _method_for(model, method, caller):
@@ -289,11 +288,9 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     """
     if by not in ("layer", "block"):
         raise ValueError(f"by must be 'layer' or 'block'; got {by!r}.")
-    if backends.is_jax():
-        raise NotImplementedError(_tensorflow_only("credit.alignment"))
     method = _method_for(model, method, "alignment")
-    x = tf.nest.map_structure(tf.convert_to_tensor, x)
-    y = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)
+    x = keras.tree.map_structure(keras.ops.convert_to_tensor, x)
+    y = None if y is None else keras.tree.map_structure(keras.ops.convert_to_tensor, y)
     method = _bound(model, method, x)
     plan, graph = method.plan, method.graph
     variables = model.trainable_variables
@@ -304,8 +301,9 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
         # A forward-only rule forms its whole update in one call, which may advance its
         # state (forward gradients' step counter): put the state back afterwards.
         state = list(method.state.weights) if method.state is not None else []
-        saved = [v.numpy() for v in state]
-        method_grads = list(method.compute_gradients(model, x, y, sample_weight,
+        saved = [keras.ops.convert_to_numpy(v.value) for v in state]
+        method_grads = list(credit_compute_gradients(model, x, y, sample_weight,
+                                                     method=method,
                                                      training=training).gradients)
         for v, value in zip(state, saved):
             v.assign(value)
@@ -313,23 +311,15 @@ def alignment(model, x, y, method=None, sample_weight=None, training=False, by="
     else:
         trace = record(model, x, y, sample_weight, method=method, training=training)
         signals = method.signals(trace) or {}
-        targets, grads_out = [trace.objective], [tf.ones_like(trace.objective)]
-        for p, s in signals.items():
-            if s is not None:
-                targets.append(trace.outputs[p])
-                grads_out.append(tf.cast(s, trace.outputs[p].dtype))
-        method_grads = trace.tape.gradient(targets, variables, output_gradients=grads_out)
-        del trace.tape
+        method_grads = trace.weight_gradients(signals)
+        del trace
 
     # Backprop's, with the points recorded (not cut) to read the true dL/dh_p.
     true = record(model, x, y, sample_weight, method=method, training=training, cut=False,
                   use_transports=False)
-    true_grads = true.tape.gradient(true.loss, variables)
-    true_signals = {}
-    for p in plan.order:
-        g = true.tape.gradient(true.loss, true.outputs[p])
-        true_signals[p] = g if g is not None else true.output_gradient(p)
-    del true.tape
+    true_grads = true.weight_gradients({})
+    true_signals = {p: true.true_point_gradient(p) for p in plan.order}
+    del true
 
     if by == "block":
         rows = []

@@ -57,8 +57,10 @@ import inspect
 import threading
 
 import keras
-from credit._tensorflow import tf
 from keras import ops
+
+from credit import backends
+from credit._tensorflow import tf
 
 _L = keras.layers
 CELLS = (_L.SimpleRNNCell, _L.GRUCell, _L.LSTMCell)
@@ -235,26 +237,47 @@ def _layout(cell, batch):
     return (batch, width), to_bias, (lambda g: [(g, slice(None))]), (lambda g: [(g, slice(None))])
 
 
-def _probe(x, h, shape, dtype, grad_x, grad_h):
-    """Zeros of ``shape``; its gradient ``g`` is sent on as ``grad_x(g)``, ``grad_h(g)``."""
+def _probe(x, h, shape, dtype, grad_x, grad_h, residuals):
+    """Zeros of ``shape``; its gradient ``g`` is sent on as ``grad_x(g, *residuals)``
+    to ``x`` and ``grad_h(g, *residuals)`` to ``h``.
+
+    ``residuals`` (kernels, dropout masks) are passed, not closed over: on JAX the
+    backward function of a custom VJP inside the layer's scan may not close over the
+    step's traced values.
+    """
+    if backends.is_jax():
+        from credit.backends import jax as jax_backend
+        return jax_backend.probe(x, h, shape, dtype, grad_x, grad_h, residuals)
 
     @tf.custom_gradient
     def probe(x, h):
         def grad(g):
-            return grad_x(g), grad_h(g)
+            return grad_x(g, *residuals), grad_h(g, *residuals)
 
         return tf.zeros(shape, dtype), grad
 
     return probe(x, h)
 
 
+def _read(variable):
+    """A variable's value as a tensor: on TensorFlow a read op (``keras.ops`` would
+    hand back the ``tf.Variable`` itself, which the backward step may not capture)."""
+    if backends.is_jax():
+        return ops.convert_to_tensor(variable)
+    return tf.convert_to_tensor(variable)
+
+
 def _carry(parts, masks, kernel):
     """``sum_k (g_k kernel[:, cols_k]^T) * mask_k``: a signal carried across a kernel."""
     total = None
     for (g, cols), mask in zip(parts, masks):
-        term = tf.matmul(g, tf.cast(kernel, g.dtype)[:, cols], transpose_b=True)
+        k = ops.cast(kernel, g.dtype)[:, cols]
+        # The op the layer's own backward pass uses for ``g U^T``, so that the
+        # correction ``g (B_h - U)^T`` with ``B_h = 0`` cancels it exactly.
+        term = (ops.matmul(g, ops.transpose(k)) if backends.is_jax()
+                else tf.matmul(g, k, transpose_b=True))
         if mask is not None:
-            term = term * tf.cast(mask, term.dtype)
+            term = term * ops.cast(mask, term.dtype)
         total = term if total is None else total + term
     return total
 
@@ -278,25 +301,26 @@ def _step(cell, original, feedback, args, kwargs):
     x_masks, h_masks = _gate_masks(cell, inputs, h, training)
     # Read in the forward step, so that the backward step (inside the gradient of the
     # layer's While loop, in graph mode) captures tensors, not variables.
-    b_x, b_h = (None if b is None else tf.convert_to_tensor(b) for b in feedback)
-    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
-    shape, to_bias, x_parts, h_parts = _layout(cell, tf.shape(inputs)[0])
+    b_x, b_h = (None if b is None else _read(b) for b in feedback)
+    recurrent = _read(cell.recurrent_kernel)
+    shape, to_bias, x_parts, h_parts = _layout(cell, ops.shape(inputs)[0])
     dtype = inputs.dtype
 
-    def grad_x(g):
+    def grad_x(g, x_masks, h_masks, b_x, b_h, recurrent):
         return _carry(x_parts(g), x_masks, b_x)
 
-    def grad_h(g):
+    def grad_h(g, x_masks, h_masks, b_x, b_h, recurrent):
         if b_h is None:  # no path across the recurrent kernel (e-prop's cut)
-            correction = -tf.cast(recurrent, g.dtype)
+            correction = -ops.cast(recurrent, g.dtype)
         else:
-            correction = tf.cast(b_h, g.dtype) - tf.cast(recurrent, g.dtype)
+            correction = ops.cast(b_h, g.dtype) - ops.cast(recurrent, g.dtype)
         return _carry(h_parts(g), h_masks, correction)
 
-    probe = _probe(inputs, h, shape, dtype, grad_x, grad_h)
+    probe = _probe(inputs, h, shape, dtype, grad_x, grad_h,
+                   (x_masks, h_masks, b_x, b_h, recurrent))
     bias = cell.bias if getattr(cell, "use_bias", cell.bias is not None) else None
     bias = None if bias is None else ops.cast(bias, dtype)
-    arguments[names[0]] = tf.stop_gradient(inputs)
+    arguments[names[0]] = ops.stop_gradient(inputs)
     # The cell reads its bias from the instance: swap it for the step (under a lock:
     # replicas of a distribution strategy trace the same cell in threads).
     with _lock:
@@ -318,8 +342,8 @@ def _stopped_step(original, args, kwargs):
     """One step of the cell with every state it reads behind a stop-gradient."""
     bound = inspect.signature(original).bind(*args, **kwargs)
     names = list(bound.arguments)
-    bound.arguments[names[1]] = tf.nest.map_structure(tf.stop_gradient,
-                                                      bound.arguments[names[1]])
+    bound.arguments[names[1]] = keras.tree.map_structure(ops.stop_gradient,
+                                                         bound.arguments[names[1]])
     return original(*bound.args, **bound.kwargs)
 
 

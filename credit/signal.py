@@ -366,6 +366,23 @@ class Trace:
                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return dict(zip(sources, result))
 
+    def weight_gradients(self, signals):
+        """The weight gradients of a backward pass with ``signals`` at the points (the
+        method's update, aligned with ``variables``), without the method's own update:
+        what :func:`credit.alignment` compares with backprop's."""
+        targets, grads = [self.objective], [tf.ones_like(self.objective)]
+        for p, s in signals.items():
+            if s is not None:
+                targets.append(self.outputs[p])
+                grads.append(tf.cast(s, self.outputs[p].dtype))
+        return self.tape.gradient(targets, self.variables, output_gradients=grads)
+
+    def true_point_gradient(self, point):
+        """``dL/dh_p`` at ``point`` in a trace recorded with ``cut=False`` (the loss's own
+        gradient at the point's output, through the layers above)."""
+        g = self.tape.gradient(self.loss, self.outputs[point])
+        return g if g is not None else self.output_gradient(point)
+
     def vjp(self, point, signal):
         """The signal at ``point``'s output carried down to the points directly below it.
 

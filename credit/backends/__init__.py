@@ -159,16 +159,6 @@ def jvp(fn, variables=(), tangents=(), tensors=(), tensor_tangents=(), has_aux=F
     return (outputs, found, aux) if has_aux else (outputs, found)
 
 
-def replicas():
-    """Replicas in sync, whose per-replica losses are summed: the current
-    ``tf.distribute`` strategy's on TensorFlow; 1 on JAX, whose jitted step sees the
-    global batch (``keras.distribution`` shards it)."""
-    if is_jax():
-        return 1
-    from credit._tensorflow import tf
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
 def after(tensors):
     """A context whose ops run after ``tensors`` are computed: ``tf.control_dependencies``
     on TensorFlow (a traced step orders a counter's write after the draws that read

@@ -56,7 +56,7 @@ from credit.signal import Trace, flat
 
 #: The built-in methods that run on the JAX backend (canonical names).
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
-           "kolen_pollack",
+           "kolen_pollack", "delayed_feedback", "synthetic_gradients", "local_losses",
            "direct_random_target_projection", "sign_symmetry",
            "fixed_random_sign_feedback", "batchwise_random_sign_feedback",
            "forward_gradient", "pepita", "forward_forward")
@@ -91,10 +91,6 @@ def check_bound(method):
             f"method {method.name!r} puts a feedback point on a model output "
             f"({sorted(plan.no_stop)}), which the JAX backend does not run yet; choose "
             "hidden points or use the tensorflow backend.")
-    if any(_recurrent(plan.transported[k]) for k in plan.transported):
-        raise GraphError(
-            f"method {method.name!r} crosses a recurrent layer's kernels through time, "
-            "which the JAX backend does not run yet; use the tensorflow backend.")
     for kind, where in plan.graph.output_logits:
         if kind not in _LOGIT_KINDS:
             raise GraphError(
@@ -149,6 +145,29 @@ def gate(a, x, layer, feedback):
     return _gate(a, x, tuple(feedback))
 
 
+def probe(x, h, shape, dtype, grad_x, grad_h, residuals):
+    """Zeros of ``shape`` whose cotangent ``g`` goes to ``x`` as ``grad_x(g,
+    *residuals)`` and to ``h`` as ``grad_h(g, *residuals)`` (a ``jax.custom_vjp``):
+    the probe in a recurrent cell's bias that crosses its kernels with feedback
+    matrices at every step (:mod:`credit.recurrent_transports`)."""
+    x_dtype, h_dtype = x.dtype, h.dtype
+
+    @jax.custom_vjp
+    def _probe(x, h, residuals):
+        return ops.zeros(shape, dtype)
+
+    def forward(x, h, residuals):
+        return ops.zeros(shape, dtype), residuals
+
+    def backward(residuals_, g):
+        zeros = jax.tree_util.tree_map(ops.zeros_like, residuals_)
+        return (ops.cast(grad_x(g, *residuals_), x_dtype),
+                ops.cast(grad_h(g, *residuals_), h_dtype), zeros)
+
+    _probe.defvjp(forward, backward)
+    return _probe(x, h, residuals)
+
+
 # --------------------------------------------------------------------------------------
 # The forward pass's hooks
 
@@ -188,6 +207,11 @@ class Recorder:
             feedback = self.transport(layer, transports.kernels(layer))
             if feedback is None:
                 output = original(*args, **kwargs)
+            elif _recurrent(layer):
+                # Crossed at every step, inside the layer's own loop.
+                from credit import recurrent_transports
+                with recurrent_transports.through_time(layer, feedback):
+                    output = original(*args, **kwargs)
             else:
                 feedback = tuple(ops.convert_to_tensor(k) for k in feedback)
                 frame = {"x": x, "feedback": feedback, "used": False}
@@ -325,6 +349,15 @@ class JaxTrace(Trace):
         at_cuts = (self._of_loss() if objective and not signals
                    else self.pullback(1.0 if objective else 0.0, signals))[2]
         return {p: ops.cast(at_cuts[p], self.stops[p].dtype) for p in sources}
+
+    def weight_gradients(self, signals):
+        return list(self.pullback(1.0, signals)[0])
+
+    def true_point_gradient(self, point):
+        at_cuts = self._of_loss()[2]
+        if point in at_cuts:  # recorded with cut=False: the zero input's cotangent
+            return at_cuts[point]
+        return self.output_gradient(point)
 
     def add_target(self, tensor, gradient):
         raise NotImplementedError(_not_here("Trace.add_target"))

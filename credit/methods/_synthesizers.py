@@ -16,8 +16,10 @@ import numbers
 
 import keras
 import numpy as np
-from credit import _keras_compat as compat
+from keras import ops
 
+from credit import _keras_compat as compat
+from credit import backends
 from credit._tensorflow import tf
 from credit.signal import hidden_points
 
@@ -116,24 +118,24 @@ class Synthesizer(keras.layers.Layer):
         self.built = True
 
     def call(self, h, condition=None):
-        batch = tf.shape(h)[0]
+        shape = ops.shape(h)
         if self.convolutional:
             x = h
             if condition is not None:
                 axis = -1 if self.data_format == "channels_last" else 1
                 cond_shape = [1] * len(h.shape)
                 cond_shape[0], cond_shape[axis] = -1, self.condition_units
-                target_shape = tf.unstack(tf.shape(h))
+                target_shape = list(shape)
                 target_shape[axis] = self.condition_units
-                c = tf.broadcast_to(tf.reshape(condition, cond_shape), tf.stack(target_shape))
-                x = tf.concat([h, c], axis=axis)
+                c = ops.broadcast_to(ops.reshape(condition, cond_shape), target_shape)
+                x = ops.concatenate([h, c], axis=axis)
         else:
-            x = tf.reshape(h, (batch, -1))
+            x = ops.reshape(h, (shape[0], -1))
             if condition is not None:
-                x = tf.concat([x, condition], axis=-1)
+                x = ops.concatenate([x, condition], axis=-1)
         for layer in self.stack:
             x = layer(x)
-        return tf.reshape(x, tf.shape(h))
+        return ops.reshape(x, shape)
 
 
 def synthesizer_plan(shape, kind="linear", condition_units=0, hidden_units=(),
@@ -380,11 +382,14 @@ def synthesizer_seed(method, i):
 def own_synthesizers(method, synthesizers, extra_variables=()):
     """Give ``method.state`` the synthesizers, their optimizer and the counters.
 
-    Call inside ``tf.init_scope()`` in the method's ``build``. The state (a Keras layer
-    saved with the model) tracks, under fixed attribute names, ``synthesizer_layers``
-    (the list ``synthesizers``), ``synthesizer_optimizer`` (built on their variables and
-    ``extra_variables``), ``step`` (steps taken, an int64 variable) and
-    ``seed_variable`` (the seed of the step's stochastic draws).
+    Call inside ``compat.init_scope()`` in the method's ``build``. The state (a Keras
+    layer saved with the model) tracks, under fixed attribute names,
+    ``synthesizer_layers`` (the list ``synthesizers``), ``synthesizer_optimizer`` (built
+    on their variables and ``extra_variables``), ``step`` (steps taken, an integer
+    variable: int64 on TensorFlow, int32 on JAX, see
+    :func:`credit.backends.counter_dtype`) and ``seed_variable`` (the seed of the step's
+    stochastic draws). On JAX the optimizer's variables ride with the state's
+    (:func:`credit.backends.jax.state_variables`: it is an attribute of the state).
 
     Returns:
         The optimizer.
@@ -396,11 +401,12 @@ def own_synthesizers(method, synthesizers, extra_variables=()):
     state.synthesizer_layers = list(synthesizers)
     state.synthesizer_optimizer = optimizer
     base = int(method.seed_for(len(synthesizers), 0xD41).integers(0, 2**31 - 1))
-    state.step = state.add_weight(shape=(), dtype="int64", name="step",
+    counter = backends.counter_dtype()
+    state.step = state.add_weight(shape=(), dtype=counter, name="step",
                                   initializer="zeros", trainable=False,
                                   aggregation="only_first_replica")
     state.seed_variable = state.add_weight(
-        shape=(), dtype="int64", name="seed", trainable=False,
+        shape=(), dtype=counter, name="seed", trainable=False,
         initializer=keras.initializers.Constant(base), aggregation="only_first_replica")
     return optimizer
 
@@ -410,8 +416,14 @@ def state_attribute(method, name):
     return getattr(method.state, name, None) if method.state is not None else None
 
 
+def synthesizer_variables(method):
+    """The trainable variables of the synthesizers (or heads) on ``method.state``."""
+    return [v for s in method.state.synthesizer_layers for v in s.trainable_variables]
+
+
 def train_synthesizers(method, tape, loss, extra_pairs=()):
-    """One step of the synthesizers' optimizer on ``loss`` (recorded on ``tape``).
+    """One step of the synthesizers' optimizer on ``loss`` (recorded on ``tape``;
+    TensorFlow only: synthetic gradients through time).
 
     Under ``tf.distribute`` the optimizer sums the replicas' gradients, so the loss is
     divided by the number of replicas: the sum is then the gradient of the global mean,
@@ -420,21 +432,52 @@ def train_synthesizers(method, tape, loss, extra_pairs=()):
     """
     with tape:
         scaled = loss / tf.cast(replicas(), loss.dtype)
-    variables = [v for s in method.state.synthesizer_layers for v in s.trainable_variables]
+    variables = synthesizer_variables(method)
     pairs = [(g, v) for g, v in zip(tape.gradient(scaled, variables), variables)
              if g is not None]
     pairs += [(g / tf.cast(replicas(), g.dtype), v) for g, v in extra_pairs if g is not None]
-    if pairs:  # (an overridden signal may not depend on the synthesizers)
+    apply_gradients(method, pairs)
+
+
+def train_on_loss(method, loss_fn):
+    """One step of the synthesizers' optimizer on the scalar ``loss_fn()``, on either
+    backend (:func:`credit.backends.value_and_gradients`); returns the loss.
+
+    ``loss_fn`` computes the loss from the synthesizers (it is run again here, under
+    the gradient: on JAX a tape cannot span ``signals`` and ``update``). Under
+    ``tf.distribute`` the gradients are divided by the number of replicas (see
+    :func:`train_synthesizers`). Increments the step counter.
+
+    Example:
+        >>> loss = train_on_loss(method, lambda: ops.mean(ops.square(
+        ...     method.synthesizers["dense"](h))))                 # doctest: +SKIP
+    """
+    variables = synthesizer_variables(method)
+    loss, grads, _ = backends.value_and_gradients(loss_fn, variables)
+    n = replicas()
+    pairs = [(g if n == 1 else g / ops.cast(n, g.dtype), v)
+             for g, v in zip(grads, variables) if g is not None]
+    apply_gradients(method, pairs)
+    return loss
+
+
+def apply_gradients(method, pairs):
+    """Apply ``(gradient, variable)`` pairs with the method's synthesizer optimizer
+    (nothing if there are none: an overridden signal may not depend on the
+    synthesizers) and increment the step counter."""
+    if pairs:
         method.state.synthesizer_optimizer.apply([g for g, _ in pairs],
                                                  [v for _, v in pairs])
     method.state.step.assign_add(1)
 
 
 def replicas():
-    """Replicas in sync under the current distribution strategy (1 on JAX: see
-    :func:`credit.backends.replicas`)."""
-    from credit import backends
-    return backends.replicas()
+    """Replicas in sync under the current distribution strategy (TensorFlow's
+    ``tf.distribute``); 1 on JAX, whose step sees the global batch (a data-parallel
+    mesh shards arrays, it does not split the step)."""
+    if backends.is_jax():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def global_batch(h):
@@ -443,6 +486,8 @@ def global_batch(h):
     Synthesizers predict per-example gradients, ``global_batch * dL/dh`` (the loss
     averages over the batch), so that they do not depend on the batch size.
     """
+    if backends.is_jax():
+        return ops.cast(ops.shape(h)[0], h.dtype)
     return tf.cast(tf.shape(h)[0] * replicas(), h.dtype)
 
 

@@ -2,8 +2,10 @@
 
 import keras
 import numpy as np
+from keras import ops
 
-from credit._tensorflow import tf
+from credit import _keras_compat as compat
+from credit import backends
 from credit.graph import size_of
 from credit.methods import _sign
 from credit.methods import _synthesizers as sg
@@ -127,7 +129,7 @@ class DelayedFeedback(ErrorSignal):
             value = uniform_feedback(self.seed_for(i), (d_out, units), d_out, self.scale)
             self.feedback_matrices[name] = self.add_state_variable(value, f"feedback_{i}")
         state = self.state
-        with tf.init_scope():
+        with compat.init_scope():
             state.errors = state.add_weight(
                 shape=(self.examples, d_out), dtype="float32", name="errors",
                 initializer="zeros", trainable=False)
@@ -135,8 +137,8 @@ class DelayedFeedback(ErrorSignal):
                 shape=(self.examples,), dtype="float32", name="seen",
                 initializer="zeros", trainable=False)
             state.position = state.add_weight(
-                shape=(), dtype="int64", name="position", initializer="zeros",
-                trainable=False)
+                shape=(), dtype=backends.counter_dtype(), name="position",
+                initializer="zeros", trainable=False)
 
     def transport(self, layer, kernels):
         return None
@@ -145,36 +147,38 @@ class DelayedFeedback(ErrorSignal):
 
     def rows(self, batch):
         """The buffer entries of this step's ``batch`` rows: ``(position + i) mod
-        examples``, an int64 vector."""
-        start = tf.convert_to_tensor(self.state.position)
-        return (start + tf.range(tf.cast(batch, "int64"), dtype="int64")) % self.examples
+        examples``, an integer vector (int64 on TensorFlow, int32 on JAX)."""
+        start = ops.convert_to_tensor(self.state.position)
+        return (start + ops.arange(batch, dtype=start.dtype)) % self.examples
 
     def stored_errors(self, trace):
         """``eps`` of this step's examples, ``(batch, units)``: the stored error of each
         example seen before, ``-y`` for the others."""
         y = trace.labels()
-        idx = self.rows(tf.shape(y)[0])
-        stored = tf.gather(tf.convert_to_tensor(self.state.errors), idx)
-        seen = tf.gather(tf.convert_to_tensor(self.state.seen), idx)[:, None]
-        return tf.where(seen > 0, tf.cast(stored, y.dtype), -y)
+        idx = self.rows(ops.shape(y)[0])
+        stored = ops.take(ops.convert_to_tensor(self.state.errors), idx, axis=0)
+        seen = ops.take(ops.convert_to_tensor(self.state.seen), idx, axis=0)[:, None]
+        return ops.where(seen > 0, ops.cast(stored, y.dtype), -y)
 
     def signals(self, trace):
         if not trace.points:
             return {}
         eps = self.stored_errors(trace)
-        batch = tf.cast(tf.shape(eps)[0], eps.dtype)
+        batch = ops.cast(ops.shape(eps)[0], eps.dtype)
         return project(eps / batch, self.feedback_matrices, trace)
 
     def update(self, trace, signals):
         """Store this step's error of each example (for its next epoch); advance the
         position."""
-        e = tf.cast(trace.flat_output_error(), "float32")
-        batch = tf.shape(e)[0]
+        e = ops.cast(trace.flat_output_error(), "float32")
+        batch = ops.shape(e)[0]
         idx = self.rows(batch)[:, None]
         state = self.state
-        state.errors.value.scatter_nd_update(idx, e * tf.cast(batch, e.dtype))
-        state.seen.value.scatter_nd_update(idx, tf.ones([batch], "float32"))
-        state.position.assign_add(tf.cast(batch, "int64"))
+        state.errors.assign(ops.scatter_update(
+            ops.convert_to_tensor(state.errors), idx, e * ops.cast(batch, e.dtype)))
+        state.seen.assign(ops.scatter_update(
+            ops.convert_to_tensor(state.seen), idx, ops.ones((batch,), "float32")))
+        state.position.assign_add(ops.cast(batch, state.position.dtype))
         return {}
 
     # -- fit's checks --------------------------------------------------------------------
@@ -183,8 +187,7 @@ class DelayedFeedback(ErrorSignal):
         """Refuse ``fit`` arguments under which an example's position in the epoch is
         not its key (called by ``credit.Model.fit`` with fit's arguments, a dict)."""
         x = given.get("x")
-        if x is None or isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) \
-                or not _is_array(x):
+        if x is None or _is_dataset(x) or not _is_array(x):
             return  # the dataset makes the batches: its order cannot be checked
         if given.get("shuffle", True):
             raise ValueError(
@@ -197,7 +200,7 @@ class DelayedFeedback(ErrorSignal):
                 f"steps_per_epoch={given['steps_per_epoch']}: delayed_feedback (F³) "
                 "needs every epoch to pass over all its training examples once. Leave "
                 "steps_per_epoch out.")
-        n = len(tf.nest.flatten(x)[0])
+        n = len(keras.tree.flatten(x)[0])
         split = given.get("validation_split") or 0.0
         if given.get("validation_data") is None and split:
             n = int(np.floor(n * (1.0 - split)))  # as Keras splits
@@ -209,5 +212,12 @@ class DelayedFeedback(ErrorSignal):
                 f"error. Make the method with examples={n}.")
 
 
+def _is_dataset(x):
+    """A ``tf.data.Dataset`` or a Keras ``PyDataset`` (without importing TensorFlow)."""
+    return (isinstance(x, keras.utils.PyDataset)
+            or type(x).__module__.startswith("tensorflow.python.data"))
+
+
 def _is_array(x):
-    return isinstance(x, (np.ndarray, tf.Tensor, list, tuple, dict)) or hasattr(x, "__array__")
+    return (isinstance(x, (np.ndarray, list, tuple, dict)) or hasattr(x, "__array__")
+            or ops.is_tensor(x))

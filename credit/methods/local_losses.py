@@ -2,9 +2,10 @@
 
 import keras
 import numpy as np
+from keras import ops
 
-from credit._tensorflow import tf
 from credit import _keras_compat as compat
+from credit import backends
 from credit.methods import _synthesizers as sg
 from credit.registry import register
 from credit.signal import PLACEMENTS, ErrorSignal, output_units
@@ -181,19 +182,19 @@ def _pool_size(shape, max_features):
 
 def _similarity_features(h):
     """``h`` as one row per example for the similarity matrix (see :class:`LocalHead`)."""
-    if h.shape.rank > 2 and h.shape[-1] > 3 and int(np.prod(h.shape[1:-1])) > 1:
-        flat = tf.reshape(h, (tf.shape(h)[0], -1, h.shape[-1]))
-        return tf.math.reduce_std(flat, axis=1)
-    return tf.reshape(h, (tf.shape(h)[0], -1))
+    if len(h.shape) > 2 and h.shape[-1] > 3 and int(np.prod(h.shape[1:-1])) > 1:
+        flat = ops.reshape(h, (ops.shape(h)[0], -1, h.shape[-1]))
+        return ops.std(flat, axis=1)
+    return ops.reshape(h, (ops.shape(h)[0], -1))
 
 
 def similarity_matrix(x):
     """The adjusted cosine similarity of the rows of ``x``: each row centred on its own
     mean and scaled to unit norm (``1e-8`` added to the norm), ``R = x_n x_n^T``,
     clipped to [-1, 1]."""
-    xc = x - tf.reduce_mean(x, axis=1, keepdims=True)
-    xn = xc / (1e-8 + tf.sqrt(tf.reduce_sum(tf.square(xc), axis=1, keepdims=True)))
-    return tf.clip_by_value(tf.matmul(xn, xn, transpose_b=True), -1.0, 1.0)
+    xc = x - ops.mean(x, axis=1, keepdims=True)
+    xn = xc / (1e-8 + ops.sqrt(ops.sum(ops.square(xc), axis=1, keepdims=True)))
+    return ops.clip(ops.matmul(xn, ops.transpose(xn)), -1.0, 1.0)
 
 
 @register
@@ -354,7 +355,7 @@ class LocalLosses(ErrorSignal):
         sg.check_budget(self, graph, {p: head_parameters(graph.point_shape(p), units,
                                                          **kwargs) for p in points},
                         "heads")
-        with tf.init_scope():
+        with compat.init_scope():
             heads = [LocalHead(graph.point_shape(p), units, name=f"head_{i}",
                                seed=sg.synthesizer_seed(self, i), **kwargs)
                      for i, p in enumerate(points)]
@@ -370,7 +371,7 @@ class LocalLosses(ErrorSignal):
     def prediction(self, head_output):
         """The head's decoder output in the model output's form: reshaped to it, through
         its final softmax or sigmoid."""
-        out = tf.reshape(head_output, (tf.shape(head_output)[0],) + self._output_shape)
+        out = ops.reshape(head_output, (ops.shape(head_output)[0],) + self._output_shape)
         return out if self._activation is None else self._activation(out)
 
     def local_loss(self, point, h, trace):
@@ -396,33 +397,37 @@ class LocalLosses(ErrorSignal):
                                        self.prediction(prediction),
                                        trace.sample_weight, trace.training)
             # The compiled loss adds the model's regularisation, a constant here.
-            pred = tf.cast(pred, "float32") - tf.stop_gradient(
-                tf.cast(engine._regularization(model), "float32"))
+            pred = ops.cast(pred, "float32") - ops.stop_gradient(_regularization(model))
             loss = pred if self.loss == "pred" else (1.0 - self.beta) * pred
         if self.loss in ("sim", "predsim"):
-            labels = tf.cast(trace.labels(), "float32")
-            labels = tf.reshape(labels, (tf.shape(labels)[0], -1))
-            sim = tf.reduce_mean(tf.square(similarity_matrix(features)
-                                           - similarity_matrix(labels)))
-            sim = sim / tf.cast(sg.replicas(), sim.dtype)
+            labels = ops.cast(trace.labels(), "float32")
+            labels = ops.reshape(labels, (ops.shape(labels)[0], -1))
+            sim = ops.mean(ops.square(similarity_matrix(features)
+                                      - similarity_matrix(labels)))
+            sim = sim / ops.cast(sg.replicas(), sim.dtype)
             loss = sim if self.loss == "sim" else loss + self.beta * sim
         return loss
 
     def signals(self, trace):
         heads = self.heads
-        inputs = {p: tf.stop_gradient(trace.outputs[p]) for p in self.points}
-        with tf.GradientTape() as tape:
-            tape.watch(list(inputs.values()))
-            losses = [self.local_loss(p, tf.cast(inputs[p], "float32"), trace)
-                      for p in self.points]
-            total = tf.add_n(losses)
+        inputs = [ops.stop_gradient(trace.outputs[p]) for p in self.points]
+
+        def total_loss(*hs):
+            losses = [self.local_loss(p, ops.cast(h, "float32"), trace)
+                      for p, h in zip(self.points, hs)]
+            total = losses[0]
+            for loss in losses[1:]:
+                total = total + loss
+            return total
+
         variables = [v for p in self.points for v in heads[p].trainable_variables]
-        grads = tape.gradient(total, [inputs[p] for p in self.points] + variables)
-        deltas = {p: tf.zeros_like(inputs[p]) if g is None else g
-                  for p, g in zip(self.points, grads)}
+        # One gradient for the signals (at the points' outputs) and the heads' weights.
+        total, head_grads, point_grads = backends.value_and_gradients(
+            total_loss, variables, inputs)
+        deltas = {p: ops.zeros_like(h) if g is None else ops.cast(g, h.dtype)
+                  for p, h, g in zip(self.points, inputs, point_grads)}
         self._pending = {"trace": trace, "variables": variables,
-                         "gradients": grads[len(self.points):],
-                         "loss": total / len(losses)}
+                         "gradients": head_grads, "loss": total / len(self.points)}
         return deltas
 
     def update(self, trace, signals):
@@ -434,6 +439,14 @@ class LocalLosses(ErrorSignal):
                                                    [v for _, v in pairs])
         self.state.step.assign_add(1)
         return {"local_loss": pending["loss"]}
+
+
+def _regularization(model):
+    """The model's regularisation losses as the compiled loss adds them (float32)."""
+    total = ops.zeros((), "float32")
+    for loss in model.losses:
+        total = total + ops.cast(compat.aggregate_additional_loss(model, loss), "float32")
+    return total
 
 
 def _output_activation(graph):

@@ -4,9 +4,12 @@ at feedback points. Through time, on a stateful RNN's carried state: see
 
 import keras
 import numpy as np
+from keras import ops
 
 from credit._tensorflow import tf
-from credit import transports
+from credit import _keras_compat as compat
+from credit import backends, transports
+from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
 from credit.methods._synthesizers import Synthesizer  # noqa: F401  (its former home)
 from credit.registry import register
@@ -90,7 +93,9 @@ class SyntheticGradients(ErrorSignal):
         update_probability: each block is updated with this probability per step (DNI's
             stochastic updates); a block not updated gets a zero signal. With a momentum
             optimizer (Adam, SGD with momentum) its momentum still moves it; with 0
-            nothing moves at all. The synthesizers are trained every step.
+            nothing moves at all. The synthesizers are trained every step. On Keras's
+            JAX backend only 1 runs (the output block's mask needs a point on the model
+            output, which the JAX step does not run yet).
         warmup_steps: for this many steps the blocks get backprop's gradient while the
             synthesizers learn from their targets; then the synthetic signals take over.
         hidden_units: widths of the hidden layers of an ``"mlp"`` synthesizer on a dense
@@ -288,6 +293,13 @@ class SyntheticGradients(ErrorSignal):
                     "update_probability < 1 masks the output block's update too, which "
                     "needs the model output to be a layer's output; this model's output "
                     "is computed after its last layer. Use update_probability=1.")
+            if backends.is_jax():
+                # (credit.backends.jax.check_bound refuses a point on a model output.)
+                raise GraphError(
+                    f"update_probability={self.update_probability!r} masks the output "
+                    "block's update through a point on the model output, which the JAX "
+                    "backend does not run yet; use update_probability=1 on JAX, or the "
+                    "tensorflow backend.")
             self._masked_output = output
             self.points.append(output)
         n_cond = output_units(graph, "cDNI") if self.conditioned else 0
@@ -296,7 +308,7 @@ class SyntheticGradients(ErrorSignal):
         # fit fails here with a message, not later with an out-of-memory kill.
         sg.check_budget(self, graph, {p: sg.synthesizer_parameters(
             graph.point_shape(p), **kwargs[p]) for p in boundaries}, "synthesizers")
-        with tf.init_scope():
+        with compat.init_scope():
             synthesizers = [
                 Synthesizer(graph.point_shape(name), activation=self.activation,
                             seed=sg.synthesizer_seed(self, i), name=f"synthesizer_{i}",
@@ -322,19 +334,19 @@ class SyntheticGradients(ErrorSignal):
         ``batch_size`` is the global batch (all replicas under ``tf.distribute``), as in
         the loss. The synthesizers are trained through this value (its gradient with
         respect to the synthesizer's weights), so a subclass may override it, e.g. with
-        an oracle.
+        an oracle. It is called once in :meth:`signals` and again, under the gradient
+        of the synthesizers' loss, in :meth:`update`: it must give the same value both
+        times (read only the trace and the synthesizers).
         """
-        h = tf.cast(tf.stop_gradient(trace.outputs[name]), "float32")
+        h = ops.cast(ops.stop_gradient(trace.outputs[name]), "float32")
         condition = trace.labels() if self.conditioned else None
         if condition is not None:
-            condition = tf.cast(condition, "float32")
+            condition = ops.cast(condition, "float32")
         return self.synthesizers[name](h, condition) / sg.global_batch(h)
 
     def signals(self, trace):
         names = trace.points
-        tape = tf.GradientTape()
-        with tape:
-            predictions = {p: self.synthetic_signal(p, trace) for p in self.boundaries}
+        predictions = {p: self.synthetic_signal(p, trace) for p in self.boundaries}
         hidden = [p for p in self.boundaries if trace.stops[p] is not None]
         outputs = [p for p in self.boundaries if trace.stops[p] is None]
 
@@ -352,42 +364,56 @@ class SyntheticGradients(ErrorSignal):
                 targets[p] = trace.output_gradient(p)
         else:
             targets = {p: truth[p] for p in self.boundaries}
-        self._pending = {"trace": trace, "tape": tape, "predictions": predictions,
-                         "targets": targets}
+        self._pending = {"trace": trace, "targets": targets}
 
         deltas = dict(predictions)
         if self._masked_output is not None:
             deltas[self._masked_output] = trace.output_gradient(self._masked_output)
-        step = tf.convert_to_tensor(self.step)
+        step = self.step.value  # (on JAX: the value of this step)
         if self.warmup_steps > 0:
             warm = step < self.warmup_steps
-            deltas = {p: tf.where(warm, tf.cast(truth[p], d.dtype), d)
+            deltas = {p: ops.where(warm, ops.cast(truth[p], d.dtype), d)
                       for p, d in deltas.items()}
         if self.update_probability == 0.0:
-            return {p: tf.zeros_like(trace.outputs[p]) for p in names}
+            return {p: ops.zeros_like(trace.outputs[p]) for p in names}
         if self.update_probability < 1.0:
-            seed = tf.stack([tf.convert_to_tensor(self.state.seed_variable), step])
-            draws = tf.random.stateless_uniform([len(names)], seed=seed)
+            draws = self._draws(len(names), step)
             for i, p in enumerate(names):
-                deltas[p] = tf.cast(draws[i] < self.update_probability,
-                                    deltas[p].dtype) * deltas[p]
+                deltas[p] = ops.cast(draws[i] < self.update_probability,
+                                     deltas[p].dtype) * deltas[p]
         return deltas
+
+    def _draws(self, n, step):
+        """``n`` uniform draws in [0, 1) of this step, a function of the seed variable
+        and the step counter (each backend's stateless generator: TensorFlow's and
+        JAX's draws differ, each is reproducible)."""
+        if backends.is_jax():
+            return backends.stateless_uniform((n,), self.state.seed_variable, step, 0,
+                                              0.0, 1.0)
+        seed = tf.stack([tf.convert_to_tensor(self.state.seed_variable), step])
+        return tf.random.stateless_uniform([n], seed=seed)
 
     # -- training the synthesizers ---------------------------------------------------
 
     def update(self, trace, signals):
         pending = sg.take_pending(self, trace)
-        tape, predictions = pending["tape"], pending["predictions"]
-        with tape:
+        targets = {p: ops.stop_gradient(t) for p, t in pending["targets"].items()}
+
+        def synthesizer_loss():
+            # The predictions again, now under the gradient (the same values as in
+            # signals): the mean squared error in per-example units.
             losses = []
             for p in self.boundaries:
-                prediction = predictions[p]
+                prediction = self.synthetic_signal(p, trace)
                 batch = sg.global_batch(prediction)
-                target = tf.cast(tf.stop_gradient(pending["targets"][p]), prediction.dtype)
-                losses.append(tf.reduce_mean(tf.square(batch * (prediction - target))))
-            loss = tf.add_n(losses) / len(losses)
-        sg.train_synthesizers(self, tape, loss)
-        return {"sg_loss": loss}
+                target = ops.cast(targets[p], prediction.dtype)
+                losses.append(ops.mean(ops.square(batch * (prediction - target))))
+            total = losses[0]
+            for extra in losses[1:]:
+                total = total + extra
+            return total / len(losses)
+
+        return {"sg_loss": sg.train_on_loss(self, synthesizer_loss)}
 
 
 register(SyntheticGradients, name="cdni", aliases=("conditioned_dni",),

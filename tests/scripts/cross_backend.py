@@ -10,7 +10,10 @@ it sets the weights, the batch and the method's state from there before the step
 TensorFlow's run is the reference and JAX's must equal it: the tests in
 tests/test_jax_backend.py compare the gradients and the method's state after its update
 (Kolen-Pollack's matrices, the synthesizers and heads with their optimizers' slots),
-then the weights and the state after three steps of ``fit``.
+then the weights and the state after three steps of ``fit``, and for synthetic gradients
+and local losses the state of the model saved and loaded, and its gradients. The
+reference run also draws the synthesizers' and heads' weights (a synthesizer's last
+layer starts at zero).
 
 Each case also reports ``{"case": ..., "error": ...}`` instead of its arrays when the
 step raises, so one refused method does not hide the others.
@@ -19,6 +22,7 @@ step raises, so one refused method does not hide the others.
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -59,6 +63,14 @@ def conv():
     return credit.Model(i, L.Dense(3, activation="softmax", name="out")(h))
 
 
+def recurrent():
+    i = keras.Input((4, 3))
+    h = L.LSTM(5, return_sequences=True, name="lstm")(i)
+    h = L.SimpleRNN(4, return_sequences=True, name="rnn")(h)
+    h = L.GRU(4, name="gru")(h)
+    return credit.Model(i, L.Dense(3, activation="softmax", name="out")(h))
+
+
 #: (case name, model builder, loss, method config, optimizer)
 CASES = [
     ("kickback/mlp", lambda: mlp(1, None), "mse", {"name": "kickback"}, "sgd"),
@@ -66,6 +78,36 @@ CASES = [
      {"name": "kolen_pollack", "weight_decay": 0.1}, "sgd"),
     ("kolen_pollack/conv", conv, "sparse_categorical_crossentropy",
      {"name": "kolen_pollack", "weight_decay": 0.1}, "adam"),
+    ("delayed_feedback/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "delayed_feedback", "examples": 5}, "sgd"),
+    ("delayed_feedback/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "delayed_feedback", "examples": 5}, "adam"),
+    ("backprop_blockwise/residual", residual, "sparse_categorical_crossentropy",
+     {"name": "backprop", "blockwise": True}, "sgd"),
+    ("feedback_alignment/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "feedback_alignment"}, "sgd"),
+    ("kolen_pollack/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "kolen_pollack", "weight_decay": 0.1}, "adam"),
+    ("sign_symmetry/recurrent", recurrent, "sparse_categorical_crossentropy",
+     {"name": "sign_symmetry"}, "sgd"),
+    # Synthetic gradients and local losses: the synthesizers' and heads' weights are
+    # drawn too (see run_case), so that the first step's signals are not zero.
+    ("sg/mlp", mlp, "sparse_categorical_crossentropy", {"name": "sg"}, "sgd"),
+    ("sg/residual", residual, "sparse_categorical_crossentropy",
+     {"name": "sg", "synthesizer": "mlp", "hidden_units": [5]}, "adam"),
+    ("sg/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "sg", "kernel_size": 3, "optimizer": "sgd", "learning_rate": 0.1}, "sgd"),
+    ("cdni/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "cdni", "target": "true"}, "adam"),
+    ("cdni/residual", residual, "sparse_categorical_crossentropy",
+     {"name": "cdni", "warmup_steps": 2}, "sgd"),
+    ("cdni/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "cdni", "synthesizer": "mlp", "hidden_units": [5], "hidden_filters": [3],
+      "width": 2}, "adam"),
+    ("local_losses/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "local_losses", "loss": "predsim", "beta": 0.5}, "sgd"),
+    ("local_losses/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "local_losses", "loss": "predsim", "beta": 0.5, "head": "dgl"}, "adam"),
     ("pepita/mlp", mlp, "sparse_categorical_crossentropy", {"name": "pepita"}, "sgd"),
     ("forward_forward/mlp", mlp, "sparse_categorical_crossentropy",
      {"name": "forward_forward"}, "adam"),
@@ -119,6 +161,11 @@ def run_case(name, build, loss, config, optimizer, given):
     if given is None:
         for v in model.trainable_variables:
             v.assign(rng.normal(0, 0.4, size=v.shape).astype("float32"))
+        # Synthesizers (their last layer starts at zero) and local heads: drawn, so
+        # that their signals and updates are not zero from the first step.
+        for layer in getattr(method.state, "synthesizer_layers", None) or []:
+            for v in layer.trainable_variables:
+                v.assign(rng.normal(0, 0.3, size=v.shape).astype("float32"))
     else:
         x, y = given[f"{name}/x"], given[f"{name}/y"]
         for k, v in enumerate(model.trainable_variables):
@@ -130,6 +177,11 @@ def run_case(name, build, loss, config, optimizer, given):
         out[f"{name}/w{k}"] = np.asarray(v.value)
     for k, v in enumerate(state_variables(method)):
         out[f"{name}/s{k}"] = np.asarray(v.value)
+    # credit.alignment before the step (it updates nothing): the update's and the
+    # signals' cosines with backprop's and the norm ratios.
+    table = credit.alignment(model, x, y)
+    out[f"{name}/galign"] = np.nan_to_num(
+        table[["update_cosine", "norm_ratio", "signal_cosine"]].to_numpy(float), nan=-9.0)
     grads = credit.compute_gradients(model, x, y).gradients
     for k, g in enumerate(grads):
         out[f"{name}/g{k}"] = np.zeros(model.trainable_variables[k].shape) if g is None \
@@ -142,6 +194,17 @@ def run_case(name, build, loss, config, optimizer, given):
         out[f"{name}/fit_w{k}"] = np.asarray(v.value)
     for k, v in enumerate(state_variables(method)):
         out[f"{name}/fit_s{k}"] = np.asarray(v.value)
+    if getattr(method.state, "synthesizer_layers", None):
+        # Saved and loaded: the synthesizers (heads) and counters come back, and the
+        # loaded model's gradients are the trained one's.
+        path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        for k, v in enumerate(loaded.method.state.variables):
+            out[f"{name}/fit_loaded_s{k}"] = np.asarray(v.value)
+        grads = credit.compute_gradients(loaded, x, y).gradients
+        for k, g in enumerate(grads):
+            out[f"{name}/fit_loaded_g{k}"] = np.asarray(g)
     return out
 
 
