@@ -408,11 +408,11 @@ def _scale(model, loss):
 
 
 def _regularization(model, zero=True):
-    losses = [tf.cast(compat.aggregate_additional_loss(model, l), "float32")
+    losses = [keras.ops.cast(compat.aggregate_additional_loss(model, l), "float32")
               for l in model.losses]
     if losses:
-        return tf.add_n(losses)
-    return tf.constant(0.0) if zero else None
+        return keras.ops.sum(keras.ops.stack(losses))
+    return keras.ops.convert_to_tensor(0.0) if zero else None
 
 
 # --------------------------------------------------------------------------------------

@@ -416,3 +416,35 @@ def test_alignment_measures_a_forward_rule_without_changing_its_state(name):
         np.testing.assert_array_equal(v.numpy(), value)
     by_block = credit.alignment(model, x, y, by="block")
     assert np.isfinite(by_block["update_cosine"]).all()
+
+
+def test_backends_jvp_and_value_and_gradients_with_aux_equal_numpy():
+    """credit.backends.jvp (the forward mode the methods use on both backends) along a
+    variable's and an input's tangent, and value_and_gradients with an aux output, for
+    f = sum(tanh(x W)): numpy's chain rule by hand."""
+    rng = np.random.default_rng(3)
+    x, w0 = rng.normal(size=(5, 4)), rng.normal(size=(4, 3))
+    v, t = rng.normal(size=(4, 3)), rng.normal(size=(5, 4))
+    w = keras.Variable(w0.astype("float32"))
+    slope = 1 - np.tanh(x @ w0) ** 2
+
+    def f(inp):
+        h = keras.ops.tanh(keras.ops.matmul(inp, w))
+        return keras.ops.sum(h), h
+
+    xs = tf.constant(x, "float32")
+    value, dvalue, h = credit.backends.jvp(f, [w], [tf.constant(v, "float32")], [xs],
+                                           [tf.zeros_like(xs)], has_aux=True)
+    np.testing.assert_allclose(float(value), np.tanh(x @ w0).sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(dvalue), (slope * (x @ v)).sum(), rtol=1e-4)
+    np.testing.assert_allclose(h.numpy(), np.tanh(x @ w0), atol=1e-6)
+    _, dinput = credit.backends.jvp(lambda inp: f(inp)[0], [], [], [xs],
+                                    [tf.constant(t, "float32")])
+    np.testing.assert_allclose(float(dinput), (slope * (t @ w0)).sum(), rtol=1e-4)
+    with pytest.raises(ValueError, match="one tangent per variable"):
+        credit.backends.jvp(lambda: f(xs)[0], [w], [])
+    value, (g_w,), (g_x,), aux = credit.backends.value_and_gradients(
+        f, [w], [xs], has_aux=True)
+    np.testing.assert_allclose(g_w.numpy(), x.T @ slope, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_x.numpy(), slope @ w0.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(aux.numpy(), np.tanh(x @ w0), atol=1e-6)

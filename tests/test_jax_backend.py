@@ -21,7 +21,8 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "jax_checks.py")
 JAX_METHODS = ["backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
                "kolen_pollack", "delayed_feedback", "synthetic_gradients", "local_losses",
                "direct_random_target_projection", "sign_symmetry",
-               "fixed_random_sign_feedback", "batchwise_random_sign_feedback"]
+               "fixed_random_sign_feedback", "batchwise_random_sign_feedback",
+               "forward_gradient", "pepita", "forward_forward"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -32,10 +32,16 @@ optimizers' slots) and the trackers of its logs ride with the model's non-traina
 variables (``credit.Model.non_trainable_variables``), so Keras's JAX trainer carries
 them through the jitted step and writes their updates back.
 
+A method without a backward pass (``computes_gradients = True``: forward gradients,
+PEPITA, Forward-Forward) forms its whole update in its own ``compute_gradients``,
+written in ``keras.ops`` with :func:`credit.backends.jvp` and
+:func:`credit.backends.value_and_gradients` for its derivatives; the step runs it in a
+``keras.StatelessScope`` that maps the model's variables to the step's values
+(:func:`_own_step`).
+
 Methods that run here: :data:`METHODS`; the others are refused with an error that
 names those that run. Not here yet: extra targets and sources of the backward pass
-(synthetic gradients through time), per-step signals through time, a point on a model
-output, loss scaling.
+(synthetic gradients through time), per-step signals through time, loss scaling.
 
 Example:
     >>> # KERAS_BACKEND=jax
@@ -59,7 +65,8 @@ from credit.signal import Trace, flat
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
            "kolen_pollack", "delayed_feedback", "synthetic_gradients", "local_losses",
            "direct_random_target_projection", "sign_symmetry",
-           "fixed_random_sign_feedback", "batchwise_random_sign_feedback")
+           "fixed_random_sign_feedback", "batchwise_random_sign_feedback",
+           "forward_gradient", "pepita", "forward_forward")
 
 _LOGIT_KINDS = ("activation", "input", "output_of", "output")
 
@@ -71,8 +78,6 @@ def check_method(method):
     reason = None
     if builtin and method.name not in METHODS:
         reason = "it is not ported to the JAX backend yet"
-    elif getattr(method, "computes_gradients", False):
-        reason = "it forms its update without a backward pass, which is not ported yet"
     if reason is not None:
         raise ValueError(
             f"method {method.name!r} does not run on Keras's JAX backend: {reason}. On "
@@ -533,6 +538,9 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
         ``(gradients, loss, y_pred, non_trainable, metrics_variables, logs)``, gradients
         aligned with ``trainable``; ``logs`` the method's extra scalars (``sg_loss``).
     """
+    if getattr(method, "computes_gradients", False):
+        return _own_step(model, method, x, y, sample_weight, trainable, non_trainable,
+                         metrics_variables, training, loss_fn, optimizer_variables)
     plan = method.plan
     trace, non_trainable_new, metrics_new = forward_trace(
         model, method, x, y, sample_weight, trainable, non_trainable, metrics_variables,
@@ -558,6 +566,33 @@ def step(model, method, x, y, sample_weight, trainable, non_trainable, metrics_v
                          for v, value in zip(non_trainable_variables, non_trainable_new)]
     return (list(gradients), trace.loss, trace.y_pred, non_trainable_new, metrics_new,
             dict(logs))
+
+
+def _own_step(model, method, x, y, sample_weight, trainable, non_trainable,
+              metrics_variables, training, loss_fn, optimizer_variables):
+    """:func:`step` for a method that forms its whole update itself
+    (``computes_gradients = True``: forward gradients, PEPITA, Forward-Forward): its
+    ``compute_gradients`` runs in a ``keras.StatelessScope`` that maps the model's
+    variables (its method state included) to this step's values, and what it writes
+    (its counters, batch statistics, its heads) comes back as new values."""
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(model.non_trainable_variables, non_trainable))
+    mapping += list(zip(model.metrics_variables, metrics_variables))
+    if optimizer_variables is not None:
+        mapping += list(zip(model.optimizer.variables, optimizer_variables))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        out = method.compute_gradients(model, x, y, sample_weight, loss_fn=loss_fn,
+                                       training=training)
+    gradients = [ops.zeros(v.shape, v.dtype) if g is None else g
+                 for v, g in zip(model.trainable_variables, out.gradients)]
+
+    def current(variables, values):
+        return [value if scope.get_current_value(v) is None
+                else scope.get_current_value(v) for v, value in zip(variables, values)]
+
+    return (gradients, out.loss, out.y_pred,
+            current(model.non_trainable_variables, non_trainable),
+            current(model.metrics_variables, metrics_variables), dict(out.logs or {}))
 
 
 def _loss(model, trainable, non_trainable, metrics_variables, x, y, y_pred, sample_weight,
@@ -616,7 +651,7 @@ def method_variables(model, known=()):
     return variables
 
 
-def value_and_gradients(fn, variables, tensors):
+def value_and_gradients(fn, variables, tensors, has_aux=False):
     """:func:`credit.backends.value_and_gradients` on JAX: ``jax.value_and_grad`` of
     ``fn`` with ``variables`` mapped to traced values in a ``keras.StatelessScope``
     that also keeps the mapping of the scope it runs in (the step's)."""
@@ -631,9 +666,50 @@ def value_and_gradients(fn, variables, tensors):
         with scope:
             return fn(*tensors_)
 
-    value, (grads, tensor_grads) = jax.value_and_grad(f, argnums=(0, 1))(
+    value, (grads, tensor_grads) = jax.value_and_grad(f, argnums=(0, 1), has_aux=has_aux)(
         values, [ops.convert_to_tensor(t) for t in tensors])
+    if has_aux:
+        (value, aux) = value
+        return value, list(grads), list(tensor_grads), aux
     return value, list(grads), list(tensor_grads)
+
+
+def jvp(fn, variables, tangents, tensors, tensor_tangents, has_aux=False):
+    """:func:`credit.backends.jvp` on JAX: ``jax.jvp`` of ``fn`` with ``variables``
+    mapped to the primal values in a ``keras.StatelessScope`` that keeps the mapping of
+    the scope it runs in (the step's); the variables ``fn`` writes get their new values
+    in that outer scope."""
+    outer = compat.current_stateless_scope()
+    base = dict(outer.state_mapping) if outer is not None else {}
+    values = [v.value for v in variables]
+    tangents = [ops.cast(t, ops.convert_to_tensor(v).dtype)
+                for t, v in zip(tangents, values)]
+    tensors = [ops.convert_to_tensor(t) for t in tensors]
+    tensor_tangents = [ops.cast(t, x.dtype) for t, x in zip(tensor_tangents, tensors)]
+
+    def f(values_, tensors_):
+        scope = keras.StatelessScope()
+        scope.state_mapping.update(base)
+        mapped = {id(v): value for v, value in zip(variables, values_)}
+        scope.state_mapping.update(mapped)
+        start = dict(scope.state_mapping)
+        with scope:
+            out = fn(*tensors_)
+        outputs, aux = out if has_aux else (out, None)
+        written = {k: value for k, value in scope.state_mapping.items()
+                   if start.get(k) is not value}
+        return outputs, (aux, written)
+
+    outputs, found, (aux, written) = jax.jvp(f, (values, tensors),
+                                             (tangents, tensor_tangents), has_aux=True)
+    if written and outer is None:
+        raise ValueError(
+            "the function given to credit.backends.jvp wrote variables outside a "
+            "keras.StatelessScope on JAX, where the writes would be lost; run it inside "
+            "the step (credit.compute_gradients, fit) or a StatelessScope.")
+    for k, value in written.items():
+        outer.state_mapping[k] = value
+    return (outputs, found, aux) if has_aux else (outputs, found)
 
 
 def state_variables(state):

@@ -1,12 +1,14 @@
 """Forward-Forward: layer-local goodness objectives on positive and negative data."""
 
 import numpy as np
-from credit._tensorflow import tf
 from keras import ops
 
+from credit import _keras_compat as compat
+from credit import backends
 from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
-from credit.methods.forward_gradient import hash32, mix, own_counters, raise_no_signals
+from credit.methods.forward_gradient import (_u32, hash32, mix, own_counters,
+                                             raise_no_signals)
 from credit.methods.pepita import dense_chain
 from credit.registry import register
 from credit.signal import ErrorSignal, output_units
@@ -183,7 +185,7 @@ class ForwardForward(ErrorSignal):
         self.n_classes = n
         self._d_in = d_in
         self._blocks = [tuple(b.layers) for b in graph.blocks]
-        with tf.init_scope():
+        with compat.init_scope():
             own_counters(self)
 
     def transport(self, layer, kernels):
@@ -299,7 +301,7 @@ class ForwardForward(ErrorSignal):
         x = np.asarray(x)
         out = []
         for start in range(0, len(x), batch_size):
-            chunk = tf.convert_to_tensor(x[start:start + batch_size])
+            chunk = ops.convert_to_tensor(x[start:start + batch_size])
             if by == "goodness":
                 scores = self.goodness_by_label(chunk)
             else:
@@ -317,20 +319,21 @@ class ForwardForward(ErrorSignal):
     # -- the step ------------------------------------------------------------------------
 
     def wrong_labels(self, labels, step=None):
-        """A uniformly random wrong label per example, from the seed and the step."""
-        step = tf.convert_to_tensor(self.step if step is None else step, "int64")
-        key = mix(tf.convert_to_tensor(self.state.seed_variable), step, 0xFF)
-        counter = tf.cast(tf.range(tf.shape(labels)[0]), tf.uint32)
-        bits = hash32(tf.bitwise.bitwise_xor(hash32(counter + key), key))
-        shift = tf.cast(bits % tf.cast(self.n_classes - 1, tf.uint32), "int32") + 1
-        return (tf.cast(labels, "int32") + shift) % self.n_classes
+        """A uniformly random wrong label per example, from the seed and the step (the
+        same on TensorFlow and JAX: a counter-based hash in ``keras.ops``)."""
+        step = self.step if step is None else step
+        key = mix(self.state.seed_variable, step, 0xFF)
+        counter = ops.cast(ops.arange(ops.shape(labels)[0], dtype="int32"), "uint32")
+        bits = hash32(ops.bitwise_xor(hash32(ops.add(counter, key)), key))
+        shift = ops.cast(ops.mod(bits, _u32(self.n_classes - 1)), "int32") + 1
+        return ops.mod(ops.cast(labels, "int32") + shift, self.n_classes)
 
     def hardest_labels(self, x, labels, training=False):
         """The wrong label of highest summed goodness per example."""
         scores = self.goodness_by_label(x, training=training)
-        scores = tf.where(tf.one_hot(labels, self.n_classes) > 0,
-                          tf.constant(-np.inf, scores.dtype), scores)
-        return tf.cast(tf.argmax(scores, axis=-1), "int32")
+        scores = ops.where(ops.one_hot(labels, self.n_classes) > 0,
+                           ops.cast(-np.inf, scores.dtype), scores)
+        return ops.cast(ops.argmax(scores, axis=-1), "int32")
 
     def layer_losses(self, positive, negative, sample_weight=None):
         """``L_l`` of every hidden layer from its positive and negative outputs (lists).
@@ -339,11 +342,11 @@ class ForwardForward(ErrorSignal):
         ``(batch, 1)``, are averaged away) each example's term is weighted and the sum
         divided by the batch size, as Keras's default loss reduction does.
         """
-        batch = tf.cast(tf.shape(positive[0])[0] * sg.replicas(), "float32")
+        batch = ops.cast(ops.shape(positive[0])[0] * sg.replicas(), "float32")
         weight = None
         if sample_weight is not None:
-            weight = tf.cast(tf.convert_to_tensor(sample_weight), "float32")
-            weight = tf.reduce_mean(tf.reshape(weight, (tf.shape(weight)[0], -1)), axis=1)
+            weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            weight = ops.mean(ops.reshape(weight, (ops.shape(weight)[0], -1)), axis=1)
         losses = []
         for h_pos, h_neg, theta in zip(positive, negative, self.thresholds()):
             per_example = (ops.softplus(theta - self.goodness(h_pos))
@@ -358,7 +361,10 @@ class ForwardForward(ErrorSignal):
         """Forward-Forward's updates for one batch, aligned with
         ``model.trainable_variables``; advances the step counter.
 
-        Called by :func:`credit.compute_gradients` in place of its backward pass.
+        Called by :func:`credit.compute_gradients` in place of its backward pass (on
+        JAX, by the step, with the model's variables mapped to the step's values). The
+        hidden layers' gradients and the output layer's are those of two scalar
+        objectives (:func:`credit.backends.value_and_gradients`).
         """
         from credit import model as engine
 
@@ -372,42 +378,54 @@ class ForwardForward(ErrorSignal):
         if self.negatives == "random":
             wrong = self.wrong_labels(labels)
         else:
-            wrong = tf.stop_gradient(self.hardest_labels(flat_x, labels, training))
+            wrong = ops.stop_gradient(self.hardest_labels(flat_x, labels, training))
         hidden = [v for layers in self._blocks[:-1] for layer in layers
                   for v in layer.trainable_variables]
         out_vars = [v for layer in self._blocks[-1] for v in layer.trainable_variables]
-        with tf.GradientTape(persistent=True) as tape:
+
+        def ff_objective():
             positive, _ = self.activities(self.embed(flat_x, labels), training)
             negative, _ = self.activities(self.embed(flat_x, wrong), training)
-            ff_loss = tf.add_n(self.layer_losses(positive, negative, sample_weight))
-            scaled_ff = engine._scale(model, ff_loss)
+            ff_loss = sum(self.layer_losses(positive, negative, sample_weight))
+            return engine._scale(model, ff_loss), ff_loss
+
+        def head_objective():
             if self.head == "model":
                 y_pred = model(x, training=training)
             else:
                 y_pred = self.head_output(flat_x, training)
             loss = engine.compute_loss(model, x, y, y_pred, sample_weight, training,
                                        loss_fn)
-            scaled = engine._scale(model, loss)
+            return engine._scale(model, loss), (loss, y_pred)
+
         # The layer losses reach only their own layer (stop-gradients between layers);
         # of the head's loss only the output layer's own weight gradient is asked for
         # (with head="model" it would reach the hidden layers too).
-        found = dict(zip(map(id, hidden), tape.gradient(scaled_ff, hidden)))
-        found.update(zip(map(id, out_vars), tape.gradient(scaled, out_vars)))
-        del tape
+        _, hidden_grads, _, ff_loss = backends.value_and_gradients(ff_objective, hidden,
+                                                                   has_aux=True)
+        _, out_grads, _, (loss, y_pred) = backends.value_and_gradients(
+            head_objective, out_vars, has_aux=True)
+        found = dict(zip(map(id, hidden), hidden_grads))
+        found.update(zip(map(id, out_vars), out_grads))
         gradients = []
         for v in model.trainable_variables:
             g = found.get(id(v))
-            gradients.append(None if g is None else tf.cast(g, v.dtype))
-        with tf.control_dependencies([g for g in gradients if g is not None]):
+            gradients.append(None if g is None else ops.cast(g, v.dtype))
+        with backends.after(gradients):
             self.step.assign_add(1)
         return engine.Gradients(gradients, loss, y_pred, {"ff_loss": ff_loss})
 
     def class_indices(self, y):
         """``y`` as int32 class indices: one index per example, or one-hot rows."""
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank is not None and y.shape.rank >= 2 and y.shape[-1] == self.n_classes:
-            return tf.cast(tf.argmax(tf.reshape(y, (-1, self.n_classes)), axis=-1), "int32")
-        return tf.cast(tf.reshape(y, (-1,)), "int32")
+        y = ops.convert_to_tensor(y)
+        try:
+            rank = len(y.shape)
+        except ValueError:  # a traced tensor of unknown rank
+            rank = None
+        if rank is not None and rank >= 2 and y.shape[-1] == self.n_classes:
+            return ops.cast(ops.argmax(ops.reshape(y, (-1, self.n_classes)), axis=-1),
+                            "int32")
+        return ops.cast(ops.reshape(y, (-1,)), "int32")
 
     def _require_bound(self):
         if self._blocks is None:

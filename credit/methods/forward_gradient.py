@@ -2,7 +2,11 @@
 
 import keras
 import numpy as np
+from keras import ops
 
+from credit import _keras_compat as compat
+from credit import backends
+from credit import graph as graph_lib
 from credit._tensorflow import tf
 from credit.methods import _synthesizers as sg
 from credit.registry import register
@@ -16,7 +20,8 @@ class ForwardGradient(ErrorSignal):
 
     Rule: draw a tangent ``v ~ N(0, I)`` over all trainable variables, compute the
     directional derivative ``dL/dθ · v`` in forward mode (one forward pass under
-    ``tf.autodiff.ForwardAccumulator``, no backward pass), and use ``(dL/dθ · v) v``
+    :func:`credit.backends.jvp`: TensorFlow's ``ForwardAccumulator`` or ``jax.jvp``;
+    no backward pass), and use ``(dL/dθ · v) v``
     as the gradient. Since ``E[v v^T] = I``, the estimate is unbiased:
     ``E[(∇L · v) v] = ∇L``. With ``tangents=K`` the step averages K such estimates
     (K forward passes), which divides the variance by K.
@@ -62,7 +67,8 @@ class ForwardGradient(ErrorSignal):
     the method's seed and its step counter, both variables on ``method.state`` (see
     :meth:`draw_tangents`): they are saved with the model, so a resumed run draws the
     tangents it would have drawn; every replica under ``tf.distribute`` draws the same
-    ones, and an XLA-compiled step the same as a plain one.
+    ones, an XLA-compiled step the same as a plain one, and the JAX backend the same
+    as TensorFlow (the hash is written in ``keras.ops``).
 
     Args:
         seed: seed of the tangents (None: drawn from numpy's global state).
@@ -139,7 +145,7 @@ class ForwardGradient(ErrorSignal):
         if self.local:
             self._build_heads(graph)
             return
-        with tf.init_scope():
+        with compat.init_scope():
             own_counters(self)
 
     def _build_heads(self, graph):
@@ -170,7 +176,7 @@ class ForwardGradient(ErrorSignal):
             block = index(name)
             later = [p for p in points if block is not None and blocks[p] >= block]
             self.owners[name] = later[0] if later else None
-        with tf.init_scope():
+        with compat.init_scope():
             heads = [local_losses.LocalHead(graph.point_shape(p), units, name=f"head_{i}",
                                             seed=sg.synthesizer_seed(self, i))
                      for i, p in enumerate(points)]
@@ -212,51 +218,54 @@ class ForwardGradient(ErrorSignal):
         standard normal tensor per variable.
 
         Drawn by a counter-based hash of (seed, step, k, variable, entry) and the
-        Box-Muller transform (:func:`standard_normal`): plain integer and float ops,
-        which give the same numbers on every device and under XLA (TensorFlow's
-        stateless generators do not: their XLA kernels draw other numbers).
+        Box-Muller transform (:func:`standard_normal`): plain integer and float ops
+        (``keras.ops``), which give the same numbers on every device, under XLA and on
+        both backends (TensorFlow's stateless generators do not: their XLA kernels draw
+        other numbers, and JAX's draw others again).
         """
-        step = tf.convert_to_tensor(self.step if step is None else step, "int64")
-        seed = tf.convert_to_tensor(self.state.seed_variable)
+        step = self.step if step is None else step
+        seed = self.state.seed_variable
         out = []
         for i, v in enumerate(variables):
             key = mix(seed, step, k * len(variables) + i)
-            out.append(tf.cast(standard_normal(tuple(v.shape), key), tf.as_dtype(v.dtype)))
+            out.append(ops.cast(standard_normal(tuple(v.shape), key), v.dtype))
         return out
 
     def directional_derivative(self, model, x, y, sample_weight, tangents, loss_fn=None,
                                training=True):
         """``(dL/dθ · v, loss, y_pred)`` in forward mode for tangents ``v`` (one per
-        ``model.trainable_variables`` entry); ``L`` carries the loss scale of a
-        mixed-precision optimizer, as the gradients the optimizer unscales do."""
+        ``model.trainable_variables`` entry), by :func:`credit.backends.jvp`; ``L``
+        carries the loss scale of a mixed-precision optimizer, as the gradients the
+        optimizer unscales do."""
         from credit import model as engine
 
-        if self._rolled and not tf.executing_eagerly():
+        if self._rolled and not backends.is_jax() and not tf.executing_eagerly():
             from credit.graph import GraphError
             raise GraphError(self._rolled)
-        # The accumulator watches TensorFlow variables: a Keras variable's ``value``
-        # (read outside an autocast scope) is the tf.Variable it holds.
-        variables = [v.value for v in model.trainable_variables]
-        with tf.autodiff.ForwardAccumulator(variables, tangents) as acc:
+
+        def forward():
             y_pred = model(x, training=training)
             loss = engine.compute_loss(model, x, y, y_pred, sample_weight, training,
                                        loss_fn)
-            scaled = engine._scale(model, loss)
-        jvp = acc.jvp(scaled, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return engine._scale(model, loss), (loss, y_pred)
+
+        _, jvp, (loss, y_pred) = backends.jvp(forward, model.trainable_variables,
+                                              tangents, has_aux=True)
         return jvp, loss, y_pred
 
     def compute_gradients(self, model, x, y=None, sample_weight=None, *, loss_fn=None,
                           training=True):
         """The step's gradients ``mean_k (∇L · v_k) v_k``, aligned with
         ``model.trainable_variables``; advances the step counter. Called by
-        :func:`credit.compute_gradients` in place of its backward pass."""
+        :func:`credit.compute_gradients` in place of its backward pass (on JAX, by the
+        step, with the model's variables mapped to the step's values)."""
         from credit import model as engine
 
         engine.bind(self, model, inputs=x)
         if self.perturb == "activities":
             return self._activity_gradients(model, x, y, sample_weight, loss_fn, training)
         variables = model.trainable_variables
-        total = [tf.zeros(tuple(v.shape), tf.as_dtype(v.dtype)) for v in variables]
+        total = [ops.zeros(tuple(v.shape), v.dtype) for v in variables]
         loss = y_pred = None
         for k in range(self.tangents):
             v = self.draw_tangents(variables, k)
@@ -264,9 +273,9 @@ class ForwardGradient(ErrorSignal):
                 model, x, y, sample_weight, v, loss_fn, training)
             if k == 0:
                 loss, y_pred = loss_k, y_pred_k
-            total = [t + tf.cast(jvp, t.dtype) * d for t, d in zip(total, v)]
+            total = [t + ops.cast(jvp, t.dtype) * d for t, d in zip(total, v)]
         gradients = [t / self.tangents for t in total]
-        with tf.control_dependencies(_tensors(gradients)):
+        with backends.after(gradients):
             self.step.assign_add(1)
         return engine.Gradients(gradients, loss, y_pred, {})
 
@@ -275,11 +284,11 @@ class ForwardGradient(ErrorSignal):
 
     def draw_activity_tangents(self, shapes, k, step=None):
         """The ``k``-th activity tangents of step ``step`` (default: the current one):
-        one standard normal tensor per perturbed layer, of the ``shapes`` given (int32
-        tensors, batch first), from the same counter-based hash as
-        :meth:`draw_tangents` (a stream of its own)."""
-        step = tf.convert_to_tensor(self.step if step is None else step, "int64")
-        seed = tf.convert_to_tensor(self.state.seed_variable)
+        one standard normal tensor per perturbed layer, of the ``shapes`` given (tuples,
+        batch first, whose entries may be scalar tensors), from the same counter-based
+        hash as :meth:`draw_tangents` (a stream of its own)."""
+        step = self.step if step is None else step
+        seed = self.state.seed_variable
         return [normal_like(shape, mix(seed, step, k, _ACTIVITY_STREAM, i))
                 for i, shape in enumerate(shapes)]
 
@@ -291,86 +300,102 @@ class ForwardGradient(ErrorSignal):
         pre-activation; default the ``k``-th draw of this step. With ``local=True`` the
         heads' exact gradients are left in ``self.head_gradients`` (``(gradient,
         variable)`` pairs) for the step to apply.
+
+        One forward pass in forward mode (:func:`credit.backends.jvp`) carries the
+        tangents to the logits (and the heads' logits); the loss's own derivative
+        there comes from the loss alone, on cut copies of the logits
+        (:func:`credit.backends.value_and_gradients`); each layer's weight gradient is
+        the derivative of ``<z(x), ĝ_z>`` in its own weights, its input ``x`` held.
         """
         from credit import model as engine
 
         graph = self.graph
         layers = [graph.layers[name] for name in self.perturbed]
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        shapes = [tf.concat([[batch], tf.constant(graph.point_shape(name), "int32")], 0)
-                  for name in self.perturbed]
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        shapes = [(batch,) + tuple(graph.point_shape(name)) for name in self.perturbed]
         if tangents is None:
             tangents = self.draw_activity_tangents(shapes, k)
-        zeros = [tf.zeros(s, "float32") for s in shapes]
-        z = {}
-        with tf.autodiff.ForwardAccumulator(zeros, tangents) as acc:
-            if self.local:
-                # The engine's forward pass, cut at the points: the layers above a
-                # point read a stop-gradient copy, which carries no tangent.
-                with _Perturbed(layers, zeros, z):
-                    trace = engine.record(model, x, y, sample_weight, method=self,
-                                          training=training, loss_fn=loss_fn)
-                tape, y_pred, loss = trace.tape, trace.y_pred, trace.loss
-            else:
-                trace = None
-                tape = tf.GradientTape(persistent=True)
-                with tape:
-                    with _Perturbed(layers, zeros, z):
+        zeros = [ops.zeros(shape, "float32") for shape in shapes]
+
+        def forward(*zeros_):
+            z, inputs = {}, {}
+            with _Perturbed(layers, zeros_, z, inputs):
+                if self.local:
+                    # The forward pass cut at the points: the layers above a point read
+                    # a stop-gradient copy, which carries no tangent.
+                    cut = _Cut(self.plan)
+                    with graph_lib.Hooks(self.plan.hooked, cut):
                         y_pred = model(x, training=training)
-                    loss = engine.compute_loss(model, x, y, y_pred, sample_weight,
-                                               training, loss_fn)
-            with tape:  # the loss scale (mixed precision) must be on the tape
-                scaled = engine._scale(model, loss)
-                heads = self._head_losses(trace) if self.local else {}
-                scaled_heads = {p: engine._scale(model, head_loss)
-                                for p, (_, head_loss) in heads.items()}
-            d = {None: _directional(tape, acc, scaled, _output_logits(y_pred), batch)}
-            for p, (head_logits, _) in heads.items():
-                d[p] = _directional(tape, acc, scaled_heads[p], [head_logits], batch)
+                else:
+                    y_pred = model(x, training=training)
+            logits = _output_logits(y_pred)
+            loss, errors = _loss_and_errors(
+                logits, lambda c: engine.compute_loss(
+                    model, x, y, _with_logits(y_pred, c), sample_weight, training,
+                    loss_fn), model)
+            heads = (self._heads(model, cut.outputs, x, y, sample_weight, training)
+                     if self.local else {})
+            head_logits = [logit for logit, _, _ in heads.values()]
+            aux = (loss, errors, y_pred, [z[id(layer)] for layer in layers],
+                   [inputs[id(layer)] for layer in layers],
+                   [(e, g) for _, e, g in heads.values()])
+            return (logits, head_logits), aux
+
+        (_, _), (dlogits, dheads), aux = backends.jvp(forward, tensors=zeros,
+                                                       tensor_tangents=tangents,
+                                                       has_aux=True)
+        loss, errors, y_pred, pres, inputs, heads = aux
+        d = {None: _directional(errors, dlogits, batch)}
         if self.local:
             self.head_gradients = []
-            for p, (_, head_loss) in heads.items():
-                own = self.heads[p].trainable_variables
-                self.head_gradients += list(zip(tape.gradient(head_loss, own), own))
+            for p, dhead, (e, grads) in zip(self.heads, dheads, heads):
+                d[p] = _directional([e], [dhead], batch)
+                self.head_gradients += list(zip(grads,
+                                                self.heads[p].trainable_variables))
         variables = model.trainable_variables
         where = {id(v): i for i, v in enumerate(variables)}
         gradients = [None] * len(variables)
-        for name, layer, v in zip(self.perturbed, layers, tangents):
-            pre = z[id(layer)]
+        for name, layer, v, pre, x_in in zip(self.perturbed, layers, tangents, pres,
+                                             inputs):
             d_layer = d[self.owners.get(name)]
-            estimate = tf.reshape(d_layer, tf.concat([[batch], tf.ones([tf.rank(v) - 1],
-                                                                         "int32")], 0)) * v
+            estimate = ops.reshape(d_layer, (batch,) + (1,) * (len(v.shape) - 1)) * v
             own = layer.trainable_weights
-            local = tape.gradient(pre, own, output_gradients=tf.cast(estimate, pre.dtype),
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            local = _local_gradients(layer, x_in, ops.cast(estimate, pre.dtype))
             for w, g in zip(own, local):
-                gradients[where[id(w)]] = tf.cast(g, w.dtype)
-        del tape
+                gradients[where[id(w)]] = ops.cast(g, w.dtype)
         return gradients, loss, y_pred
 
-    def _head_losses(self, trace):
-        """``{point: (head logits, local loss)}``: the model's compiled loss of each
-        head's prediction on its point's output (regularisation left out)."""
-        from credit import _keras_compat as compat
+    def _heads(self, model, outputs, x, y, sample_weight, training):
+        """``{point: (head logits, error at them, head weight gradients)}``: each head on
+        its point's output (``outputs``; the head's logits carry the tangents), the
+        local derivative of its loss at its logits, and its exact weight gradients (the
+        model's compiled loss of the head's prediction, regularisation left out)."""
         from credit import model as engine
 
-        model = trace.graph.model
         if not compat.has_compiled_loss(model):
             raise ValueError(
                 f"forward_gradient(local=True) applies the model's compiled loss to its "
                 f"heads, and model {model.name!r} was compiled without one (a loss_fn "
                 "given to compute_gradients does not reach the heads). Compile the "
                 "model with a loss.")
+
+        def head_loss(logits):
+            shaped = ops.reshape(logits, (ops.shape(logits)[0],) + self._output_shape)
+            prediction = shaped if self._activation is None else self._activation(shaped)
+            loss = engine.compute_loss(model, x, y, prediction, sample_weight, training)
+            return ops.cast(loss, "float32") - ops.stop_gradient(
+                ops.cast(engine._regularization(model), "float32"))
+
         out = {}
         for p, head in self.heads.items():
-            logits, _ = head(tf.cast(trace.outputs[p], "float32"))
-            shaped = tf.reshape(logits, (tf.shape(logits)[0],) + self._output_shape)
-            prediction = shaped if self._activation is None else self._activation(shaped)
-            loss = engine.compute_loss(model, trace.x, trace.y, prediction,
-                                       trace.sample_weight, trace.training)
-            loss = tf.cast(loss, "float32") - tf.stop_gradient(
-                tf.cast(engine._regularization(model), "float32"))
-            out[p] = (logits, loss)
+            h = ops.cast(outputs[p], "float32")
+            logits, _ = head(h)
+            _, errors = _loss_and_errors([ops.stop_gradient(logits)],
+                                         lambda c: head_loss(c[0]), model)
+            cut = ops.stop_gradient(h)
+            _, grads, _ = backends.value_and_gradients(
+                lambda: head_loss(head(cut)[0]), head.trainable_variables)
+            out[p] = (logits, errors[0], grads)
         return out
 
     def _activity_gradients(self, model, x, y, sample_weight, loss_fn, training):
@@ -389,7 +414,7 @@ class ForwardGradient(ErrorSignal):
             else:
                 total = [t + g for t, g in zip(total, gradients)]
         gradients = [t / self.tangents for t in total]
-        with tf.control_dependencies(_tensors(gradients)):
+        with backends.after(gradients):
             if heads:
                 self.state.synthesizer_optimizer.apply([g for g, _ in heads],
                                                        [v for _, v in heads])
@@ -398,30 +423,98 @@ class ForwardGradient(ErrorSignal):
 
 
 def _output_logits(y_pred):
-    """The tensors each model output's loss is read at: its Keras logits, else itself."""
-    from credit import _keras_compat as compat
-
+    """The tensors each model output's loss is read at: its Keras logits (kept on a
+    softmax/sigmoid output by TensorFlow's backend), else the output itself."""
     found = []
-    for out in tf.nest.flatten(y_pred):
-        if out is None or not out.dtype.is_floating:
+    for out in keras.tree.flatten(y_pred):
+        if out is None or "float" not in keras.backend.standardize_dtype(out.dtype):
             continue
         logits = compat.keras_logits(out)
         found.append(out if logits is None else logits)
     return found
 
 
-def _directional(tape, acc, loss, logits, batch):
-    """Per example, the loss's derivative at ``logits`` (read on ``tape``: the loss's
-    own, local derivative) dotted with their forward-mode tangents in ``acc``:
-    ``d_i``, a ``(batch,)`` tensor."""
-    d = tf.zeros([batch], "float32")
-    for t in logits:
-        e = tape.gradient(loss, t)
-        if e is None:
+def _with_logits(y_pred, tensors):
+    """``y_pred`` with each float output read at ``tensors`` (one per
+    :func:`_output_logits` entry): an output with Keras logits becomes a cut copy that
+    keeps ``tensors[j]`` as its logits, an output without them ``tensors[j]`` itself."""
+    flat = keras.tree.flatten(y_pred)
+    it = iter(tensors)
+    out = []
+    for t in flat:
+        if t is None or "float" not in keras.backend.standardize_dtype(t.dtype):
+            out.append(t)
             continue
-        jvp = acc.jvp(t, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        d += tf.reduce_sum(tf.reshape(tf.cast(e * jvp, "float32"), (batch, -1)), 1)
+        c = next(it)
+        if compat.keras_logits(t) is not None:
+            copy = ops.stop_gradient(t)
+            compat.set_keras_logits(copy, c)
+            c = copy
+        mask = compat.get_mask(t)
+        if mask is not None:
+            compat.set_mask(c, mask)
+        out.append(c)
+    return keras.tree.pack_sequence_as(y_pred, out)
+
+
+def _loss_and_errors(logits, loss_of, model):
+    """``(loss, [dL/dlogits])``: the loss ``loss_of(copies)`` of cut copies of
+    ``logits`` and its own, local derivative at them (the loss scale of a
+    mixed-precision optimizer included in the derivative)."""
+    from credit import model as engine
+
+    cut = [ops.stop_gradient(t) for t in logits]
+
+    def objective(*c):
+        loss = loss_of(list(c))
+        return engine._scale(model, loss), loss
+
+    _, _, errors, loss = backends.value_and_gradients(objective, [], cut, has_aux=True)
+    return loss, [ops.zeros_like(t) if e is None else e for t, e in zip(cut, errors)]
+
+
+def _directional(errors, tangents, batch):
+    """Per example, the loss's derivative at its logits dotted with their forward-mode
+    tangents: ``d_i``, a ``(batch,)`` tensor."""
+    d = ops.zeros((batch,), "float32")
+    for e, t in zip(errors, tangents):
+        d = d + ops.sum(ops.reshape(ops.cast(e, "float32") * ops.cast(t, "float32"),
+                                    (batch, -1)), axis=1)
     return d
+
+
+def _local_gradients(layer, x, estimate):
+    """The gradient of ``<z(x), estimate>`` in the layer's own trainable weights, with
+    ``z`` its pre-activation on ``x`` (its input in the step's pass, held): ``x^T
+    estimate`` and ``sum estimate`` for a Dense layer, the convolutions' adjoints.
+
+    ``z`` is the layer's own ``call`` with its activation replaced by the identity (not
+    ``__call__``, which would add an activity penalty to the model's losses again),
+    under the autocast of its dtype policy as in the step's pass.
+    """
+    from keras.src.backend import AutocastScope
+
+    def objective():
+        original = layer.__dict__.get("activation", _MISSING)
+        object.__setattr__(layer, "activation", keras.activations.linear)
+        autocast = (AutocastScope(layer.compute_dtype)
+                    if layer.compute_dtype != layer.variable_dtype else None)
+        try:
+            if autocast is not None:
+                with autocast:
+                    z = layer.call(x)
+            else:
+                z = layer.call(x)
+        finally:
+            if original is _MISSING:
+                layer.__dict__.pop("activation", None)
+            else:
+                object.__setattr__(layer, "activation", original)
+        return ops.sum(z * ops.cast(estimate, z.dtype))
+
+    _, grads, _ = backends.value_and_gradients(objective, layer.trainable_weights)
+    return [ops.zeros(w.shape, w.dtype) if g is None else g
+            for w, g in zip(layer.trainable_weights, grads)]
 
 
 #: What forward gradients' tangents perturb.
@@ -476,22 +569,65 @@ def perturbed_layers(graph):
     return tuple(names)
 
 
+class _Cut:
+    """The hooks' recorder of a forward pass cut at the method's points (the JAX and
+    TensorFlow twin of :func:`credit.model.record` with ``cut=True``, without a tape):
+    each point's output is kept in ``outputs`` and the layers above read a
+    stop-gradient copy of it."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.outputs = {}
+        self.calls = {}
+
+    def on_call(self, layer, original, args, kwargs):
+        output = original(*args, **kwargs)
+        key = id(layer)
+        if key in self.plan.points:
+            k = self.calls.get(key, 0)
+            self.calls[key] = k + 1
+            name = self.plan.points[key].get(k)
+            if name is not None:
+                self.outputs[name] = output
+                output = ops.stop_gradient(output)
+        return output
+
+    def on_activation(self, layer, original, a):
+        return original(a)
+
+    def on_regularizer(self, layer, original, output):
+        return original(output)
+
+
 class _Perturbed:
     """Context manager: each layer's activation applied to ``z + zero``, with ``zero``
-    a tensor the forward accumulator carries the activity tangent on; ``z`` (the
-    pre-activation) is recorded in ``records`` by layer id. The layers' own ``call``
-    runs; only the activation attribute of the instance is swapped, and restored."""
+    a tensor the forward pass carries the activity tangent on; ``z`` (the
+    pre-activation) is recorded in ``records`` and the layer's input in ``inputs``, by
+    layer id. The layers' own ``call`` runs; only the instance's ``activation`` and
+    ``call`` attributes are wrapped, and restored."""
 
-    def __init__(self, layers, zeros, records):
-        self.layers, self.zeros, self.records = layers, zeros, records
+    def __init__(self, layers, zeros, records, inputs):
+        self.layers, self.zeros, self.records, self.inputs = layers, zeros, records, inputs
         self.saved = []
 
     def __enter__(self):
         for layer, zero in zip(self.layers, self.zeros):
-            original = layer.activation
-            self.saved.append((layer, original))
-            layer.activation = self._wrap(layer, original, zero)
+            saved = {name: layer.__dict__.get(name, _MISSING)
+                     for name in ("activation", "call")}
+            self.saved.append((layer, saved))
+            object.__setattr__(layer, "activation",
+                               self._wrap(layer, layer.activation, zero))
+            object.__setattr__(layer, "call", self._wrap_call(layer, layer.call))
         return self
+
+    def _wrap_call(self, layer, original):
+        inputs = self.inputs
+
+        def call(*args, **kwargs):
+            inputs[id(layer)] = args[0] if args else kwargs.get("inputs")
+            return original(*args, **kwargs)
+
+        return call
 
     def _wrap(self, layer, original, zero):
         records = self.records
@@ -504,34 +640,58 @@ class _Perturbed:
                     "called twice in one forward pass; a shared layer has one "
                     "pre-activation per call. Use perturb='weights'.")
             records[id(layer)] = a
-            return original(a + tf.cast(tf.reshape(zero, tf.shape(a)), a.dtype))
+            return original(a + ops.cast(ops.reshape(zero, ops.shape(a)), a.dtype))
 
         return activation
 
     def __exit__(self, *exc):
-        for layer, original in reversed(self.saved):
-            layer.activation = original
+        for layer, saved in reversed(self.saved):
+            for name, value in saved.items():
+                if value is _MISSING:
+                    layer.__dict__.pop(name, None)
+                else:
+                    object.__setattr__(layer, name, value)
         return False
+
+
+_MISSING = object()
 
 
 _GOLDEN = 0x9E3779B9
 
 
+def _u32(value):
+    """A uint32 constant."""
+    return ops.convert_to_tensor(np.asarray(value, dtype=np.uint32))
+
+
+def _as_u32(part):
+    """An integer (Python, or an int32/int64 tensor) as uint32: its value modulo 2**32."""
+    if isinstance(part, (int, np.integer)):
+        return _u32(int(part) % 2**32)
+    part = ops.convert_to_tensor(part)
+    if keras.backend.standardize_dtype(part.dtype) == "int64":
+        part = ops.mod(part, ops.convert_to_tensor(2**32, "int64"))
+    return ops.cast(part, "uint32")  # int32 (JAX): the same bits
+
+
 def hash32(x):
-    """A 32-bit integer hash (the finaliser of "lowbias32"), elementwise on uint32."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = x * tf.constant(0x7FEB352D, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
-    x = x * tf.constant(0x846CA68B, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    """A 32-bit integer hash (the finaliser of "lowbias32"), elementwise on uint32.
+
+    Plain integer ops (``keras.ops``), so the same numbers on every backend and device.
+    """
+    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
+    x = ops.multiply(x, _u32(0x7FEB352D))
+    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(15)))
+    x = ops.multiply(x, _u32(0x846CA68B))
+    return ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
 
 
 def mix(*parts):
     """A uint32 key from integers (tensors or Python ints), each folded in by a hash."""
-    key = tf.constant(_GOLDEN, tf.uint32)
+    key = _u32(_GOLDEN)
     for part in parts:
-        part = tf.cast(tf.convert_to_tensor(part, "int64") % (2**32), tf.uint32)
-        key = hash32(tf.bitwise.bitwise_xor(key, part) + tf.constant(_GOLDEN, tf.uint32))
+        key = hash32(ops.add(ops.bitwise_xor(key, _as_u32(part)), _u32(_GOLDEN)))
     return key
 
 
@@ -539,44 +699,50 @@ def standard_normal(shape, key):
     """Standard normal float32 numbers of ``shape``, a function of ``key`` (uint32).
 
     Two uniforms per entry from the hash of (entry, key) and of (entry, hash(key)),
-    24 bits each, in (0, 1); then Box-Muller.
+    24 bits each, in (0, 1); then Box-Muller. The same numbers on TensorFlow and JAX
+    (up to the last bit of ``log`` and ``cos``).
+
+    Example:
+        >>> v = standard_normal((3, 4), mix(7, 0))                 # doctest: +SKIP
     """
     n = int(np.prod(shape)) if shape else 1
-    return tf.reshape(_box_muller(n, key), shape)
+    return ops.reshape(_box_muller(n, key), shape)
 
 
 def normal_like(shape, key):
-    """As :func:`standard_normal`, for a ``shape`` known only when the step runs (an
-    int32 tensor, e.g. with the batch size first): the same numbers for equal sizes."""
-    shape = tf.convert_to_tensor(shape, "int32")
-    n = tf.cast(tf.reduce_prod(shape), "int64")
-    return tf.reshape(_box_muller(n, key), shape)
+    """As :func:`standard_normal`, for a ``shape`` whose entries may be known only when
+    the step runs (e.g. the batch size first): the same numbers for equal sizes."""
+    n = 1
+    for d in shape:
+        n = n * d
+    return ops.reshape(_box_muller(n, key), shape)
 
 
 def _box_muller(n, key):
-    counter = tf.cast(tf.range(n, dtype="int64"), tf.uint32)
-    key2 = hash32(key + tf.constant(_GOLDEN, tf.uint32))
+    counter = ops.cast(ops.arange(n, dtype="int32"), "uint32")
+    key2 = hash32(ops.add(key, _u32(_GOLDEN)))
 
     def uniform(k):
-        bits = hash32(tf.bitwise.bitwise_xor(hash32(counter + k), k))
-        return (tf.cast(tf.bitwise.right_shift(bits, 8), "float32") + 0.5) / 2.0**24
+        bits = hash32(ops.bitwise_xor(hash32(ops.add(counter, k)), k))
+        return (ops.cast(ops.right_shift(bits, _u32(8)), "float32") + 0.5) / 2.0**24
 
     u1, u2 = uniform(key), uniform(key2)
-    return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
+    return ops.sqrt(-2.0 * ops.log(u1)) * ops.cos(2.0 * np.pi * u2)
 
 
 def own_counters(method):
     """Put a step counter and a seed variable on ``method.state`` (saved with the model).
 
-    Both are int64 scalars with ``only_first_replica`` aggregation, so that every
+    Both are int64 scalars (int32 on JAX: :func:`credit.backends.counter_dtype`) with ``only_first_replica`` aggregation, so that every
     replica under ``tf.distribute`` reads the same values.
     """
     state = method.state
     base = int(method.seed_for(0xF0).integers(0, 2**31 - 1))
-    state.step = state.add_weight(shape=(), dtype="int64", name="step", initializer="zeros",
+    dtype = backends.counter_dtype()
+    state.step = state.add_weight(shape=(), dtype=dtype, name="step", initializer="zeros",
                                   trainable=False, aggregation="only_first_replica")
     state.seed_variable = state.add_weight(
-        shape=(), dtype="int64", name="seed", trainable=False,
+        shape=(), dtype=dtype, name="seed", trainable=False,
         initializer=keras.initializers.Constant(base), aggregation="only_first_replica")
 
 
@@ -612,6 +778,3 @@ def raise_no_signals(method):
         "computes_gradients = True. Call credit.compute_gradients (or fit a credit "
         "model) instead of the signal path.")
 
-
-def _tensors(structure):
-    return [t for t in tf.nest.flatten(structure) if t is not None]

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
+from keras import ops
 
-from credit._tensorflow import tf
 from credit.graph import GraphError
 from credit.methods import _synthesizers as sg
 from credit.methods.forward_gradient import raise_no_signals
@@ -108,48 +108,49 @@ class Pepita(ErrorSignal):
 
         Returns a dict from each variable's ``id`` to its update (unscaled).
         """
-        e = tf.cast(flat(first.output_error()), "float32")
-        batch = tf.cast(tf.shape(e)[0] * sg.replicas(), "float32")
+        e = ops.cast(flat(first.output_error()), "float32")
+        batch = ops.cast(ops.shape(e)[0] * sg.replicas(), "float32")
         points = list(self.points)
-        inputs = [x_mod] + [tf.cast(flat(second.outputs[p]), "float32") for p in points]
+        inputs = [x_mod] + [ops.cast(flat(second.outputs[p]), "float32") for p in points]
         out = {}
         for l, layer in enumerate(self._dense):
             if l < len(points):
                 p = points[l]
-                delta = (tf.cast(flat(first.outputs[p]), "float32")
-                         - tf.cast(flat(second.outputs[p]), "float32")) / batch
+                delta = (ops.cast(flat(first.outputs[p]), "float32")
+                         - ops.cast(flat(second.outputs[p]), "float32")) / batch
             else:
                 delta = e  # the loss's batch mean is already in e
-            out[id(layer.kernel)] = tf.matmul(inputs[l], delta, transpose_a=True)
+            out[id(layer.kernel)] = ops.matmul(ops.transpose(inputs[l]), delta)
             if layer.use_bias:
-                out[id(layer.bias)] = tf.reduce_sum(delta, axis=0)
+                out[id(layer.bias)] = ops.sum(delta, axis=0)
         return out
 
     def compute_gradients(self, model, x, y=None, sample_weight=None, *, loss_fn=None,
                           training=True):
         """PEPITA's updates for one batch, aligned with ``model.trainable_variables``.
 
-        Called by :func:`credit.compute_gradients` in place of its backward pass.
+        Called by :func:`credit.compute_gradients` in place of its backward pass (on
+        JAX, by the step, with the model's variables mapped to the step's values).
         """
         from credit import model as engine
 
         engine.bind(self, model, inputs=x)
         first = engine.record(model, x, y, sample_weight, method=self, training=training,
                               loss_fn=loss_fn, cut=False, use_transports=False)
-        e = tf.cast(flat(first.output_error()), "float32")
-        batch = tf.cast(tf.shape(e)[0] * sg.replicas(), "float32")
-        x = tf.convert_to_tensor(x)
-        modulation = tf.matmul(e * batch, self.feedback_matrices["input"])
-        x_mod = tf.cast(flat(x), "float32") + modulation
-        second = engine.record(model, tf.cast(tf.reshape(x_mod, tf.shape(x)), x.dtype), y,
-                               sample_weight, method=self, training=training,
+        e = ops.cast(flat(first.output_error()), "float32")
+        batch = ops.cast(ops.shape(e)[0] * sg.replicas(), "float32")
+        x = ops.convert_to_tensor(x)
+        modulation = ops.matmul(e * batch, self.feedback_matrices["input"])
+        x_mod = ops.cast(flat(x), "float32") + modulation
+        second = engine.record(model, ops.cast(ops.reshape(x_mod, ops.shape(x)), x.dtype),
+                               y, sample_weight, method=self, training=training,
                                loss_fn=loss_fn, cut=False, use_transports=False)
         updates = self.updates(first, second, x_mod)
-        scale = engine._scale(model, tf.constant(1.0))
+        scale = engine._scale(model, ops.convert_to_tensor(1.0))
         gradients = []
         for v in model.trainable_variables:
             g = updates.get(id(v))
-            gradients.append(None if g is None else tf.cast(g * scale, v.dtype))
+            gradients.append(None if g is None else ops.cast(g * scale, v.dtype))
         return engine.Gradients(gradients, first.loss, first.y_pred, {})
 
 

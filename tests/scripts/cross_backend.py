@@ -122,6 +122,20 @@ CASES = [
      {"name": "local_losses", "loss": "predsim", "beta": 0.5}, "sgd"),
     ("local_losses/conv", conv, "sparse_categorical_crossentropy",
      {"name": "local_losses", "loss": "predsim", "beta": 0.5, "head": "dgl"}, "adam"),
+    ("pepita/mlp", mlp, "sparse_categorical_crossentropy", {"name": "pepita"}, "sgd"),
+    ("forward_forward/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "forward_forward"}, "adam"),
+    ("forward_forward/hardest/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "forward_forward", "negatives": "hardest", "head": "neutral"}, "sgd"),
+    # Forward gradients draw their tangents by a counter-based hash in keras.ops: the
+    # same tangents on both backends, so the steps compare directly.
+    ("forward_gradient/mlp", lambda: mlp(1, None), "mse",
+     {"name": "forward_gradient", "tangents": 2}, "sgd"),
+    ("forward_gradient/activities/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "forward_gradient", "perturb": "activities", "tangents": 2}, "adam"),
+    ("forward_gradient/local/mlp", mlp, "sparse_categorical_crossentropy",
+     {"name": "forward_gradient", "perturb": "activities", "local": True, "tangents": 2},
+     "sgd"),
 ]
 
 
