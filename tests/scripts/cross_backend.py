@@ -81,6 +81,14 @@ def two_outputs():
 
 #: (case name, model builder, loss, method config, optimizer)
 CASES = [
+    ("feedback_alignment/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "feedback_alignment"}, "sgd"),
+    ("direct_feedback_alignment/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "direct_feedback_alignment"}, "adam"),
+    ("direct_random_target_projection/residual", residual,
+     "sparse_categorical_crossentropy", {"name": "direct_random_target_projection"}, "sgd"),
+    ("fixed_random_sign_feedback/conv", conv, "sparse_categorical_crossentropy",
+     {"name": "fixed_random_sign_feedback"}, "sgd"),
     ("kickback/mlp", lambda: mlp(1, None), "mse", {"name": "kickback"}, "sgd"),
     ("kolen_pollack/residual", residual, "sparse_categorical_crossentropy",
      {"name": "kolen_pollack", "weight_decay": 0.1}, "sgd"),
