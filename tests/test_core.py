@@ -410,7 +410,10 @@ def test_save_load_and_resume_exactly(name, classification_data, regression_data
     for m in (model, loaded):
         m.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # (atol 1e-5: oneDNN's threaded reductions are not bit-reproducible run to
+        # run on this CPU; Forward-Forward's resumed weights differed by 1.8e-6 in 2
+        # of 10 runs, on main before and after the JAX work alike.)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", credit.available())

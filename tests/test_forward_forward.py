@@ -336,7 +336,9 @@ def test_xla_step_matches_the_plain_one(classification_data, negatives):
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
         weights_.append(model.get_weights())
     for a, b in zip(*weights_):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # XLA's fused kernels round differently: 3.6e-6 apart on weights near 0.005
+        # in 1 of 10 runs (before and after the JAX work alike).
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_alignment_measures_it_without_changing_its_state():
