@@ -423,7 +423,7 @@ def synthesizer_variables(method):
 
 def train_synthesizers(method, tape, loss, extra_pairs=()):
     """One step of the synthesizers' optimizer on ``loss`` (recorded on ``tape``;
-    TensorFlow only: synthetic gradients through time).
+    TensorFlow only: synthetic gradients, and through time).
 
     Under ``tf.distribute`` the optimizer sums the replicas' gradients, so the loss is
     divided by the number of replicas: the sum is then the gradient of the global mean,
