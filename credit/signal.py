@@ -234,9 +234,9 @@ class Trace:
         errors = [flat(e) for e in self.output_errors()]
         if len(errors) == 1:
             return errors[0]
-        if len({e.dtype for e in errors}) > 1:
-            errors = [tf.cast(e, "float32") for e in errors]
-        return tf.concat(errors, axis=1)
+        if len({keras.backend.standardize_dtype(e.dtype) for e in errors}) > 1:
+            errors = [keras.ops.cast(e, "float32") for e in errors]
+        return keras.ops.concatenate(errors, axis=1)
 
     def output_gradient(self, point=None):
         """``dL/dh_N`` at a model output, also for a softmax/sigmoid + cross-entropy output.
@@ -251,15 +251,7 @@ class Trace:
         softmax (exact up to the softmax's invariance to a constant, as ``e`` sums to 0
         per example), ``e / (p (1 - p))`` for a sigmoid.
         """
-        if point is None:
-            self._single_output("the output gradient")
-            j = 0
-        else:
-            indices = self.graph.output_indices(point)
-            if len(indices) != 1:
-                raise GraphError(f"point {point!r} is not one model output; its output "
-                                 "gradient is not defined.")
-            (j,) = indices
+        j = self._output_index(point)
         if self._output_gradient is None:
             self._output_gradient = {}
         if j in self._output_gradient:
@@ -280,6 +272,17 @@ class Trace:
             grad = e / tf.maximum(scale, tiny)
         self._output_gradient[j] = grad
         return grad
+
+    def _output_index(self, point):
+        """The index of the model output that ``point`` is (None: the one output)."""
+        if point is None:
+            self._single_output("the output gradient")
+            return 0
+        indices = self.graph.output_indices(point)
+        if len(indices) != 1:
+            raise GraphError(f"point {point!r} is not one model output; its output "
+                             "gradient is not defined.")
+        return indices[0]
 
     def labels(self, units=None):
         """The targets as a ``(batch, units)`` tensor: one-hot classes or the target itself.

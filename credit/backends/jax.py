@@ -59,7 +59,7 @@ from credit import _keras_compat as compat
 from credit import graph as graph_lib
 from credit import transports
 from credit.graph import GraphError
-from credit.signal import Trace, flat
+from credit.signal import Trace
 
 #: The built-in methods that run on the JAX backend (canonical names).
 METHODS = ("backprop", "feedback_alignment", "direct_feedback_alignment", "kickback",
@@ -332,22 +332,8 @@ class JaxTrace(Trace):
                                    for e, l in zip(errors, self._logit_list)]
         return self._output_errors
 
-    def flat_output_error(self):
-        errors = [flat(e) for e in self.output_errors()]
-        if len(errors) == 1:
-            return errors[0]
-        return ops.concatenate([ops.cast(e, "float32") for e in errors], axis=1)
-
     def output_gradient(self, point=None):
-        if point is None:
-            self._single_output("the output gradient")
-            j = 0
-        else:
-            indices = self.graph.output_indices(point)
-            if len(indices) != 1:
-                raise GraphError(f"point {point!r} is not one model output; its output "
-                                 "gradient is not defined.")
-            (j,) = indices
+        j = self._output_index(point)
         outputs = [t for t in keras.tree.flatten(self.y_pred) if t is not None]
         return ops.cast(self._of_loss()[3][j], outputs[j].dtype)
 
