@@ -313,13 +313,6 @@ def record(model, x, y=None, sample_weight=None, *, method=None, training=True,
     return trace
 
 
-def _tensorflow_only(what):
-    return (f"{what} reads the step's TensorFlow tape and is not ported to Keras's "
-            f"{keras.config.backend()} backend yet; run it on the tensorflow backend "
-            "(KERAS_BACKEND=tensorflow). On JAX, credit.compute_gradients, compile/fit "
-            "and credit.summary run.")
-
-
 def _loss_read(plan, tape, y_pred):
     """``{output index: (cut copy, cut copy of its Keras logits or None)}`` for the model
     outputs that carry a point; the copies are watched on ``tape``."""
