@@ -243,6 +243,13 @@ def in_stateless_scope():
     return inside()
 
 
+def autocast_scope(dtype):
+    """Keras's autocast scope for ``dtype`` (variables read in that dtype), as
+    ``Layer.__call__`` opens it under a mixed-precision policy."""
+    from keras.src.backend import AutocastScope
+    return AutocastScope(dtype)
+
+
 def current_stateless_scope():
     """The ``keras.StatelessScope`` code runs in, or None."""
     from keras.src.backend.common.stateless_scope import get_stateless_scope

@@ -492,12 +492,10 @@ def _local_gradients(layer, x, estimate):
     ``__call__``, which would add an activity penalty to the model's losses again),
     under the autocast of its dtype policy as in the step's pass.
     """
-    from keras.src.backend import AutocastScope
-
     def objective():
         original = layer.__dict__.get("activation", _MISSING)
         object.__setattr__(layer, "activation", keras.activations.linear)
-        autocast = (AutocastScope(layer.compute_dtype)
+        autocast = (compat.autocast_scope(layer.compute_dtype)
                     if layer.compute_dtype != layer.variable_dtype else None)
         try:
             if autocast is not None:
